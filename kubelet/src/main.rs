@@ -1,0 +1,14 @@
+//! `kubelet`: knode's node agent: runs the pods bound to this node through containerd.
+//!
+//! Not implemented yet: see the project's open issues. The binary exists so the workspace layout,
+//! build and packaging are fixed from the start; it refuses to run rather than pretend to work.
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("kubelet v{}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    eprintln!("kubelet: not implemented yet in this build of knode");
+    std::process::exit(1);
+}

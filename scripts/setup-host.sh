@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything knode's build, demo and tests need on a Debian 12 machine.
+# Idempotent: packages already present are not touched and apt is not even updated.
+set -euo pipefail
+
+PKGS=(
+  # build: containerd-client needs protoc; nftnl-sys links libnftnl/libmnl
+  protobuf-compiler libnftnl-dev libmnl-dev pkg-config build-essential
+  # runtime parts the daemons drive and the tests use for real
+  containerd runc nftables iproute2 conntrack containernetworking-plugins
+  # test image and registry
+  busybox-static docker-registry skopeo umoci
+  # test clients / tools
+  curl ca-certificates jq socat python3-kubernetes procps psmisc util-linux
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-host: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps Debian's postinst from starting host daemons (containerd, registry):
+  # knode's tests run their own private instances and must not share the host's.
+  had_policy=0
+  [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+  if [ $had_policy = 0 ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if [ $had_policy = 0 ]; then rm -f /usr/sbin/policy-rc.d; fi
+else
+  echo "setup-host: all packages present"
+fi
+
+# Pods need forwarding between the bridge and the outside; the kernel default here is 0.
+if [ "$(cat /proc/sys/net/ipv4/ip_forward)" != 1 ]; then
+  echo "setup-host: enabling net.ipv4.ip_forward (pods route through this node)"
+  echo 1 >/proc/sys/net/ipv4/ip_forward
+fi
