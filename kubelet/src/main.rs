@@ -1,14 +1,28 @@
-//! `kubelet`: knode's node agent: runs the pods bound to this node through containerd.
+//! `kubelet`: knode's node agent.
 //!
-//! Not implemented yet: see the project's open issues. The binary exists so the workspace layout,
-//! build and packaging are fixed from the start; it refuses to run rather than pretend to work.
+//! Today it parses upstream's flags and KubeletConfiguration file (failing start-up with a message that
+//! names a bad field) and then stops: the pod lifecycle is not in this build yet. It refuses to run
+//! rather than pretend to.
+
+use clap::Parser;
+use kubelet::config::KubeletFlags;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--version") {
-        println!("kubelet v{}", env!("CARGO_PKG_VERSION"));
-        return;
+    let flags = KubeletFlags::parse();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let settings = match flags.resolve(hostname.trim()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kubelet: {e}");
+            std::process::exit(1);
+        }
+    };
+    for field in &settings.ignored_fields {
+        eprintln!("kubelet: config field {field} is accepted but not acted on by knode yet");
     }
-    eprintln!("kubelet: not implemented yet in this build of knode");
+    eprintln!(
+        "kubelet: configuration valid (node {}); the pod lifecycle is not in this build yet",
+        settings.node_name
+    );
     std::process::exit(1);
 }

@@ -1,0 +1,243 @@
+//! The kubelet's command-line flags, with upstream's names. A flag given on the command line
+//! overrides the same setting from `--config`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::{ConfigError, KubeletConfiguration};
+
+/// Upstream kubelet flags that knode implements.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "kubelet",
+    version,
+    about = "knode kubelet: runs this node's pods through containerd"
+)]
+pub struct KubeletFlags {
+    /// Path to a kubeconfig file for connecting to the API server.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Path to a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Use this name as the node's name instead of the hostname.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// IP address(es) of the node (comma-separated, at most one per family).
+    #[arg(long, value_delimiter = ',')]
+    pub node_ip: Vec<IpAddr>,
+    /// Directory for the kubelet's files (volume mounts, pod sandboxes, plugins).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    pub root_dir: PathBuf,
+    /// The container runtime's endpoint, e.g. unix:///run/containerd/containerd.sock.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
+    /// Directory of static pod manifests.
+    #[arg(long)]
+    pub pod_manifest_path: Option<String>,
+    /// Labels to add when registering the node (key=value,key2=value2).
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Register the node with the API server.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub register_node: Option<bool>,
+    /// Maximum number of pods on this node.
+    #[arg(long)]
+    pub max_pods: Option<i32>,
+    /// cgroupfs or systemd.
+    #[arg(long)]
+    pub cgroup_driver: Option<String>,
+    /// Log verbosity (klog's -v).
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+}
+
+/// Everything the kubelet runs with: the merged configuration and the flag-only settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: KubeletConfiguration,
+    /// Upstream fields found in the file that knode does not act on (logged at start-up).
+    pub ignored_fields: Vec<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
+    pub node_ips: Vec<IpAddr>,
+    pub root_dir: PathBuf,
+    pub node_labels: BTreeMap<String, String>,
+    pub verbosity: u8,
+}
+
+impl KubeletFlags {
+    /// Loads `--config` (if any) and applies the flags over it. `hostname` is the machine's hostname,
+    /// the node name unless `--hostname-override` is given.
+    pub fn resolve(&self, hostname: &str) -> Result<Settings, ConfigError> {
+        let (mut config, ignored_fields) = match &self.config {
+            Some(path) => {
+                let l = KubeletConfiguration::load(path)?;
+                (l.config, l.ignored_fields)
+            }
+            None => (KubeletConfiguration::default(), Vec::new()),
+        };
+        if let Some(v) = &self.container_runtime_endpoint {
+            config.container_runtime_endpoint = v.clone();
+        }
+        if let Some(v) = &self.pod_manifest_path {
+            config.static_pod_path = v.clone();
+        }
+        if let Some(v) = self.register_node {
+            config.register_node = v;
+        }
+        if let Some(v) = self.max_pods {
+            config.max_pods = v;
+        }
+        if let Some(v) = &self.cgroup_driver {
+            config.cgroup_driver = v.clone();
+        }
+        // Flag values go through the same checks as file values; name the flag on failure.
+        config.validate().map_err(|(field, message)| ConfigError::Flag {
+            flag: flag_for_field(&field).unwrap_or(&field).to_string(),
+            message,
+        })?;
+
+        let node_name = self
+            .hostname_override
+            .clone()
+            .unwrap_or_else(|| hostname.to_string())
+            .trim()
+            .to_lowercase();
+        if node_name.is_empty() {
+            return Err(ConfigError::Flag {
+                flag: "--hostname-override".into(),
+                message: "the node name is empty".into(),
+            });
+        }
+        if self.node_ip.iter().filter(|ip| ip.is_ipv4()).count() > 1
+            || self.node_ip.iter().filter(|ip| ip.is_ipv6()).count() > 1
+        {
+            return Err(ConfigError::Flag {
+                flag: "--node-ip".into(),
+                message: "at most one IPv4 and one IPv6 address".into(),
+            });
+        }
+        let mut node_labels = BTreeMap::new();
+        for kv in self.node_labels.iter().filter(|s| !s.is_empty()) {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(ConfigError::Flag {
+                    flag: "--node-labels".into(),
+                    message: format!("{kv:?} is not key=value"),
+                });
+            };
+            if k.is_empty() {
+                return Err(ConfigError::Flag {
+                    flag: "--node-labels".into(),
+                    message: format!("{kv:?} has an empty key"),
+                });
+            }
+            node_labels.insert(k.to_string(), v.to_string());
+        }
+        Ok(Settings {
+            config,
+            ignored_fields,
+            kubeconfig: self.kubeconfig.clone(),
+            node_name,
+            node_ips: self.node_ip.clone(),
+            root_dir: self.root_dir.clone(),
+            node_labels,
+            verbosity: self.verbosity,
+        })
+    }
+}
+
+fn flag_for_field(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "maxPods" => "--max-pods",
+        "cgroupDriver" => "--cgroup-driver",
+        "containerRuntimeEndpoint" => "--container-runtime-endpoint",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> KubeletFlags {
+        KubeletFlags::try_parse_from(std::iter::once("kubelet").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn upstream_flag_spellings_parse() {
+        let f = parse(&[
+            "--kubeconfig=/etc/kubernetes/kubelet.conf",
+            "--hostname-override=Node-1",
+            "--node-ip=192.0.2.10",
+            "--root-dir=/tmp/kubelet",
+            "--container-runtime-endpoint=unix:///tmp/c.sock",
+            "--pod-manifest-path=/etc/kubernetes/manifests",
+            "--node-labels=rack=r1,zone=z",
+            "--register-node=false",
+            "--max-pods=30",
+            "--cgroup-driver=systemd",
+            "--v=4",
+        ]);
+        let s = f.resolve("ignored").unwrap();
+        assert_eq!(s.node_name, "node-1", "node names are lower-cased as upstream");
+        assert_eq!(s.node_ips, vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.root_dir, PathBuf::from("/tmp/kubelet"));
+        assert_eq!(s.config.container_runtime_endpoint, "unix:///tmp/c.sock");
+        assert_eq!(s.config.static_pod_path, "/etc/kubernetes/manifests");
+        assert_eq!(s.node_labels.get("rack").map(String::as_str), Some("r1"));
+        assert_eq!(s.node_labels.get("zone").map(String::as_str), Some("z"));
+        assert!(!s.config.register_node);
+        assert_eq!(s.config.max_pods, 30);
+        assert_eq!(s.config.cgroup_driver, "systemd");
+        assert_eq!(s.verbosity, 4);
+        assert_eq!(parse(&["-v", "2"]).verbosity, 2);
+        assert_eq!(parse(&["--register-node"]).register_node, Some(true));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 50\ncgroupDriver: systemd\n",
+        )
+        .unwrap();
+        let s = parse(&["--config", path.to_str().unwrap(), "--max-pods=12"])
+            .resolve("h")
+            .unwrap();
+        assert_eq!(s.config.max_pods, 12, "flag wins");
+        assert_eq!(
+            s.config.cgroup_driver, "systemd",
+            "file value kept where no flag is given"
+        );
+        assert_eq!(s.node_name, "h");
+    }
+
+    #[test]
+    fn bad_flags_and_files_are_named() {
+        let e = parse(&["--max-pods=0"]).resolve("h").unwrap_err().to_string();
+        assert!(e.contains("--max-pods"), "{e}");
+        let e = parse(&["--node-labels=novalue"])
+            .resolve("h")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--node-labels"), "{e}");
+        let e = parse(&["--node-ip=192.0.2.1,192.0.2.2"])
+            .resolve("h")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--node-ip"), "{e}");
+        let e = parse(&["--config=/nonexistent/k.yaml"])
+            .resolve("h")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/k.yaml"), "{e}");
+        assert!(KubeletFlags::try_parse_from(["kubelet", "--max-pods=many"]).is_err());
+        assert!(KubeletFlags::try_parse_from(["kubelet", "--node-ip=not-an-ip"]).is_err());
+    }
+}
