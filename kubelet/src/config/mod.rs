@@ -5,33 +5,17 @@
 //! that upstream defines but knode does not act on yet are accepted with a warning, so an existing
 //! upstream config file keeps working.
 
-pub mod duration;
 mod flags;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use knode_config::go_duration;
+pub use knode_config::{ConfigError, duration};
+use serde::{Deserialize, Serialize};
 
 pub use flags::{KubeletFlags, Settings};
-
-/// What can be wrong with the configuration. Every message names the file and the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading kubelet config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("kubelet config file {path}: not valid YAML: {message}")]
-    Yaml { path: PathBuf, message: String },
-    #[error("kubelet config file {path}: field {field}: {message}")]
-    Field {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
-    #[error("kubelet flag {flag}: {message}")]
-    Flag { flag: String, message: String },
-}
 
 pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
 pub const KIND: &str = "KubeletConfiguration";
@@ -283,6 +267,12 @@ impl Default for KubeletConfiguration {
 
 /// Upstream KubeletConfiguration fields knode accepts but does not act on (yet): a config file
 /// written for upstream's kubelet must not fail on them. Each is reported once at start-up.
+const SCHEMA: knode_config::Schema = knode_config::Schema {
+    api_version: API_VERSION,
+    kind: KIND,
+    upstream_not_implemented: UPSTREAM_NOT_IMPLEMENTED,
+};
+
 const UPSTREAM_NOT_IMPLEMENTED: &[&str] = &[
     "configMapAndSecretChangeDetectionStrategy",
     "containerLogMaxWorkers",
@@ -361,73 +351,27 @@ pub struct Loaded {
 }
 
 impl KubeletConfiguration {
-    /// Reads and decodes a KubeletConfiguration file.
+    /// Reads and decodes a KubeletConfiguration file, then validates it.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::decode(path, &text)
+        Self::checked(path, knode_config::load(path, &SCHEMA)?)
     }
 
-    /// Decodes YAML (or JSON) text strictly; `path` is only used in messages.
+    /// Decodes YAML (or JSON) text strictly and validates it; `path` is only used in messages.
     pub fn decode(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
-        let field_err = |field: &str, message: String| ConfigError::Field {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            message,
-        };
-        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let serde_json::Value::Object(mut obj) = value else {
-            return Err(ConfigError::Yaml {
-                path: path.to_path_buf(),
-                message: "expected a mapping (a KubeletConfiguration object)".into(),
-            });
-        };
-        match obj.get("apiVersion").and_then(|v| v.as_str()) {
-            Some(API_VERSION) => {}
-            other => {
-                return Err(field_err(
-                    "apiVersion",
-                    format!("must be {API_VERSION:?}, got {other:?}"),
-                ));
-            }
-        }
-        match obj.get("kind").and_then(|v| v.as_str()) {
-            Some(KIND) => {}
-            other => return Err(field_err("kind", format!("must be {KIND:?}, got {other:?}"))),
-        }
-        let mut ignored_fields: Vec<String> = obj
-            .keys()
-            .filter(|k| UPSTREAM_NOT_IMPLEMENTED.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        ignored_fields.sort();
-        for k in &ignored_fields {
-            obj.remove(k);
-        }
-        let config: KubeletConfiguration = serde_path_to_error::deserialize(serde_json::Value::Object(obj))
-            .map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            // An unknown top-level field has the path "." — name it from serde's message instead.
-            match unknown_field_name(&inner) {
-                Some(name) if field == "." => field_err(
-                    &name,
-                    format!("unknown field (not part of {KIND} {API_VERSION}; check its spelling)"),
-                ),
-                _ => field_err(&field, inner),
-            }
-        })?;
-        config
+        Self::checked(path, knode_config::decode(path, text, &SCHEMA)?)
+    }
+
+    fn checked(path: &Path, d: knode_config::Decoded<Self>) -> Result<Loaded, ConfigError> {
+        d.value
             .validate()
-            .map_err(|(field, message)| field_err(&field, message))?;
+            .map_err(|(field, message)| ConfigError::Field {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
         Ok(Loaded {
-            config,
-            ignored_fields,
+            config: d.value,
+            ignored_fields: d.ignored_fields,
         })
     }
 
@@ -528,25 +472,6 @@ impl KubeletConfiguration {
             return bad("containerRuntimeEndpoint", "must not be empty".into());
         }
         Ok(())
-    }
-}
-
-fn unknown_field_name(serde_message: &str) -> Option<String> {
-    let rest = serde_message.strip_prefix("unknown field `")?;
-    Some(rest[..rest.find('`')?].to_string())
-}
-
-/// serde adapter: `metav1.Duration` strings <-> `std::time::Duration`.
-mod go_duration {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&duration::format(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        duration::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
