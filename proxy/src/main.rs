@@ -1,14 +1,28 @@
-//! `kube-proxy`: knode's service proxy: programs nftables for ClusterIP, NodePort and LoadBalancer services.
+//! `kube-proxy`: knode's service proxy.
 //!
-//! Not implemented yet: see the project's open issues. The binary exists so the workspace layout,
-//! build and packaging are fixed from the start; it refuses to run rather than pretend to work.
+//! Today it parses upstream's flags and KubeProxyConfiguration file (failing start-up with a message that
+//! names a bad field) and then stops: rule programming is not in this build yet. It refuses to run
+//! rather than pretend to.
+
+use clap::Parser;
+use kube_proxy::config::ProxyFlags;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--version") {
-        println!("kube-proxy v{}", env!("CARGO_PKG_VERSION"));
-        return;
+    let flags = ProxyFlags::parse();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let settings = match flags.resolve(hostname.trim()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kube-proxy: {e}");
+            std::process::exit(1);
+        }
+    };
+    for field in &settings.ignored_fields {
+        eprintln!("kube-proxy: config field {field} is accepted but not acted on by knode");
     }
-    eprintln!("kube-proxy: not implemented yet in this build of knode");
+    eprintln!(
+        "kube-proxy: configuration valid (node {}); nftables programming is not in this build yet",
+        settings.node_name
+    );
     std::process::exit(1);
 }
