@@ -4,3 +4,4 @@
 //! flags and KubeletConfiguration file.
 
 pub mod config;
+pub mod runtime;
