@@ -1,8 +1,11 @@
 //! knode's kubelet: the node agent that runs the pods bound to this node through containerd.
 //!
 //! Modules are named after the domain (see the workspace's DESIGN.md): `config` holds upstream's
-//! flags and KubeletConfiguration file.
+//! flags and KubeletConfiguration file, `runtime` the containerd adapters (images, containers and
+//! tasks with CRI logs, exec, task events), `spec` the pure pod → OCI spec translation and `sandbox`
+//! the pause-less pod sandbox (pinned namespaces).
 
 pub mod config;
 pub mod runtime;
+pub mod sandbox;
 pub mod spec;

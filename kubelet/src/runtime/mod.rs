@@ -1,10 +1,14 @@
-//! The kubelet's hands on containerd 1.6 (gRPC, no CRI shim): images today; containers, tasks and
-//! the pause-less pod sandbox build on the same connection.
+//! The kubelet's hands on containerd 1.6 (gRPC, no CRI shim): images (`image`), containers and tasks
+//! with CRI-format logs (`container`), exec (`exec`) and task events (`events`), all over one
+//! connection; the pause-less pod sandbox is `crate::sandbox`.
 //!
 //! Every request carries the `containerd-namespace` header (knode uses `k8s.io` by default) and, while
 //! a multi-step operation runs, a `containerd-lease` header so containerd's garbage collector does not
 //! take content or snapshots that are not referenced yet.
 
+pub mod container;
+pub mod events;
+pub mod exec;
 pub mod image;
 
 use tonic::Request;
@@ -102,6 +106,57 @@ impl Containerd {
                 .insert("containerd-lease", lease.header.clone());
         }
         req
+    }
+}
+
+impl Containerd {
+    /// Creates a lease (ID `knode-<purpose>-<nanos>`) that expires by itself after `expire`, so a
+    /// kubelet dying mid-operation pins nothing for ever.
+    pub async fn create_lease(
+        &self,
+        purpose: &str,
+        expire: std::time::Duration,
+    ) -> Result<Lease, RuntimeError> {
+        use containerd_client::services::v1::CreateRequest;
+        use containerd_client::services::v1::leases_client::LeasesClient;
+        let now = std::time::SystemTime::now();
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let id = format!("knode-{purpose}-{nanos}");
+        let labels = std::collections::HashMap::from([(
+            "containerd.io/gc.expire".to_string(),
+            container::rfc3339_nano(now + expire),
+        )]);
+        LeasesClient::new(self.channel())
+            .create(self.request(
+                CreateRequest {
+                    id: id.clone(),
+                    labels,
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Leases.Create"))?;
+        Lease::new(id)
+    }
+
+    /// Deletes a lease; what it protected is now up to references (or GC).
+    pub async fn delete_lease(&self, lease: &Lease) -> Result<(), RuntimeError> {
+        use containerd_client::services::v1::DeleteRequest;
+        use containerd_client::services::v1::leases_client::LeasesClient;
+        LeasesClient::new(self.channel())
+            .delete(self.request(
+                DeleteRequest {
+                    id: lease.id.clone(),
+                    sync: false,
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Leases.Delete"))?;
+        Ok(())
     }
 }
 

@@ -14,8 +14,8 @@ use std::str::FromStr;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, SecurityContext};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Mount, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// Why a spec could not be generated: the pod's container fails with `CreateContainerConfigError`.
@@ -492,12 +492,6 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
         .build()
         .map_err(|e| err(e.to_string()))?;
     let no_new_privs = !sc.and_then(|s| s.allow_privilege_escalation).unwrap_or(true) && !privileged;
-    let nofile = PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .hard(1_048_576u64)
-        .soft(1_048_576u64)
-        .build()
-        .map_err(|e| err(e.to_string()))?;
     let process = ProcessBuilder::default()
         .terminal(c.tty.unwrap_or(false))
         .user(user)
@@ -505,7 +499,9 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
         .env(env)
         .cwd(cwd)
         .capabilities(linux_caps)
-        .rlimits(vec![nofile])
+        // No rlimits: as with upstream's containerd (LimitNOFILE=infinity), the container inherits
+        // the shim's limits; a fixed NOFILE above the shim's hard limit makes runc fail with EPERM.
+        .rlimits(vec![])
         .no_new_privileges(no_new_privs)
         .oom_score_adj(input.oom_score_adj)
         .build()

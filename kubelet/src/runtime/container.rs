@@ -1,0 +1,782 @@
+//! Containers and tasks through containerd 1.6: a container record (labels identify the pod and
+//! container for relisting), a rootfs snapshot prepared on the image's top chain ID, a task whose
+//! stdout/stderr go through FIFOs to a CRI-format log writer, start, stop (signal, grace, SIGKILL),
+//! wait and delete (task, container, snapshot, leftover cgroup directories).
+//!
+//! Why FIFOs: with `file://` stdio containerd 1.6 merges stderr into stdout, and CRI logs need the
+//! stream of each line (PLATFORM.md). Each FIFO is drained by a dedicated OS thread that blocks in
+//! `open`/`read` until the shim closes its end when the container exits; the kubelet never shares
+//! these blocking reads with tokio's worker threads.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
+    KillRequest, StartRequest, WaitRequest,
+};
+use oci_spec::runtime::Spec;
+
+use super::{Containerd, RuntimeError, SNAPSHOTTER};
+
+/// The runtime containerd starts tasks with.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// The type URL containerd expects for an OCI runtime spec in a container record.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// Label keys on containerd containers, as upstream's CRI uses for pods and containers.
+pub mod labels {
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+    pub const RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+    pub const SPEC_HASH: &str = "io.kubernetes.container.hash";
+}
+
+/// Errors running containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {id}: {source}")]
+    Runtime {
+        id: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("container {id}: {step}: {source}")]
+    Io {
+        id: String,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id}: encoding the OCI spec: {message}")]
+    Spec { id: String, message: String },
+}
+
+/// Who a container belongs to; becomes its containerd labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerMeta {
+    pub pod_uid: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub container_name: String,
+    pub restart_count: u32,
+    pub spec_hash: String,
+}
+
+impl ContainerMeta {
+    /// The containerd labels for this container.
+    pub fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (labels::POD_UID.into(), self.pod_uid.clone()),
+            (labels::POD_NAMESPACE.into(), self.pod_namespace.clone()),
+            (labels::POD_NAME.into(), self.pod_name.clone()),
+            (labels::CONTAINER_NAME.into(), self.container_name.clone()),
+            (labels::RESTART_COUNT.into(), self.restart_count.to_string()),
+            (labels::SPEC_HASH.into(), self.spec_hash.clone()),
+        ])
+    }
+
+    /// Reads the labels back (relisting); `None` if this is not a kubelet container.
+    pub fn from_labels(l: &HashMap<String, String>) -> Option<Self> {
+        let get = |k: &str| l.get(k).cloned();
+        Some(ContainerMeta {
+            pod_uid: get(labels::POD_UID)?,
+            pod_namespace: get(labels::POD_NAMESPACE)?,
+            pod_name: get(labels::POD_NAME)?,
+            container_name: get(labels::CONTAINER_NAME)?,
+            restart_count: get(labels::RESTART_COUNT)?.parse().ok()?,
+            spec_hash: get(labels::SPEC_HASH).unwrap_or_default(),
+        })
+    }
+}
+
+/// A request to create a container and its task.
+#[derive(Debug, Clone)]
+pub struct CreateContainer {
+    /// containerd container ID (also the snapshot key and runc container ID).
+    pub id: String,
+    pub meta: ContainerMeta,
+    /// Image name as recorded in containerd.
+    pub image: String,
+    /// The image's top chain ID: the snapshot the rootfs is prepared on.
+    pub parent_snapshot: String,
+    pub spec: Spec,
+    /// Pod log directory; the log is `<log_dir>/<container name>/<restart count>.log`.
+    pub log_dir: PathBuf,
+    /// Where the stdio FIFOs are created (removed on delete).
+    pub fifo_dir: PathBuf,
+}
+
+/// How a container's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: u32,
+    pub exited_at: Option<SystemTime>,
+    /// The kernel OOM killer killed a process of the container (upstream's `OOMKilled` reason).
+    /// Only [`ContainerService::wait_container`] finds this out; `wait` leaves it false.
+    pub oom_killed: bool,
+}
+
+/// A created container: its ID, log path and the log writer threads.
+#[derive(Debug)]
+pub struct CreatedContainer {
+    pub id: String,
+    pub log_path: PathBuf,
+    /// The spec's cgroup path, removed with the container.
+    pub cgroups_path: String,
+    fifo_dir: PathBuf,
+    log_threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CreatedContainer {
+    /// Waits until both log streams reached EOF (the container exited and the shim closed its ends),
+    /// so the log file is complete. Blocking; call from `spawn_blocking` in async code.
+    pub fn flush_logs(&mut self) {
+        for t in self.log_threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Formats `t` as Go's `time.RFC3339Nano` in UTC (trailing zeros of the fraction trimmed).
+pub fn rfc3339_nano(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut s = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    let nanos = d.subsec_nanos();
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// Upstream's maximum CRI log line payload; longer lines are split into `P` (partial) records.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Turns one chunk read from a stream into CRI log records: `<time> <stream> <P|F> <msg>\n`.
+/// `complete` says whether the chunk ended with a newline (which is not part of the message).
+pub fn cri_log_record(time: SystemTime, stream: &str, msg: &[u8], complete: bool) -> Vec<u8> {
+    let tag = if complete { "F" } else { "P" };
+    let mut out = format!("{} {stream} {tag} ", rfc3339_nano(time)).into_bytes();
+    out.extend_from_slice(msg);
+    out.push(b'\n');
+    out
+}
+
+/// Copies one FIFO to the log file as CRI records until EOF.
+fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<fs::File>) -> io::Result<()> {
+    let reader = fs::File::open(fifo)?; // blocks until the shim opens the write end
+    let mut reader = BufReader::with_capacity(MAX_LOG_LINE, reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let newline = buf.last() == Some(&b'\n');
+        // As upstream (bufio.ReadLine): a line is partial only when it filled the buffer; the last
+        // line before EOF without a newline is still a full line.
+        let complete = newline || n < MAX_LOG_LINE;
+        let msg = if newline { &buf[..buf.len() - 1] } else { &buf[..] };
+        let record = cri_log_record(SystemTime::now(), stream, msg, complete);
+        let mut f = log.lock().map_err(|_| io::Error::other("log lock poisoned"))?;
+        f.write_all(&record)?;
+    }
+}
+
+/// Unblocks a log thread still waiting in `open` for a writer that will never come (task creation
+/// failed): opening the write end non-blocking succeeds while a reader waits, closing it gives EOF.
+fn release_fifo(fifo: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo);
+}
+
+/// State of a container's task as relisting sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// The container record exists without a task.
+    NoTask,
+    Created,
+    Running {
+        pid: u32,
+    },
+    Exited {
+        code: u32,
+    },
+    Paused,
+    Unknown,
+}
+
+/// A kubelet-created container found by relisting containerd (adoption after a restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedContainer {
+    pub id: String,
+    pub meta: ContainerMeta,
+    pub image: String,
+    pub state: TaskState,
+}
+
+/// Creates, starts, stops, waits for and deletes containers in one containerd namespace.
+#[derive(Clone, Debug)]
+pub struct ContainerService {
+    containerd: Containerd,
+}
+
+impl ContainerService {
+    pub fn new(containerd: Containerd) -> Self {
+        ContainerService { containerd }
+    }
+
+    fn err(id: &str) -> impl FnOnce(RuntimeError) -> ContainerError {
+        let id = id.to_string();
+        move |source| ContainerError::Runtime { id, source }
+    }
+
+    /// Creates the container record, its rootfs snapshot, the log writer and the task (not started).
+    /// On failure whatever was created is removed again.
+    pub async fn create(&self, req: CreateContainer) -> Result<CreatedContainer, ContainerError> {
+        let id = req.id.clone();
+        let c = &self.containerd;
+        let spec = serde_json::to_vec(&req.spec).map_err(|e| ContainerError::Spec {
+            id: id.clone(),
+            message: e.to_string(),
+        })?;
+
+        // The rootfs snapshot is unreferenced until the container record names it: without a lease
+        // a GC run in between would collect it (the task then fails mounting a missing lowerdir).
+        let lease = c
+            .create_lease("container", Duration::from_secs(600))
+            .await
+            .map_err(Self::err(&id))?;
+        let created = self.create_record(&req, spec, &lease).await;
+        if let Err(e) = c.delete_lease(&lease).await {
+            tracing::warn!(container = %id, lease = %lease.id, error = %e, "deleting the lease failed; it expires by itself");
+        }
+        let mounts = created?;
+        match self.create_task(&req, mounts).await {
+            Ok(created) => Ok(created),
+            Err(e) => {
+                let _ = self.delete(&id).await;
+                let _ = fs::remove_dir_all(req.fifo_dir.join(&id));
+                // runc may have made the cgroup before failing.
+                remove_cgroup_dirs(&cgroups_path(&req.spec));
+                Err(e)
+            }
+        }
+    }
+
+    /// Prepares the rootfs snapshot and creates the container record, under `lease`.
+    async fn create_record(
+        &self,
+        req: &CreateContainer,
+        spec: Vec<u8>,
+        lease: &super::Lease,
+    ) -> Result<Vec<containerd_client::types::Mount>, ContainerError> {
+        let id = &req.id;
+        let c = &self.containerd;
+        let mounts = SnapshotsClient::new(c.channel())
+            .prepare(c.request(
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.clone(),
+                    parent: req.parent_snapshot.clone(),
+                    labels: HashMap::new(),
+                },
+                Some(lease),
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Snapshots.Prepare"))
+            .map_err(Self::err(id))?
+            .into_inner()
+            .mounts;
+        let record = Container {
+            id: id.clone(),
+            labels: req.meta.labels(),
+            image: req.image.clone(),
+            runtime: Some(Runtime {
+                name: RUNC_RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: spec,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: id.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = ContainersClient::new(c.channel())
+            .create(c.request(
+                CreateContainerRequest {
+                    container: Some(record),
+                },
+                Some(lease),
+            ))
+            .await
+        {
+            self.remove_snapshot(id).await;
+            return Err(Self::err(id)(RuntimeError::grpc("Containers.Create")(e)));
+        }
+        Ok(mounts)
+    }
+
+    async fn create_task(
+        &self,
+        req: &CreateContainer,
+        rootfs: Vec<containerd_client::types::Mount>,
+    ) -> Result<CreatedContainer, ContainerError> {
+        let id = &req.id;
+        let io_err = |step: &'static str| {
+            let id = id.clone();
+            move |source| ContainerError::Io { id, step, source }
+        };
+        let fifo_dir = req.fifo_dir.join(id);
+        fs::create_dir_all(&fifo_dir).map_err(io_err("creating the FIFO directory"))?;
+        let log_path = req
+            .log_dir
+            .join(&req.meta.container_name)
+            .join(format!("{}.log", req.meta.restart_count));
+        if let Some(parent) = log_path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("creating the log directory"))?;
+        }
+        let log = Arc::new(Mutex::new(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(io_err("opening the log file"))?,
+        ));
+        let mut threads = Vec::new();
+        let mut fifos = Vec::new();
+        for stream in ["stdout", "stderr"] {
+            let fifo = fifo_dir.join(stream);
+            match nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(io_err("creating a stdio FIFO")(e.into())),
+            }
+            let (f, l, cid) = (fifo.clone(), log.clone(), id.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("log-{stream}"))
+                .spawn(move || {
+                    if let Err(e) = copy_stream(&f, stream, &l) {
+                        tracing::warn!(container = %cid, stream, error = %e, "container log copy failed");
+                    }
+                })
+                .map_err(io_err("starting a log writer"))?;
+            threads.push(t);
+            fifos.push(fifo);
+        }
+        let c = &self.containerd;
+        let res = TasksClient::new(c.channel())
+            .create(c.request(
+                CreateTaskRequest {
+                    container_id: id.clone(),
+                    rootfs,
+                    stdout: fifos[0].display().to_string(),
+                    stderr: fifos[1].display().to_string(),
+                    ..Default::default()
+                },
+                None,
+            ))
+            .await;
+        if let Err(e) = res {
+            for f in &fifos {
+                release_fifo(f);
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(Self::err(id)(RuntimeError::grpc("Tasks.Create")(e)));
+        }
+        tracing::info!(container = %id, log = %log_path.display(), "container created");
+        Ok(CreatedContainer {
+            id: id.clone(),
+            log_path,
+            cgroups_path: cgroups_path(&req.spec),
+            fifo_dir,
+            log_threads: threads,
+        })
+    }
+
+    /// Starts the container's task.
+    pub async fn start(&self, id: &str) -> Result<u32, ContainerError> {
+        let c = &self.containerd;
+        let r = TasksClient::new(c.channel())
+            .start(c.request(
+                StartRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Tasks.Start"))
+            .map_err(Self::err(id))?;
+        Ok(r.into_inner().pid)
+    }
+
+    /// Waits for the task to exit.
+    pub async fn wait(&self, id: &str) -> Result<ExitStatus, ContainerError> {
+        let c = &self.containerd;
+        let r = TasksClient::new(c.channel())
+            .wait(c.request(
+                WaitRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Tasks.Wait"))
+            .map_err(Self::err(id))?
+            .into_inner();
+        Ok(ExitStatus {
+            code: r.exit_status,
+            exited_at: r.exited_at.and_then(|t| {
+                UNIX_EPOCH.checked_add(Duration::new(
+                    u64::try_from(t.seconds).ok()?,
+                    u32::try_from(t.nanos).ok()?,
+                ))
+            }),
+            oom_killed: false,
+        })
+    }
+
+    /// Waits for the container's task to exit and reads whether the OOM killer struck from its
+    /// memory cgroup, which stays until the task is deleted.
+    pub async fn wait_container(&self, created: &CreatedContainer) -> Result<ExitStatus, ContainerError> {
+        let mut status = self.wait(&created.id).await?;
+        status.oom_killed = oom_killed(&created.cgroups_path);
+        Ok(status)
+    }
+
+    /// Sends `signal` to the task's init process (`all` = every process of the container).
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ContainerError> {
+        let c = &self.containerd;
+        TasksClient::new(c.channel())
+            .kill(c.request(
+                KillRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                    signal,
+                    all,
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Tasks.Kill"))
+            .map_err(Self::err(id))?;
+        Ok(())
+    }
+
+    /// Stops the container as upstream does: SIGTERM (or the image's stop signal, `signal`), up to
+    /// `grace` for it to exit, then SIGKILL to every process. Returns the exit status and whether the
+    /// kill was needed.
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: u32,
+        grace: Duration,
+    ) -> Result<(ExitStatus, bool), ContainerError> {
+        // Subscribe to the exit before signalling so a fast exit is not missed.
+        let svc = self.clone();
+        let wid = id.to_string();
+        let mut waiter = tokio::spawn(async move { svc.wait(&wid).await });
+        if let Err(e) = self.kill(id, signal, false).await {
+            // Already exited: the waiter returns at once.
+            if e_code(&e) != Some(tonic::Code::NotFound)
+                && e_code(&e) != Some(tonic::Code::FailedPrecondition)
+            {
+                waiter.abort();
+                return Err(e);
+            }
+        }
+        match tokio::time::timeout(grace, &mut waiter).await {
+            Ok(joined) => Ok((joined_status(id, joined)?, false)),
+            Err(_) => {
+                tracing::info!(container = %id, ?grace, "grace period over, sending SIGKILL");
+                self.kill(id, libc::SIGKILL as u32, true).await?;
+                Ok((joined_status(id, waiter.await)?, true))
+            }
+        }
+    }
+
+    /// Lists the containers carrying the kubelet's labels with their task state; others (created by
+    /// other clients in the namespace) are skipped.
+    pub async fn list(&self) -> Result<Vec<ListedContainer>, RuntimeError> {
+        use containerd_client::services::v1::{ListContainersRequest, ListTasksRequest};
+        use containerd_client::types::v1::Status;
+        let c = &self.containerd;
+        let containers = ContainersClient::new(c.channel())
+            .list(c.request(
+                ListContainersRequest {
+                    filters: vec![format!("labels.\"{}\"", labels::POD_UID)],
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Containers.List"))?
+            .into_inner()
+            .containers;
+        let tasks = TasksClient::new(c.channel())
+            .list(c.request(ListTasksRequest::default(), None))
+            .await
+            .map_err(RuntimeError::grpc("Tasks.List"))?
+            .into_inner()
+            .tasks;
+        let tasks: HashMap<String, _> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        Ok(containers
+            .into_iter()
+            .filter_map(|ct| {
+                let meta = ContainerMeta::from_labels(&ct.labels)?;
+                let state = match tasks.get(&ct.id) {
+                    None => TaskState::NoTask,
+                    Some(t) => match Status::try_from(t.status) {
+                        Ok(Status::Created) => TaskState::Created,
+                        Ok(Status::Running) => TaskState::Running { pid: t.pid },
+                        Ok(Status::Stopped) => TaskState::Exited { code: t.exit_status },
+                        Ok(Status::Paused | Status::Pausing) => TaskState::Paused,
+                        _ => TaskState::Unknown,
+                    },
+                };
+                Some(ListedContainer {
+                    id: ct.id,
+                    meta,
+                    image: ct.image,
+                    state,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes the task (if any), the container record and its snapshot. Idempotent.
+    pub async fn delete(&self, id: &str) -> Result<(), ContainerError> {
+        let c = &self.containerd;
+        match TasksClient::new(c.channel())
+            .delete(c.request(
+                DeleteTaskRequest {
+                    container_id: id.into(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(Self::err(id)(RuntimeError::grpc("Tasks.Delete")(s))),
+        }
+        match ContainersClient::new(c.channel())
+            .delete(c.request(DeleteContainerRequest { id: id.into() }, None))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(Self::err(id)(RuntimeError::grpc("Containers.Delete")(s))),
+        }
+        self.remove_snapshot(id).await;
+        tracing::info!(container = %id, "container deleted");
+        Ok(())
+    }
+
+    /// Deletes the container and then its FIFOs and leftover cgroup directories.
+    pub async fn remove(&self, created: &CreatedContainer) -> Result<(), ContainerError> {
+        self.delete(&created.id).await?;
+        let _ = fs::remove_dir_all(&created.fifo_dir);
+        remove_cgroup_dirs(&created.cgroups_path);
+        Ok(())
+    }
+
+    async fn remove_snapshot(&self, id: &str) {
+        let c = &self.containerd;
+        if let Err(s) = SnapshotsClient::new(c.channel())
+            .remove(c.request(
+                RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.into(),
+                },
+                None,
+            ))
+            .await
+            && s.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(container = %id, error = %s, "removing the rootfs snapshot failed");
+        }
+    }
+}
+
+fn e_code(e: &ContainerError) -> Option<tonic::Code> {
+    match e {
+        ContainerError::Runtime { source, .. } => source.code(),
+        _ => None,
+    }
+}
+
+fn joined_status(
+    id: &str,
+    joined: Result<Result<ExitStatus, ContainerError>, tokio::task::JoinError>,
+) -> Result<ExitStatus, ContainerError> {
+    joined.map_err(|e| ContainerError::Io {
+        id: id.into(),
+        step: "waiting for the exit",
+        source: io::Error::other(e.to_string()),
+    })?
+}
+
+fn cgroups_path(spec: &Spec) -> String {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the OOM killer killed a process in the container's v1 memory cgroup: the `oom_kill`
+/// counter of `memory.oom_control` (Linux ≥ 4.13). False if the cgroup is gone or unreadable.
+pub fn oom_killed(cgroups_path: &str) -> bool {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return false;
+    }
+    fs::read_to_string(
+        Path::new(CGROUP_ROOT)
+            .join("memory")
+            .join(rel)
+            .join("memory.oom_control"),
+    )
+    .map(|s| oom_kill_count(&s) > 0)
+    .unwrap_or(false)
+}
+
+/// The `oom_kill` counter of a `memory.oom_control` file.
+pub fn oom_kill_count(oom_control: &str) -> u64 {
+    oom_control
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The cgroup v1 hierarchy root.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Removes the container's cgroup directory in every v1 controller hierarchy (runc removes only the
+/// leaf and leaves parents behind — PLATFORM.md), deepest first; directories still in use stay.
+/// `cgroups_path` is a cgroupfs path like `/kubepods/pod<uid>/<id>`: the leaf and its parents are
+/// removed only when empty.
+pub fn remove_cgroup_dirs(cgroups_path: &str) {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        return;
+    }
+    let Ok(controllers) = fs::read_dir(CGROUP_ROOT) else {
+        return;
+    };
+    for ctl in controllers.flatten() {
+        let mut dir = ctl.path().join(rel);
+        // Stop at the hierarchy root; rmdir fails on non-empty (in use) directories, which is wanted.
+        while dir != ctl.path() {
+            if dir.is_dir() && fs::remove_dir(&dir).is_err() {
+                break;
+            }
+            match dir.parent() {
+                Some(p) => dir = p.to_path_buf(),
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_nano_matches_go() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_450_000);
+        assert_eq!(rfc3339_nano(t), "2023-11-14T22:13:20.12345Z");
+        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap = UNIX_EPOCH + Duration::new(951_782_400, 1); // 2000-02-29
+        assert_eq!(rfc3339_nano(leap), "2000-02-29T00:00:00.000000001Z");
+    }
+
+    #[test]
+    fn cri_records_mark_partial_lines() {
+        let t = UNIX_EPOCH + Duration::from_secs(1);
+        assert_eq!(
+            cri_log_record(t, "stdout", b"hello", true),
+            b"1970-01-01T00:00:01Z stdout F hello\n"
+        );
+        assert_eq!(
+            cri_log_record(t, "stderr", b"part", false),
+            b"1970-01-01T00:00:01Z stderr P part\n"
+        );
+    }
+
+    #[test]
+    fn oom_kill_counter_is_read() {
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 2);
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\n"), 0);
+        assert!(!oom_killed("/../etc"));
+        assert!(!oom_killed("/knode-no-such-cgroup/x"));
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        let m = ContainerMeta {
+            pod_uid: "u".into(),
+            pod_namespace: "ns".into(),
+            pod_name: "p".into(),
+            container_name: "c".into(),
+            restart_count: 3,
+            spec_hash: "abc".into(),
+        };
+        assert_eq!(ContainerMeta::from_labels(&m.labels()), Some(m));
+        assert_eq!(ContainerMeta::from_labels(&HashMap::new()), None);
+    }
+
+    #[test]
+    fn cgroup_paths_that_escape_are_ignored() {
+        // Must not touch anything: these would walk out of the hierarchy.
+        remove_cgroup_dirs("/../etc");
+        remove_cgroup_dirs("");
+        remove_cgroup_dirs("/");
+        assert!(Path::new("/etc").exists());
+    }
+}

@@ -1,0 +1,232 @@
+//! Running a command in a running container (`kubectl exec`, exec probes): an extra process in the
+//! container's task with the container's own process settings (user, env, cwd, capabilities) and
+//! different args; stdout and stderr are collected through FIFOs (containerd 1.6 fails an exec
+//! without both — PLATFORM.md) by dedicated threads, the exit code through Tasks.Wait.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest, WaitRequest,
+};
+use oci_spec::runtime::Spec;
+
+use super::container::ContainerError;
+use super::{Containerd, RuntimeError};
+
+/// The type URL of an OCI process spec in an exec request.
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+/// Collected output of an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code; `None` when the command was killed because the timeout expired.
+    pub exit_code: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+fn rt(id: &str) -> impl FnOnce(RuntimeError) -> ContainerError {
+    let id = id.to_string();
+    move |source| ContainerError::Runtime { id, source }
+}
+
+fn io_err(id: &str, step: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
+    let id = id.to_string();
+    move |source| ContainerError::Io { id, step, source }
+}
+
+fn reader_thread(fifo: PathBuf) -> io::Result<std::thread::JoinHandle<Vec<u8>>> {
+    std::thread::Builder::new()
+        .name("exec-output".into())
+        .spawn(move || {
+            let mut out = Vec::new();
+            if let Ok(mut f) = fs::File::open(&fifo) {
+                let _ = f.read_to_end(&mut out);
+            }
+            out
+        })
+}
+
+fn release(fifo: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo);
+}
+
+/// Runs `cmd` in the running container `id` and returns its output and exit code. With a
+/// `timeout`, a command still running then is SIGKILLed and `exit_code` is `None` (upstream's exec
+/// probe treats that as a failure). `fifo_dir` holds the FIFOs while the command runs.
+pub async fn exec(
+    containerd: &Containerd,
+    id: &str,
+    exec_id: &str,
+    cmd: &[String],
+    fifo_dir: &Path,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, ContainerError> {
+    if cmd.is_empty() {
+        return Err(io_err(id, "exec")(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the command is empty",
+        )));
+    }
+    let c = containerd;
+    let record = ContainersClient::new(c.channel())
+        .get(c.request(GetContainerRequest { id: id.into() }, None))
+        .await
+        .map_err(RuntimeError::grpc("Containers.Get"))
+        .map_err(rt(id))?
+        .into_inner()
+        .container
+        .and_then(|c| c.spec)
+        .ok_or_else(|| io_err(id, "reading the container's spec")(io::Error::other("no spec")))?;
+    let spec: Spec = serde_json::from_slice(&record.value).map_err(|e| ContainerError::Spec {
+        id: id.into(),
+        message: e.to_string(),
+    })?;
+    let mut process = spec.process().clone().ok_or_else(|| ContainerError::Spec {
+        id: id.into(),
+        message: "the container spec has no process".into(),
+    })?;
+    process.set_args(Some(cmd.to_vec()));
+    process.set_terminal(Some(false));
+    let process = serde_json::to_vec(&process).map_err(|e| ContainerError::Spec {
+        id: id.into(),
+        message: e.to_string(),
+    })?;
+
+    let dir = fifo_dir.join(format!("{id}-{exec_id}"));
+    fs::create_dir_all(&dir).map_err(io_err(id, "creating the exec FIFO directory"))?;
+    let result = run(c, id, exec_id, process, &dir, timeout).await;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run(
+    c: &Containerd,
+    id: &str,
+    exec_id: &str,
+    process: Vec<u8>,
+    dir: &Path,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, ContainerError> {
+    let mut fifos = Vec::new();
+    let mut readers = Vec::new();
+    for name in ["stdout", "stderr"] {
+        let f = dir.join(name);
+        nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| io_err(id, "creating an exec FIFO")(e.into()))?;
+        readers.push(reader_thread(f.clone()).map_err(io_err(id, "starting an output reader"))?);
+        fifos.push(f);
+    }
+    let collect = |readers: Vec<std::thread::JoinHandle<Vec<u8>>>| async move {
+        tokio::task::spawn_blocking(move || {
+            readers
+                .into_iter()
+                .map(|r| r.join().unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let mut tasks = TasksClient::new(c.channel());
+    let created = tasks
+        .exec(c.request(
+            ExecProcessRequest {
+                container_id: id.into(),
+                stdin: String::new(),
+                stdout: fifos[0].display().to_string(),
+                stderr: fifos[1].display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: PROCESS_TYPE_URL.into(),
+                    value: process,
+                }),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await;
+    if let Err(s) = created {
+        fifos.iter().for_each(|f| release(f));
+        collect(readers).await;
+        return Err(rt(id)(RuntimeError::grpc("Tasks.Exec")(s)));
+    }
+    let outcome = async {
+        // Wait is requested before Start so a command that exits at once is not missed.
+        let mut waiter = TasksClient::new(c.channel());
+        let wait_req = c.request(
+            WaitRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+            None,
+        );
+        let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
+        tasks
+            .start(c.request(
+                StartRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+                None,
+            ))
+            .await
+            .map_err(RuntimeError::grpc("Tasks.Start (exec)"))
+            .map_err(rt(id))?;
+        let wait = async {
+            wait.await
+                .map_err(|e| io_err(id, "waiting for the exec")(io::Error::other(e.to_string())))?
+                .map_err(RuntimeError::grpc("Tasks.Wait (exec)"))
+                .map_err(rt(id))
+                .map(|r| r.into_inner().exit_status)
+        };
+        match timeout {
+            None => wait.await.map(Some),
+            Some(t) => match tokio::time::timeout(t, wait).await {
+                Ok(r) => r.map(Some),
+                Err(_) => {
+                    let _ = tasks
+                        .kill(c.request(
+                            KillRequest {
+                                container_id: id.into(),
+                                exec_id: exec_id.into(),
+                                signal: libc::SIGKILL as u32,
+                                all: false,
+                            },
+                            None,
+                        ))
+                        .await;
+                    Ok(None)
+                }
+            },
+        }
+    }
+    .await;
+    // The process is gone (or never started): remove it from the task, which closes the FIFOs'
+    // write ends so the readers finish.
+    let _ = tasks
+        .delete_process(c.request(
+            DeleteProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await;
+    fifos.iter().for_each(|f| release(f));
+    let mut outputs = collect(readers).await.into_iter();
+    let exit_code = outcome?;
+    Ok(ExecOutput {
+        exit_code,
+        stdout: outputs.next().unwrap_or_default(),
+        stderr: outputs.next().unwrap_or_default(),
+    })
+}
