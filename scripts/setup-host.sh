@@ -12,6 +12,8 @@ PKGS=(
   busybox-static docker-registry skopeo umoci
   # test clients / tools
   curl ca-certificates jq socat python3-kubernetes procps psmisc util-linux
+  # htpasswd (bcrypt) for the auth-requiring test registry
+  apache2-utils
   # systemd-analyze verifies the shipped units
   systemd
 )

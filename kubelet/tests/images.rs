@@ -327,3 +327,44 @@ async fn pull_failures_are_distinguished() {
     );
     env.assert_clean_after_remove(&svc).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn private_registry_needs_the_pull_secrets_credentials() {
+    knode_harness::require_root().unwrap();
+    let registry = PrivateRegistry::start_with_auth("alice", "s3cret").unwrap();
+    let containerd = PrivateContainerd::start().await.unwrap();
+    let ns = containerd.unique_namespace("knode-auth");
+    let good = RegistryAuth::Basic("alice".into(), "s3cret".into());
+    let images = knode_harness::image::push_test_images_as(&registry.host(), &good)
+        .await
+        .unwrap();
+    let env = Env {
+        registry,
+        containerd,
+        ns,
+        images,
+    };
+    let svc = env.service(true).await;
+    let r = env.images.busybox.reference.clone();
+
+    let e = svc
+        .pull(&r, &RegistryAuth::Anonymous, &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized { .. }), "anonymous: {e}");
+    let wrong = RegistryAuth::Basic("alice".into(), "guess".into());
+    let e = svc.pull(&r, &wrong, &no_progress).await.unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized { .. }), "bad password: {e}");
+    assert_eq!(e.reason(), "ErrImagePull");
+
+    // The credentials as a pod's imagePullSecrets carry them (.dockerconfigjson).
+    let secret = format!(
+        r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0"}}}}}}"#,
+        env.registry.host()
+    );
+    let auth = kubelet::runtime::image::credentials_for(&[secret.into_bytes()], &env.registry.host());
+    assert_eq!(auth, good);
+    let info = svc.pull(&r, &auth, &no_progress).await.unwrap();
+    assert_eq!(info.manifest_digest, env.images.busybox.manifest_digest);
+    env.assert_clean_after_remove(&svc).await;
+}

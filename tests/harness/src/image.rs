@@ -182,7 +182,13 @@ pub fn insecure_client() -> Client {
 }
 
 /// Pushes `image` as `<registry>/<repository>:<tag>` over the OCI distribution API.
-pub async fn push(registry: &str, repository: &str, tag: &str, image: &Image) -> Result<PushedImage> {
+pub async fn push(
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    image: &Image,
+    auth: &RegistryAuth,
+) -> Result<PushedImage> {
     let reference = Reference::with_tag(registry.to_string(), repository.to_string(), tag.to_string());
     let err = |e: oci_client::errors::OciDistributionError| HarnessError::Push {
         reference: reference.whole(),
@@ -198,19 +204,10 @@ pub async fn push(registry: &str, repository: &str, tag: &str, image: &Image) ->
     let manifest = OciImageManifest::build(&layers, &config, None);
     let config_digest = manifest.config.digest.clone();
     client
-        .push(
-            &reference,
-            &layers,
-            config,
-            &RegistryAuth::Anonymous,
-            Some(manifest),
-        )
+        .push(&reference, &layers, config, auth, Some(manifest))
         .await
         .map_err(err)?;
-    let (_, manifest_digest) = client
-        .pull_image_manifest(&reference, &RegistryAuth::Anonymous)
-        .await
-        .map_err(err)?;
+    let (_, manifest_digest) = client.pull_image_manifest(&reference, auth).await.map_err(err)?;
     Ok(PushedImage {
         reference: reference.whole(),
         manifest_digest,
@@ -332,6 +329,11 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 
 /// Builds both test images and pushes them to `registry` (`127.0.0.1:<port>`).
 pub async fn push_test_images(registry: &str) -> Result<TestImages> {
+    push_test_images_as(registry, &RegistryAuth::Anonymous).await
+}
+
+/// Like [`push_test_images`], authenticating as `auth` (for registries started with auth).
+pub async fn push_test_images_as(registry: &str, auth: &RegistryAuth) -> Result<TestImages> {
     let base = busybox_layer()?;
     let etc = etc_layer()?;
     let bin = std::fs::read(testimg_binary()?).map_err(HarnessError::io("reading testimg binary"))?;
@@ -361,8 +363,8 @@ pub async fn push_test_images(registry: &str) -> Result<TestImages> {
         },
     );
     Ok(TestImages {
-        testimg: push(registry, "knode/testimg", "latest", &testimg).await?,
-        busybox: push(registry, "knode/busybox", "latest", &busybox).await?,
+        testimg: push(registry, "knode/testimg", "latest", &testimg, auth).await?,
+        busybox: push(registry, "knode/busybox", "latest", &busybox, auth).await?,
     })
 }
 

@@ -15,14 +15,24 @@ pub struct PrivateRegistry {
 }
 
 impl PrivateRegistry {
-    /// Starts the registry and waits (up to 20 s) until `GET /v2/` answers 200.
+    /// Starts an anonymous registry and waits (up to 20 s) until `GET /v2/` answers 200.
     pub fn start() -> Result<Self> {
+        Self::start_opts(None)
+    }
+
+    /// Starts a registry that requires HTTP basic auth (htpasswd, bcrypt) for `user`/`password`:
+    /// anonymous requests get 401, as on a private registry.
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Self> {
+        Self::start_opts(Some((user, password)))
+    }
+
+    fn start_opts(auth: Option<(&str, &str)>) -> Result<Self> {
         let mut last = HarnessError::NotReady("docker-registry: no attempt made".into());
         // The free port is probed, then bound by the registry: another process may take it in
         // between, so a bind failure is retried on a new port.
         for _attempt in 0..5 {
-            let mut reg = Self::spawn(free_port()?)?;
-            match reg.wait_ready(Duration::from_secs(20)) {
+            let mut reg = Self::spawn(free_port()?, auth)?;
+            match reg.wait_ready(Duration::from_secs(20), auth.is_some()) {
                 Ok(()) => return Ok(reg),
                 Err(e) => {
                     let log = reg.log_tail();
@@ -36,14 +46,26 @@ impl PrivateRegistry {
         Err(last)
     }
 
-    fn spawn(port: u16) -> Result<Self> {
+    fn spawn(port: u16, auth: Option<(&str, &str)>) -> Result<Self> {
         let dir = crate::private_dir("kn-reg-")?;
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            config_yaml(&dir.path().join("storage").display().to_string(), port),
-        )
-        .map_err(HarnessError::io(format!("writing {}", config.display())))?;
+        let mut yaml = config_yaml(&dir.path().join("storage").display().to_string(), port);
+        if let Some((user, password)) = auth {
+            let htpasswd = dir.path().join("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .map_err(HarnessError::io(
+                    "running htpasswd (package apache2-utils; run scripts/setup-host.sh)",
+                ))?;
+            std::fs::write(&htpasswd, &out.stdout)
+                .map_err(HarnessError::io(format!("writing {}", htpasswd.display())))?;
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: knode-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml).map_err(HarnessError::io(format!("writing {}", config.display())))?;
         let log = std::fs::File::create(dir.path().join("registry.log"))
             .map_err(HarnessError::io("creating registry.log"))?;
         let log2 = log.try_clone().map_err(HarnessError::io("dup registry.log"))?;
@@ -64,7 +86,9 @@ impl PrivateRegistry {
         })
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    fn wait_ready(&mut self, timeout: Duration, auth: bool) -> Result<()> {
+        // With auth on, an anonymous GET /v2/ answering 401 is the sign of life.
+        let ready = if auth { 401 } else { 200 };
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -72,7 +96,7 @@ impl PrivateRegistry {
                     "docker-registry exited with {status}"
                 )));
             }
-            if http_status(self.port, "/v2/").is_some_and(|s| s == 200) {
+            if http_status(self.port, "/v2/").is_some_and(|s| s == ready) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
