@@ -13,12 +13,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
@@ -377,7 +376,12 @@ impl ImageService {
         let mut done = manifest.config.size.max(0) as u64;
         progress(Progress { done, total });
 
-        let lease = self.create_lease().await.map_err(rt_err)?;
+        // Expires by itself if the kubelet dies mid-pull, so nothing stays pinned for ever.
+        let lease = self
+            .containerd
+            .create_lease("pull", Duration::from_secs(3600))
+            .await
+            .map_err(rt_err)?;
         let result = async {
             for (i, layer) in manifest.layers.iter().enumerate() {
                 if !self.content_exists(&layer.digest, &lease).await.map_err(rt_err)? {
@@ -454,46 +458,8 @@ impl ImageService {
         }
         .await;
         // The image record (or nothing, on failure) now holds what the lease protected.
-        let _ = self.delete_lease(&lease).await;
+        let _ = self.containerd.delete_lease(&lease).await;
         result
-    }
-
-    async fn create_lease(&self) -> Result<Lease, RuntimeError> {
-        use containerd_client::services::v1::CreateRequest;
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let id = format!("knode-pull-{nanos}");
-        // Expires by itself if the kubelet dies mid-pull, so nothing stays pinned for ever.
-        let expire = humantime_rfc3339(SystemTime::now() + Duration::from_secs(3600));
-        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire)]);
-        LeasesClient::new(self.containerd.channel())
-            .create(self.containerd.request(
-                CreateRequest {
-                    id: id.clone(),
-                    labels,
-                },
-                None,
-            ))
-            .await
-            .map_err(RuntimeError::grpc("Leases.Create"))?;
-        Lease::new(id)
-    }
-
-    async fn delete_lease(&self, lease: &Lease) -> Result<(), RuntimeError> {
-        use containerd_client::services::v1::DeleteRequest;
-        LeasesClient::new(self.containerd.channel())
-            .delete(self.containerd.request(
-                DeleteRequest {
-                    id: lease.id.clone(),
-                    sync: false,
-                },
-                None,
-            ))
-            .await
-            .map_err(RuntimeError::grpc("Leases.Delete"))?;
-        Ok(())
     }
 
     async fn content_exists(&self, digest: &str, lease: &Lease) -> Result<bool, RuntimeError> {
@@ -830,31 +796,6 @@ fn manifest_gc_labels(m: &OciImageManifest) -> BTreeMap<String, String> {
     labels
 }
 
-/// RFC 3339 UTC timestamp (second precision) for containerd's `gc.expire` label.
-fn humantime_rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -970,12 +911,5 @@ mod tests {
         assert_eq!(labels["containerd.io/gc.ref.content.config"], "c");
         assert_eq!(labels["containerd.io/gc.ref.content.l.0"], "l0");
         assert_eq!(labels["containerd.io/gc.ref.content.l.1"], "l1");
-    }
-
-    #[test]
-    fn rfc3339_timestamps() {
-        assert_eq!(humantime_rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
     }
 }
