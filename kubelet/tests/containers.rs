@@ -22,7 +22,7 @@ use knode_harness::image::push_test_images;
 use knode_harness::registry::PrivateRegistry;
 use kubelet::runtime::Containerd;
 use kubelet::runtime::container::{
-    ContainerMeta, ContainerService, CreateContainer, CreatedContainer, ExitStatus, TaskState,
+    ContainerMeta, ContainerService, CreateContainer, CreatedContainer, ExitStatus, LogRotation, TaskState,
 };
 use kubelet::runtime::events::{TaskEvent, subscribe};
 use kubelet::runtime::exec::exec;
@@ -169,6 +169,7 @@ impl Env {
                 spec,
                 log_dir: self.dir.path().join("logs"),
                 fifo_dir: self.dir.path().join("fifo"),
+                log_rotation: LogRotation::default(),
             })
             .await
             .unwrap()

@@ -116,6 +116,119 @@ pub struct CreateContainer {
     pub log_dir: PathBuf,
     /// Where the stdio FIFOs are created (removed on delete).
     pub fifo_dir: PathBuf,
+    /// When the log file is rotated (`containerLogMaxSize` / `containerLogMaxFiles`).
+    pub log_rotation: LogRotation,
+}
+
+/// Log rotation as upstream's `containerLogMaxSize` / `containerLogMaxFiles` (10 MiB, 5 files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// A file reaching this size is rotated before the next record is written.
+    pub max_size: u64,
+    /// Files kept per container: the current one and `max_files - 1` rotated ones.
+    pub max_files: usize,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// A container's CRI log file, rotated by size as it is written. Rotated files are named as upstream's
+/// (`<restart>.log.<YYYYMMDD-HHMMSS>`), so `kubectl logs` readers find them in time order.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: fs::File,
+    size: u64,
+    rotation: LogRotation,
+}
+
+impl LogFile {
+    /// Opens (appending to) `path`.
+    pub fn open(path: &Path, rotation: LogRotation) -> io::Result<Self> {
+        let file = fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    /// Appends one record, rotating first if it would push the file past the size limit.
+    pub fn write_record(&mut self, record: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + record.len() as u64 > self.rotation.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(record)?;
+        self.size += record.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let stamp: String = rfc3339_nano(SystemTime::now())
+            .chars()
+            .take(19)
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .map(|c| if c == 'T' { '-' } else { c })
+            .collect();
+        let base = self.path.display().to_string();
+        // Several rotations within one second get .001, .002 … after the newest one of that second
+        // (even when older ones were pruned), so names stay unique and sort in time order.
+        let same_second = format!("{base}.{stamp}");
+        let last = (0..)
+            .map(|n| {
+                if n == 0 {
+                    same_second.clone()
+                } else {
+                    format!("{same_second}.{n:03}")
+                }
+            })
+            .take(1000)
+            .enumerate()
+            .filter(|(_, p)| Path::new(p).exists())
+            .map(|(n, _)| n)
+            .max();
+        let rotated = match last {
+            None => PathBuf::from(&same_second),
+            Some(n) => PathBuf::from(format!("{same_second}.{:03}", n + 1)),
+        };
+        fs::rename(&self.path, &rotated)?;
+        self.file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        self.prune()
+    }
+
+    /// Removes the oldest rotated files beyond `max_files - 1`.
+    fn prune(&self) -> io::Result<()> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Ok(());
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut rotated: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&prefix))
+            })
+            .collect();
+        rotated.sort();
+        let keep = self.rotation.max_files.saturating_sub(1);
+        let excess = rotated.len().saturating_sub(keep);
+        for old in &rotated[..excess] {
+            fs::remove_file(old)?;
+        }
+        Ok(())
+    }
 }
 
 /// How a container's task ended.
@@ -195,7 +308,7 @@ pub fn cri_log_record(time: SystemTime, stream: &str, msg: &[u8], complete: bool
 }
 
 /// Copies one FIFO to the log file as CRI records until EOF.
-fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<fs::File>) -> io::Result<()> {
+fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<LogFile>) -> io::Result<()> {
     let reader = fs::File::open(fifo)?; // blocks until the shim opens the write end
     let mut reader = BufReader::with_capacity(MAX_LOG_LINE, reader);
     let mut buf = Vec::new();
@@ -214,7 +327,7 @@ fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<fs::File>) -> io::
         let msg = if newline { &buf[..buf.len() - 1] } else { &buf[..] };
         let record = cri_log_record(SystemTime::now(), stream, msg, complete);
         let mut f = log.lock().map_err(|_| io::Error::other("log lock poisoned"))?;
-        f.write_all(&record)?;
+        f.write_record(&record)?;
     }
 }
 
@@ -377,11 +490,7 @@ impl ContainerService {
             fs::create_dir_all(parent).map_err(io_err("creating the log directory"))?;
         }
         let log = Arc::new(Mutex::new(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(io_err("opening the log file"))?,
+            LogFile::open(&log_path, req.log_rotation).map_err(io_err("opening the log file"))?,
         ));
         let mut threads = Vec::new();
         let mut fifos = Vec::new();
@@ -726,6 +835,48 @@ pub fn remove_cgroup_dirs(cgroups_path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_files_rotate_by_size_and_keep_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let rotation = LogRotation {
+            max_size: 100,
+            max_files: 3,
+        };
+        let mut log = LogFile::open(&path, rotation).unwrap();
+        for i in 0..50 {
+            log.write_record(format!("record {i:03} padded to be longer\n").as_bytes())
+                .unwrap();
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "current + 2 rotated: {names:?}");
+        assert!(names.contains(&"0.log".to_string()));
+        assert!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("0.log."))
+                .all(|n| n.len() >= "0.log.20230101-000000".len())
+        );
+        assert!(fs::metadata(&path).unwrap().len() <= 100);
+        // The newest records are in the current file, the ones just before in the newest rotated one.
+        let current = fs::read_to_string(&path).unwrap();
+        assert!(current.contains("record 049"));
+        let newest_rotated = fs::read_to_string(dir.path().join(&names[2])).unwrap();
+        assert!(!newest_rotated.is_empty() && !newest_rotated.contains("record 049"));
+        assert!(
+            newest_rotated.contains("record 04"),
+            "the last rotation holds the records before: {newest_rotated}"
+        );
+        // Reopening continues the same file and its size.
+        drop(log);
+        let log = LogFile::open(&path, rotation).unwrap();
+        assert_eq!(log.size, current.len() as u64);
+    }
 
     #[test]
     fn rfc3339_nano_matches_go() {
