@@ -472,6 +472,55 @@ async fn bench_lifecycle_against_ctr_run() {
         floor.as_secs_f64() * 1000.0 / n as f64,
         ours.as_secs_f64() / floor.as_secs_f64()
     );
+
+    // The same N at once: what a node does when a burst of pods lands.
+    let t2 = std::time::Instant::now();
+    let ours_par = futures::future::join_all((0..n).map(|i| {
+        let (env, pod, c, sb) = (&env, &pod, &c, &sb);
+        async move {
+            let id = format!("p-{i}");
+            let created = env.create(pod, c, sb.namespaces(), &id).await;
+            env.svc.start(&id).await.unwrap();
+            assert_eq!(env.svc.wait(&id).await.unwrap().code, 0);
+            let (status, killed) = env.svc.stop(&id, 15, Duration::from_secs(5)).await.unwrap();
+            assert_eq!((status.code, killed), (0, false));
+            let created = tokio::task::spawn_blocking(move || {
+                let mut created = created;
+                created.flush_logs();
+                created
+            })
+            .await
+            .unwrap();
+            env.svc.remove(&created).await.unwrap();
+        }
+    }));
+    ours_par.await;
+    let ours_par = t2.elapsed();
+    let t3 = std::time::Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(env.containerd.socket())
+                .args(["-n", &env.ns, "run", "--rm", &env.image.name])
+                .arg(format!("ctrp-{i}"))
+                .args(["/testimg", "exit", "0"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "concurrent ctr run failed");
+    }
+    let floor_par = t3.elapsed();
+    kubelet::runtime::container::remove_cgroup_dirs(&format!("/{}", env.ns));
+    println!(
+        "bench: {n} containers concurrently create+start+stop+delete: knode {:.3}s, ctr run --rm {:.3}s, ratio {:.2}",
+        ours_par.as_secs_f64(),
+        floor_par.as_secs_f64(),
+        ours_par.as_secs_f64() / floor_par.as_secs_f64()
+    );
     sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
     env.assert_clean().await;
     for ctl in ["memory", "cpu", "pids"] {
@@ -546,6 +595,91 @@ async fn task_exit_and_oom_events_arrive() {
         exit_code: 137
     }));
     drop(events);
+    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
+    env.assert_clean().await;
+}
+
+/// A containerd restart breaks the event stream: the subscription reports `Resubscribed` (the
+/// consumer's cue to relist), an exit during the outage is found by relisting, exits after the
+/// restart arrive as events again, and the shims kept the containers running throughout.
+#[tokio::test]
+async fn events_resubscribe_and_relist_after_a_containerd_restart() {
+    let mut env = env("knode-evr").await;
+    let c = Containerd::new(env.containerd.channel().await.unwrap(), &env.ns).unwrap();
+    let mut events = subscribe(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sb = pinned(&env, "restart");
+    let pod = pod("restart");
+    let keeper = container("keeper", &[], &["sleep", "infinity", "--exit-on-sigterm"]);
+    let keeper_c = env.create(&pod, &keeper, sb.namespaces(), "keeper-1").await;
+    env.svc.start("keeper-1").await.unwrap();
+    let quitter = container("quitter", &[], &["sleep", "1"]);
+    let quitter_c = env.create(&pod, &quitter, sb.namespaces(), "quitter-1").await;
+    env.svc.start("quitter-1").await.unwrap();
+    let pid_before = env
+        .svc
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == "keeper-1")
+        .map(|c| c.state)
+        .unwrap();
+    assert!(matches!(pid_before, TaskState::Running { .. }), "{pid_before:?}");
+
+    env.containerd.stop_daemon();
+    // The quitter exits while nobody is listening.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.containerd.respawn().await.unwrap();
+    assert_eq!(next_event(&mut events).await, TaskEvent::Resubscribed);
+
+    let listed = env.svc.list().await.unwrap();
+    let state = |id: &str| {
+        listed
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.state)
+            .unwrap_or_else(|| panic!("{id} not listed after the restart: {listed:?}"))
+    };
+    assert_eq!(state("quitter-1"), TaskState::Exited { code: 0 });
+    assert_eq!(
+        state("keeper-1"),
+        pid_before,
+        "the keeper kept running in its shim"
+    );
+
+    let (st, killed) = env
+        .svc
+        .stop("keeper-1", 15, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((st.code, killed), (0, false), "keeper exits on SIGTERM");
+    // The shim may re-publish the quitter's exit once containerd is back: skip to the keeper's.
+    loop {
+        match next_event(&mut events).await {
+            TaskEvent::Exit {
+                container_id,
+                exit_code,
+                ..
+            } if container_id == "keeper-1" => {
+                assert_eq!(exit_code, 0);
+                break;
+            }
+            TaskEvent::Exit { container_id, .. } if container_id == "quitter-1" => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    drop(events);
+    for created in [keeper_c, quitter_c] {
+        let created = tokio::task::spawn_blocking(move || {
+            let mut c = created;
+            c.flush_logs();
+            c
+        })
+        .await
+        .unwrap();
+        env.svc.remove(&created).await.unwrap();
+    }
     sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
     env.assert_clean().await;
 }

@@ -32,19 +32,7 @@ impl PrivateContainerd {
         let config = base.join("config.toml");
         std::fs::write(&config, config_toml(&base))
             .map_err(HarnessError::io(format!("writing {}", config.display())))?;
-        let log = std::fs::File::create(base.join("containerd.log"))
-            .map_err(HarnessError::io("creating containerd.log"))?;
-        let log2 = log.try_clone().map_err(HarnessError::io("dup containerd.log"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(HarnessError::io(
-                "spawning containerd (is the containerd package installed? run scripts/setup-host.sh)",
-            ))?;
+        let child = spawn(&base, &config)?;
         let mut me = PrivateContainerd {
             dir: Some(dir),
             child,
@@ -54,6 +42,22 @@ impl PrivateContainerd {
         };
         me.version = me.wait_ready(Duration::from_secs(30)).await?;
         Ok(me)
+    }
+
+    /// Stops the containerd daemon (SIGTERM, then SIGKILL) but leaves its shims and their
+    /// containers running, as when containerd crashes or is upgraded on a node. [`Self::respawn`]
+    /// brings it back on the same root, state and socket.
+    pub fn stop_daemon(&mut self) {
+        cleanup::stop_child(&mut self.child, Duration::from_secs(5));
+    }
+
+    /// Starts containerd again after [`Self::stop_daemon`] and waits until it answers; it
+    /// reconnects to the shims that kept running.
+    pub async fn respawn(&mut self) -> Result<()> {
+        let base = self.dir().to_path_buf();
+        self.child = spawn(&base, &base.join("config.toml"))?;
+        self.version = self.wait_ready(Duration::from_secs(30)).await?;
+        Ok(())
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
@@ -167,6 +171,26 @@ impl Drop for PrivateContainerd {
 
 /// containerd 1.6 config (version 2) keeping every path private to `base`. The CRI plugin is off:
 /// knode talks to containerd's own gRPC services, and CRI would otherwise read host CNI config.
+/// Spawns containerd on `config`, appending to `<base>/containerd.log`.
+fn spawn(base: &Path, config: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join("containerd.log"))
+        .map_err(HarnessError::io("opening containerd.log"))?;
+    let log2 = log.try_clone().map_err(HarnessError::io("dup containerd.log"))?;
+    Command::new("containerd")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(HarnessError::io(
+            "spawning containerd (is the containerd package installed? run scripts/setup-host.sh)",
+        ))
+}
+
 fn config_toml(base: &Path) -> String {
     let b = base.display();
     format!(
