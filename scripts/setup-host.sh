@@ -16,8 +16,8 @@ PKGS=(
   curl ca-certificates jq socat python3-kubernetes procps psmisc util-linux
   # htpasswd (bcrypt) for the auth-requiring test registry
   apache2-utils
-  # systemd-analyze verifies the shipped units
-  systemd
+  # systemd-analyze verifies the shipped units; systemd-nspawn boots them under a real systemd
+  systemd systemd-container
 )
 
 missing=()

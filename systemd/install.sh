@@ -2,7 +2,9 @@
 # Installs knode's daemons as systemd services, like a distro package would:
 #   binaries   -> /usr/local/bin (knode-bridge -> /opt/cni/bin)
 #   units      -> /etc/systemd/system (+ containerd.service.d drop-in)
-#   defaults   -> /etc/knode/*.yaml, /etc/default/{kubelet,kube-proxy,knode-control-plane}
+#   defaults   -> /etc/knode/*.yaml, /etc/default/{kubelet,kube-proxy,knode-control-plane},
+#                 /etc/knode/10-knode.conflist (reference; the kubelet writes /etc/cni/net.d/10-knode.conflist
+#                 from the node's podCIDR), /etc/sysctl.d/90-knode.conf (ip_forward=1)
 # Idempotent. A config the user changed is kept (the shipped one lands beside it as *.knode-new).
 # Every file it adds is recorded in /var/lib/knode/install-manifest; --uninstall removes exactly
 # those (changed configs kept unless --purge) and leaves pods' data (/var/lib/kubelet,
@@ -77,29 +79,45 @@ if [ $mode = install ]; then
   put "$here/units/containerd.service.d/10-knode.conf" /etc/systemd/system/containerd.service.d/10-knode.conf 0644 unit
   put "$here/defaults/kubelet-config.yaml" /etc/knode/kubelet-config.yaml 0644 conf
   put "$here/defaults/kube-proxy-config.yaml" /etc/knode/kube-proxy-config.yaml 0644 conf
+  # Reference copy only: with /etc/cni/net.d empty, the kubelet writes its default conflist there
+  # from the node's spec.podCIDR (a fixed subnet here would be wrong on every node but one).
+  put "$here/defaults/10-knode.conflist" /etc/knode/10-knode.conflist 0644 conf
+  mkdir -p "$root/etc/cni/net.d"
+  put "$here/defaults/90-knode.conf" /etc/sysctl.d/90-knode.conf 0644 conf
   for d in kubelet kube-proxy knode-control-plane; do put "$here/defaults/default-$d" "/etc/default/$d" 0644 conf; done
   mkdir -p "$root/etc/kubernetes/manifests" "$root/etc/kubernetes/pki"
+  # Pods need IPv4 forwarding now, not only after the next boot (systemd-sysctl applies the file then).
+  if [ -z "$root" ]; then sysctl -q -p "$root/etc/sysctl.d/90-knode.conf" >/dev/null 2>&1 || echo "install.sh: could not set net.ipv4.ip_forward=1 now (it applies at boot)"; fi
   reload_systemd
   echo "install.sh: installed into ${root:-/}; next: put kubeconfigs in /etc/kubernetes/, then 'systemctl enable --now kubelet kube-proxy'"
 else
-  [ -f "$manifest" ] || { echo "install.sh: nothing installed under ${root:-/} (no $manifest)"; exit 0; }
+  if [ ! -f "$manifest" ] && [ $purge = 0 ]; then
+    echo "install.sh: nothing installed under ${root:-/} (no $manifest)"; exit 0
+  fi
   if [ -z "$root" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now kubelet.service kube-proxy.service knode-control-plane.service 2>/dev/null || true
   fi
   while read -r recorded path; do
     f="$root$path"
     [ -e "$f" ] || continue
-    if [ "$recorded" = user ] || { case $path in /etc/knode/*|/etc/default/*) true ;; *) false ;; esac && [ "$(sum "$f")" != "$recorded" ]; }; then
+    if [ "$recorded" = user ] || { case $path in /etc/knode/*|/etc/default/*|/etc/cni/net.d/*|/etc/sysctl.d/*) true ;; *) false ;; esac && [ "$(sum "$f")" != "$recorded" ]; }; then
       if [ $purge = 0 ]; then echo "install.sh: kept your modified $path (--purge removes it)"; rm -f "$f.knode-new"; continue; fi
     fi
     rm -f "$f" "$f.knode-new"
-  done <"$manifest"
+  done < <(cat "$manifest" 2>/dev/null || true)
   rm -f "$manifest"
-  for d in /etc/systemd/system/containerd.service.d /etc/knode /var/lib/knode /opt/cni/bin /etc/kubernetes/manifests /etc/kubernetes/pki /etc/kubernetes; do
+  # The default conflist the kubelet wrote from the node's podCIDR (recognised by its bridge).
+  if grep -qs '"bridge": "knode0"' "$root/etc/cni/net.d/10-knode.conflist"; then rm -f "$root/etc/cni/net.d/10-knode.conflist"; fi
+  for d in /etc/systemd/system/containerd.service.d /etc/knode /var/lib/knode /opt/cni/bin /opt/cni /etc/cni/net.d /etc/cni /etc/kubernetes/manifests /etc/kubernetes/pki /etc/kubernetes; do
     rmdir "$root$d" 2>/dev/null || true
   done
   if [ $purge = 1 ]; then
-    rm -rf "$root/var/lib/kubelet" "$root/var/log/pods" "$root/var/lib/knode"
+    # Configs kept by an earlier plain --uninstall are no longer in a manifest: knode's own paths.
+    rm -f "$root"/etc/knode/*.yaml "$root"/etc/knode/*.conflist "$root"/etc/knode/*.knode-new "$root/etc/cni/net.d/10-knode.conflist" \
+      "$root/etc/sysctl.d/90-knode.conf" "$root/etc/default/kubelet" "$root/etc/default/kube-proxy" \
+      "$root/etc/default/knode-control-plane"
+    rmdir "$root/etc/knode" "$root/etc/cni/net.d" "$root/etc/cni" 2>/dev/null || true
+    rm -rf "$root/var/lib/kubelet" "$root/var/log/pods" "$root/var/lib/knode" "$root/var/lib/cni/networks/knode"
   fi
   reload_systemd
   echo "install.sh: uninstalled from ${root:-/}"

@@ -1,5 +1,5 @@
 //! Benchmark: ADD+DEL time of knode-bridge against Debian's bridge+host-local, same config, one run,
-//! printed as a ratio (goal ≤ 0.5×). Short by default; `KNODE_BENCH=1` runs 200 cycles per case.
+//! printed as a ratio (goal ≤ 0.5×). Short by default; `KNODE_BENCH=1` (or `full`) runs 200 cycles per case.
 //! Plugins are exec'd from a thread switched into the test's node netns (children inherit it), so no
 //! `ip netns exec` wrapper cost is included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -50,7 +50,7 @@ fn time_cycles(
 
 #[test]
 fn bench_add_del_knode_vs_reference() {
-    let cycles = if std::env::var("KNODE_BENCH").is_ok_and(|v| v == "1") {
+    let cycles = if std::env::var("KNODE_BENCH").is_ok_and(|v| v == "1" || v == "full") {
         200
     } else {
         10

@@ -42,6 +42,9 @@ pub enum ManagerMsg {
     Done(String),
     /// A probe run failed (an `Unhealthy` event about the pod).
     ProbeFailed(crate::probes::ProbeEvent),
+    /// The node is shutting down: hand the running workers to [`crate::shutdown`] and admit no
+    /// new pods from now on.
+    Shutdown(crate::shutdown::WorkersRequest),
 }
 
 /// Where a pod comes from.
@@ -76,6 +79,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .container_runtime_endpoint
         .trim_start_matches("unix://")
         .to_string();
+    // STATUS= lines for `systemctl status` while starting (no-ops outside systemd).
+    let notifier = knode_systemd::Notifier::from_env();
+    let _ = notifier.status(&format!("connecting to containerd at {endpoint}"));
     let containerd = Containerd::connect(&endpoint, &settings.containerd_namespace)
         .await
         .with_context(|| format!("connecting to containerd at {endpoint}"))?;
@@ -99,14 +105,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &hostname,
     );
     info.kubelet_port = c.port;
-    let allocatable: NodeCapacity = BTreeMap::from([
-        ("cpu".to_string(), Quantity(info.cpus.to_string())),
-        (
-            "memory".to_string(),
-            Quantity(format!("{}Ki", info.memory_bytes / 1024)),
-        ),
-        ("pods".to_string(), Quantity(info.max_pods.to_string())),
-    ]);
+    // Allocatable = capacity − system/kube reserved − hard eviction thresholds; the QoS cgroups.
+    let (alloc, cgroups) =
+        crate::cgroups::manager::for_node(c, &info).context("setting up the node's cgroups")?;
+    info.allocatable = alloc
+        .reported
+        .iter()
+        .map(|(k, v)| (k.clone(), crate::cgroups::format_quantity(k, *v)))
+        .collect();
+    let allocatable: NodeCapacity = info
+        .allocatable
+        .iter()
+        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+        .collect();
     let crash = BackoffConfig {
         max: c.crash_loop_back_off.max_container_restart_period,
         ..BackoffConfig::default()
@@ -115,12 +126,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         max_size: parse_quantity_milli(&c.container_log_max_size).max(1000) as u64 / 1000,
         max_files: c.container_log_max_files.max(2) as usize,
     };
-    let cni = settings.cni_conf_dir.is_dir().then(|| CniSetup {
-        conf_dir: settings.cni_conf_dir.clone(),
-        bin_dirs: settings.cni_bin_dirs.clone(),
-    });
-    let cni = cni.filter(|c| cni::config::load_default_network(&c.conf_dir).is_ok());
-    let cgroup_parent = format!("{}/kubepods", c.cgroup_root.trim_end_matches('/'));
+    let cni = pod_network(&settings);
     let (probes, mut probe_pokes) =
         crate::probes::ProbeManager::new(containerd.clone(), root.join("probe-fifo"));
     let mut probe_events = probes.events();
@@ -132,7 +138,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         PathBuf::from(&c.pod_logs_dir),
         ImageService::new(containerd.clone(), settings.insecure_registries.clone()),
         ContainerService::new(containerd.clone()),
-        cgroup_parent,
+        Arc::new(cgroups),
         rotation,
         BackoffBook::new(crash, BackoffConfig::default()),
         cni,
@@ -140,6 +146,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         info.memory_bytes as i64,
         probes,
     ));
+    ctx.volumes.configure(c.sync_frequency);
+    ctx.security
+        .configure(&c.allowed_unsafe_sysctls)
+        .map_err(|e| anyhow::anyhow!("--allowed-unsafe-sysctls: {e}"))?;
+    // Stats for the kubelet API (/stats/summary, /metrics/resource) and eviction, sampled every 10 s.
+    let stats = Arc::new(crate::stats::collect::StatsProvider::new(ctx.clone()));
+    crate::stats::collect::install(stats.clone());
+    crate::stats::collect::spawn_sampler(stats.clone(), Duration::from_secs(10));
     tracing::info!(
         node = settings.node_name,
         runtime = runtime_version,
@@ -162,6 +176,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             authorization_mode: c.authorization.mode.clone(),
             node_name: settings.node_name.clone(),
             pod_logs_dir: PathBuf::from(&c.pod_logs_dir),
+            webhook_authn: c.authentication.webhook.enabled,
+            authn_cache_ttl: c.authentication.webhook.cache_ttl,
+            authorized_ttl: c.authorization.webhook.cache_authorized_ttl,
+            unauthorized_ttl: c.authorization.webhook.cache_unauthorized_ttl,
+            runtime: Some(crate::server::streaming::Runtime {
+                containerd: containerd.clone(),
+                fifo_dir: root.join("exec-fifo"),
+            }),
         };
         let client = client.clone();
         tokio::spawn(async move {
@@ -169,6 +191,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "kubelet API server stopped");
             }
         });
+    }
+    if c.healthz_port > 0
+        && let Ok(addr) = format!("{}:{}", c.healthz_bind_address, c.healthz_port).parse()
+    {
+        tokio::spawn(crate::server::serve_healthz(addr));
     }
     // Node registration, then status and lease loops.
     let agent = Arc::new(NodeAgent {
@@ -178,6 +205,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         labels: settings.node_labels.clone(),
         taints: Vec::new(),
     });
+    let _ = notifier.status(&format!("registering node {}", settings.node_name));
     let node_uid = if c.register_node {
         let mut delay = Duration::from_millis(200);
         loop {
@@ -201,7 +229,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.config.node_status_report_frequency,
         settings.config.node_lease_duration_seconds,
         containerd.clone(),
+        ctx.cni.clone(),
     );
+    if let Some(net) = &ctx.cni {
+        tokio::spawn(
+            net.clone()
+                .run(Api::all(client.clone()), settings.node_name.clone()),
+        );
+    }
 
     let (mtx, mrx) = mpsc::channel::<ManagerMsg>(1024);
     // Container exits → the pod's worker.
@@ -309,19 +344,48 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // Orphans: containers of pods no source knows, cleaned up periodically (and once at start,
     // after the sources had a moment to report).
-    let notifier = knode_systemd::Notifier::from_env();
     let _ = notifier.ready(&format!("node {} registered", settings.node_name));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = crate::shutdown::ShutdownPlan::from_config(
+        c.shutdown_grace_period,
+        c.shutdown_grace_period_critical_pods,
+    );
+    let manager = manager(
+        ctx.clone(),
+        mrx,
+        mtx.clone(),
+        allocatable,
+        knode_systemd::Watchdog::from_env(&notifier),
+    );
+    tokio::pin!(manager);
     tokio::select! {
-        _ = manager(ctx.clone(), mrx, mtx.clone(), allocatable, knode_systemd::Watchdog::from_env(&notifier)) => Ok(()),
-        _ = tokio::signal::ctrl_c() => { let _ = notifier.stopping(); Ok(()) }
-        _ = term.recv() => {
-            // Containers keep running: a restarted kubelet adopts them.
-            tracing::info!("SIGTERM: stopping; pods keep running");
-            let _ = notifier.stopping();
-            Ok(())
-        }
+        _ = &mut manager => return Ok(()),
+        _ = tokio::signal::ctrl_c() => { let _ = notifier.stopping(); return Ok(()) }
+        _ = term.recv() => {}
     }
+    let _ = notifier.stopping();
+    if !shutdown.enabled() {
+        // Containers keep running: a restarted kubelet adopts them.
+        tracing::info!("SIGTERM: stopping; pods keep running (shutdownGracePeriod is 0)");
+        return Ok(());
+    }
+    tracing::info!(period = ?shutdown.total(), "SIGTERM: graceful node shutdown");
+    let _ = notifier.status("graceful node shutdown: terminating pods");
+    // The manager keeps running meanwhile: it routes container exits to the stopping workers.
+    let (wtx, wrx) = tokio::sync::oneshot::channel();
+    let workers = if mtx.send(ManagerMsg::Shutdown(wtx)).await.is_ok() {
+        tokio::select! { w = wrx => w.unwrap_or_default(), _ = &mut manager => Vec::new() }
+    } else {
+        Vec::new()
+    };
+    tokio::select! {
+        (asked, late) = crate::shutdown::run(&shutdown, workers) => {
+            tracing::info!(pods = asked, late, "graceful node shutdown done");
+        }
+        _ = &mut manager => {}
+        _ = term.recv() => tracing::warn!("second SIGTERM: exiting before the pods are stopped"),
+    }
+    Ok(())
 }
 
 fn default_ip() -> std::net::IpAddr {
@@ -341,6 +405,37 @@ async fn containerd_version(c: &Containerd) -> String {
     }
 }
 
+/// Pod networking from `--cni-conf-dir` (see `network`): off when the directory does not exist;
+/// else `net.ipv4.ip_forward` is turned on and readiness follows the directory.
+fn pod_network(settings: &Settings) -> Option<CniSetup> {
+    let dir = &settings.cni_conf_dir;
+    if !dir.is_dir() {
+        tracing::warn!(
+            conf_dir = %dir.display(),
+            "--cni-conf-dir does not exist: pod networking is off (pods get loopback only); \
+             create it to get the default network"
+        );
+        return None;
+    }
+    match crate::network::enable_ip_forward() {
+        Ok(true) => tracing::info!("enabled net.ipv4.ip_forward for pod networking"),
+        Ok(false) => tracing::info!("net.ipv4.ip_forward is already enabled"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "enabling net.ipv4.ip_forward failed: pods may not reach beyond the node"
+        ),
+    }
+    let net = crate::network::PodNetwork::new(
+        dir.clone(),
+        settings.cni_bin_dirs.clone(),
+        settings.root_dir.join("cni").join("networks"),
+    );
+    // A config already in place makes the node network-ready before it first reports.
+    net.sync(None);
+    Some(Arc::new(net))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_node_loops(
     agent: Arc<NodeAgent>,
     node_uid: Option<String>,
@@ -349,6 +444,7 @@ fn spawn_node_loops(
     report_every: Duration,
     lease_seconds: i32,
     containerd: Containerd,
+    network: Option<CniSetup>,
 ) {
     let status_agent = agent.clone();
     tokio::spawn(async move {
@@ -361,6 +457,7 @@ fn spawn_node_loops(
             };
             let health = Health {
                 runtime_ready,
+                network_ready: network.as_ref().is_none_or(|n| n.is_ready()),
                 memory_pressure: false,
                 disk_pressure: false,
                 pid_pressure: false,
@@ -408,6 +505,7 @@ async fn manager(
     mut watchdog: Option<knode_systemd::Watchdog>,
 ) {
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut shutting_down = false;
     let mut orphan_check = tokio::time::interval(Duration::from_secs(20));
     orphan_check.tick().await;
     let started = Instant::now();
@@ -427,13 +525,29 @@ async fn manager(
             _ = wd_tick.tick() => continue,
             m = rx.recv() => match m { Some(m) => m, None => return },
             _ = orphan_check.tick() => {
-                if started.elapsed() > Duration::from_secs(15) {
+                // Pods stopped by a node shutdown keep their containers and logs.
+                if started.elapsed() > Duration::from_secs(15) && !shutting_down {
                     cleanup_orphans(&ctx, &workers).await;
                 }
                 continue;
             }
         };
         match msg {
+            ManagerMsg::Apply(..) if shutting_down => {
+                // Upstream rejects pods while the node shuts down; here they simply wait for the
+                // next kubelet, and workers being stopped keep their marked copy of the pod.
+            }
+            ManagerMsg::Shutdown(reply) => {
+                shutting_down = true;
+                let refs = workers
+                    .values()
+                    .map(|w| crate::shutdown::WorkerRef {
+                        pod: w.pod.clone(),
+                        tx: w.tx.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(refs);
+            }
             ManagerMsg::Apply(pod, source) => {
                 let is_mirror = pod
                     .metadata
@@ -450,8 +564,10 @@ async fn manager(
                     continue;
                 }
                 let active: Vec<Pod> = workers.values().map(|w| w.pod.clone()).collect();
-                let admission = pods::admit(&pod, &active, &allocatable);
+                let admission =
+                    pods::admit(&pod, &active, &allocatable).and_then(|()| ctx.security.admit(&pod));
                 let state = WorkerState::admitted(&admission);
+                let mut pod = pod;
                 if let Err(r) = &admission {
                     let status = pods::rejected_status(&pod, r);
                     let api: Api<Pod> = Api::namespaced(
@@ -472,6 +588,9 @@ async fn manager(
                         &status.reason.clone().unwrap_or_default(),
                         status.message.clone().unwrap_or_default(),
                     );
+                    // The worker starts from the rejected status, so its first status update keeps
+                    // the terminal phase instead of overwriting it with Pending.
+                    pod.status = Some(status);
                 }
                 let (wtx, wrx) = mpsc::channel(64);
                 workers.insert(
@@ -529,6 +648,12 @@ async fn cleanup_orphans(ctx: &Arc<NodeContext>, workers: &HashMap<String, Worke
         return;
     };
     let mut orphan_pods: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Sandboxes without containers (a pod deleted before its containers were made): network too.
+    for uid in crate::network::sandbox_uids(&ctx.root_dir.join("sandboxes")) {
+        if !workers.contains_key(&uid) {
+            orphan_pods.entry(uid).or_default();
+        }
+    }
     for l in listed {
         if !workers.contains_key(&l.meta.pod_uid) {
             orphan_pods.insert(

@@ -6,14 +6,20 @@
 //! the pause-less pod sandbox (pinned namespaces).
 
 pub mod agent;
+pub mod cgroups;
 pub mod config;
+pub mod hooks;
 pub mod inputs;
+pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod shutdown;
 pub mod spec;
+pub mod stats;
 pub mod volumes;
 pub mod workers;

@@ -33,6 +33,8 @@ pub struct MachineInfo {
     pub hostname: String,
     /// The kubelet API port (`daemonEndpoints.kubeletEndpoint.Port`).
     pub kubelet_port: i32,
+    /// `status.allocatable` (resource → quantity); empty: the capacity.
+    pub allocatable: BTreeMap<String, String>,
 }
 
 fn read_trim(path: &str) -> String {
@@ -85,6 +87,7 @@ impl MachineInfo {
             addresses,
             hostname: hostname.to_string(),
             kubelet_port: 10250,
+            allocatable: BTreeMap::new(),
         }
     }
 }
@@ -128,6 +131,8 @@ pub fn node_object(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
     pub runtime_ready: bool,
+    /// The pod network has a valid CNI config (always true when pod networking is off).
+    pub network_ready: bool,
     pub memory_pressure: bool,
     pub disk_pressure: bool,
     pub pid_pressure: bool,
@@ -163,6 +168,18 @@ pub fn node_status(
             json!({"type": ty, "status": s, "reason": reason, "message": message,
             "lastHeartbeatTime": t, "lastTransitionTime": transition})
         };
+    // Upstream aggregates the runtime and network errors into the Ready condition's message.
+    let mut not_ready: Vec<&str> = Vec::new();
+    if !health.runtime_ready {
+        not_ready.push("container runtime is down");
+    }
+    if !health.network_ready {
+        not_ready.push(crate::network::NETWORK_NOT_READY);
+    }
+    let not_ready_message = match not_ready.as_slice() {
+        [one] => one.to_string(),
+        many => format!("[{}]", many.join(", ")),
+    };
     let conditions = vec![
         cond(
             "MemoryPressure",
@@ -190,11 +207,11 @@ pub fn node_status(
         ),
         cond(
             "Ready",
-            health.runtime_ready,
+            not_ready.is_empty(),
             "KubeletReady",
             "kubelet is posting ready status",
             "KubeletNotReady",
-            "container runtime is down",
+            &not_ready_message,
         ),
     ];
     let capacity = json!({
@@ -205,7 +222,7 @@ pub fn node_status(
     });
     let status = json!({
         "capacity": capacity,
-        "allocatable": capacity,
+        "allocatable": if info.allocatable.is_empty() { capacity.clone() } else { json!(info.allocatable) },
         "conditions": conditions,
         "addresses": info.addresses.iter().map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>(),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": info.kubelet_port}},
@@ -307,8 +324,10 @@ impl NodeAgent {
     /// Posts the node status (merge patch of `status`).
     pub async fn post_status(&self, status: &NodeStatus) -> Result<Node, kube::Error> {
         let patch = json!({"status": status});
+        // Strategic merge (conditions merge by type, as upstream's kubelet patches): conditions the
+        // kubelet does not own, such as a network provider's NetworkUnavailable, are kept.
         self.nodes
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
     }
 
@@ -356,11 +375,13 @@ mod tests {
             ],
             hostname: "n1".into(),
             kubelet_port: 10250,
+            allocatable: BTreeMap::new(),
         }
     }
 
     const HEALTHY: Health = Health {
         runtime_ready: true,
+        network_ready: true,
         memory_pressure: false,
         disk_pressure: false,
         pid_pressure: false,
@@ -411,6 +432,52 @@ mod tests {
             t1,
         );
         assert!(status_differs(&s, &down));
+    }
+
+    #[test]
+    fn network_not_ready_makes_the_node_not_ready_with_upstreams_message() {
+        let t0 = "2026-01-01T00:00:00Z".parse().unwrap();
+        let ready = |h: Health| {
+            node_status(&info(), h, None, t0)
+                .conditions
+                .unwrap()
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .unwrap()
+        };
+        let c = ready(Health {
+            network_ready: false,
+            ..HEALTHY
+        });
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("KubeletNotReady"))
+        );
+        assert_eq!(
+            c.message.as_deref(),
+            Some(
+                "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady \
+                 message:Network plugin returns error: cni plugin not initialized"
+            )
+        );
+        let both = ready(Health {
+            network_ready: false,
+            runtime_ready: false,
+            ..HEALTHY
+        });
+        let m = both.message.unwrap();
+        assert!(
+            m.starts_with("[container runtime is down, container runtime network not ready"),
+            "{m}"
+        );
+        // The kubelet leaves NetworkUnavailable to the network provider.
+        let s = node_status(&info(), HEALTHY, None, t0);
+        assert!(
+            !s.conditions
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "NetworkUnavailable")
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::hooks;
 use crate::inputs::{self, PodFacts};
 use crate::pods::{
     self, Action, AttemptState, BackoffBook, ContainerAttempt, Observed, SandboxState, StartError,
@@ -43,14 +44,13 @@ pub enum WorkerMsg {
     Poke,
     /// The pod vanished from its source without a graceful deletion: kill and remove.
     Removed,
+    /// The node is shutting down: stop every container with at most this grace period, report
+    /// the pod as terminated by the shutdown ([`crate::shutdown`]), keep its data, and end.
+    Shutdown { grace_seconds: i64 },
 }
 
-/// Pod networking through CNI, when the node has a network configured.
-#[derive(Debug, Clone)]
-pub struct CniSetup {
-    pub conf_dir: PathBuf,
-    pub bin_dirs: Vec<PathBuf>,
-}
+/// Pod networking through CNI (`None`: networking off, pods get loopback only).
+pub type CniSetup = Arc<crate::network::PodNetwork>;
 
 /// What every worker shares.
 pub struct NodeContext {
@@ -61,7 +61,8 @@ pub struct NodeContext {
     pub log_dir: PathBuf,
     pub images: ImageService,
     pub containers: ContainerService,
-    pub cgroup_parent: String,
+    /// The QoS cgroup hierarchy (pod cgroups, container cgroup paths and resources).
+    pub cgroups: Arc<crate::cgroups::CgroupManager>,
     pub log_rotation: LogRotation,
     pub book: Mutex<BackoffBook>,
     pub cni: Option<CniSetup>,
@@ -69,6 +70,10 @@ pub struct NodeContext {
     pub node_memory: i64,
     /// Liveness, readiness and startup probes of running containers.
     pub probes: crate::probes::ProbeManager,
+    /// Pod volumes: setup, periodic resync, tokens, teardown.
+    pub volumes: crate::volumes::VolumeManager,
+    /// Node-wide security settings (allowed unsafe sysctls).
+    pub security: crate::spec::security::NodeSecurity,
     /// Log pumps of containers this process created (kept until the container is removed).
     handles: Mutex<HashMap<String, CreatedContainer>>,
     facts: Mutex<HashMap<String, Facts>>,
@@ -113,7 +118,7 @@ impl NodeContext {
         log_dir: PathBuf,
         images: ImageService,
         containers: ContainerService,
-        cgroup_parent: String,
+        cgroups: Arc<crate::cgroups::CgroupManager>,
         log_rotation: LogRotation,
         book: BackoffBook,
         cni: Option<CniSetup>,
@@ -129,13 +134,15 @@ impl NodeContext {
             log_dir,
             images,
             containers,
-            cgroup_parent,
+            cgroups,
             log_rotation,
             book: Mutex::new(book),
             cni,
             node_cpu_millis,
             node_memory,
             probes,
+            volumes: Default::default(),
+            security: Default::default(),
             handles: Mutex::new(HashMap::new()),
             facts: Mutex::new(HashMap::new()),
         }
@@ -302,6 +309,7 @@ fn pod_ip_for(ctx: &NodeContext, pod: &Pod, uid: &str) -> String {
 
 /// Builds the runtime picture of one pod.
 pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<String, StartError>) -> Observed {
+    let _relist = crate::metrics::RelistTimer::start();
     let uid = uid_of(pod);
     let now = Timestamp::now();
     let listed = ctx.containers.list_pod(&uid).await.unwrap_or_default();
@@ -346,7 +354,9 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
         .pop()
         .map(|(attempt, id)| {
             let dir = ctx.sandbox_root().join(&id);
-            let ready = host_network || dir.join("net").exists();
+            // The `ip` record is written once networking is set up (empty without CNI): a sandbox
+            // whose ADD never finished (kubelet killed mid-ADD) is not ready and gets replaced.
+            let ready = host_network || (dir.join("net").exists() && dir.join("ip").exists());
             SandboxState { id, attempt, ready }
         });
     let pod_ips = sandbox
@@ -447,6 +457,17 @@ async fn create_sandbox(ctx: &NodeContext, pod: &Pod, attempt: u32) -> Result<()
     let uid = uid_of(pod);
     let spec = pod.spec.clone().unwrap_or_default();
     let host_network = spec.host_network.unwrap_or(false);
+    // Upstream's SyncPod gate: only hostNetwork pods start while the network is not ready.
+    if !host_network && ctx.cni.as_ref().is_some_and(|n| !n.is_ready()) {
+        return Err(StartError::new(
+            crate::network::NETWORK_NOT_READY_REASON,
+            format!(
+                "{}: {}",
+                crate::network::NETWORK_NOT_READY_POD,
+                crate::network::NETWORK_NOT_READY
+            ),
+        ));
+    }
     let hostname = spec
         .hostname
         .clone()
@@ -480,70 +501,53 @@ async fn create_sandbox(ctx: &NodeContext, pod: &Pod, attempt: u32) -> Result<()
                 )
             })?
     };
+    let mut ip = String::new();
     if !host_network && let (Some(cni), Some(net)) = (&ctx.cni, &created.net) {
-        let ip = cni_add(cni, &cfg.id, net, pod).await.map_err(|e| {
-            StartError::new(
-                "CreatePodSandboxError",
-                format!("Failed to create pod sandbox: plugin type=cni failed (add): {e}"),
-            )
-        })?;
-        let _ = std::fs::write(root.join(&cfg.id).join("ip"), ip);
+        let (cni, dir, id, net) = (cni.clone(), root.join(&cfg.id), cfg.id.clone(), net.clone());
+        let pod_ref = crate::network::PodRef {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: uid.clone(),
+        };
+        let added = tokio::task::spawn_blocking(move || cni.add(&dir, &id, &net, &pod_ref))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match added {
+            Ok(a) => ip = a,
+            Err(e) => {
+                // As containerd does for a failed RunPodSandbox: undo (DEL, unpin), report, retry later.
+                teardown_sandbox(ctx, pod, &cfg.id).await;
+                return Err(StartError::new(
+                    "CreatePodSandboxError",
+                    format!(
+                        "Failed to create pod sandbox: failed to setup network for sandbox {:?}: {e}",
+                        cfg.id
+                    ),
+                ));
+            }
+        }
     }
-    tracing::info!(pod = %pod_name(pod), uid, attempt, "pod sandbox created");
+    if !host_network {
+        // The record that networking is done (empty without CNI); see `observe`.
+        std::fs::write(root.join(&cfg.id).join("ip"), &ip)
+            .map_err(|e| StartError::new("CreatePodSandboxError", format!("recording the pod IP: {e}")))?;
+    }
+    tracing::info!(pod = %pod_name(pod), uid, attempt, ip, "pod sandbox created");
     Ok(())
-}
-
-async fn cni_add(cni: &CniSetup, id: &str, netns: &Path, pod: &Pod) -> Result<String, String> {
-    let conf_dir = cni.conf_dir.clone();
-    let bins = cni.bin_dirs.clone();
-    let id = id.to_string();
-    let netns = netns.display().to_string();
-    let args = vec![
-        (
-            "K8S_POD_NAMESPACE".to_string(),
-            pod.metadata.namespace.clone().unwrap_or_default(),
-        ),
-        (
-            "K8S_POD_NAME".to_string(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        ),
-        ("K8S_POD_UID".to_string(), uid_of(pod)),
-    ];
-    tokio::task::spawn_blocking(move || {
-        let (_, list) = cni::config::load_default_network(&conf_dir).map_err(|e| e.to_string())?;
-        let mut rt = cni::exec::RuntimeConf::new(&id, &netns, "eth0", bins);
-        rt.args = args;
-        let result = cni::exec::add_network_list(&list, &rt).map_err(|e| e.to_string())?;
-        let ip = result
-            .ips
-            .first()
-            .map(|ip| ip.address.split('/').next().unwrap_or("").to_string())
-            .unwrap_or_default();
-        Ok(ip)
-    })
-    .await
-    .map_err(|e| e.to_string())?
 }
 
 async fn teardown_sandbox(ctx: &NodeContext, pod: &Pod, id: &str) {
     let root = ctx.sandbox_root();
     let dir = root.join(id);
     if let Some(cni) = &ctx.cni
-        && dir.join("net").exists()
+        && (dir.join("net").exists() || crate::network::PodNetwork::has_cache(&dir))
     {
-        let conf_dir = cni.conf_dir.clone();
-        let bins = cni.bin_dirs.clone();
-        let sid = id.to_string();
-        let netns = dir.join("net").display().to_string();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Ok((_, list)) = cni::config::load_default_network(&conf_dir) {
-                let rt = cni::exec::RuntimeConf::new(&sid, &netns, "eth0", bins);
-                if let Err(e) = cni::exec::del_network_list(&list, &rt, None) {
-                    tracing::warn!(sandbox = sid, error = %e, "CNI DEL failed");
-                }
-            }
-        })
-        .await;
+        let (cni, d, sid) = (cni.clone(), dir.clone(), id.to_string());
+        let r = tokio::task::spawn_blocking(move || cni.del(&d, &sid, &d.join("net"))).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(pod = %pod_name(pod), sandbox = id, error = %e, "CNI DEL failed");
+        }
     }
     // Our own record of the sandbox's IP lives in its directory; the pins are the sandbox's.
     let _ = std::fs::remove_file(dir.join("ip"));
@@ -573,64 +577,6 @@ async fn pull_auth(ctx: &NodeContext, pod: &Pod, image: &str) -> oci_client::sec
     }
     let registry = image.split('/').next().unwrap_or("");
     credentials_for(&configs, registry)
-}
-
-fn qos_dir(pod: &Pod) -> &'static str {
-    match pods::pod_qos(pod) {
-        "Guaranteed" => "",
-        "Burstable" => "burstable/",
-        _ => "besteffort/",
-    }
-}
-
-fn oom_score_adj(pod: &Pod, c: &Container, node_memory: i64) -> i32 {
-    match pods::pod_qos(pod) {
-        "Guaranteed" => -997,
-        "BestEffort" => 1000,
-        _ => {
-            let req = c
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.as_ref())
-                .and_then(|r| r.get("memory"))
-                .and_then(|q| pods::resources::parse_quantity(&q.0).ok())
-                .unwrap_or(0) as i64;
-            let adj = 1000 - (1000 * req) / node_memory.max(1);
-            adj.clamp(2, 999) as i32
-        }
-    }
-}
-
-fn linux_resources(c: &Container) -> Option<oci_spec::runtime::LinuxResources> {
-    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
-    let res = c.resources.as_ref()?;
-    let q = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-             k: &str| {
-        m.and_then(|m| m.get(k))
-            .and_then(|q| pods::resources::parse_quantity(&q.0).ok())
-    };
-    let mem_limit = q(res.limits.as_ref(), "memory");
-    let cpu_limit = q(res.limits.as_ref(), "cpu");
-    let cpu_req = q(res.requests.as_ref(), "cpu").or(cpu_limit);
-    let mut cpu = LinuxCpuBuilder::default();
-    // parse_quantity gives milli-units for every resource: cpu millicores, memory in milli-bytes.
-    let shares = cpu_req.map(|m| ((m * 1024) / 1000).max(2) as u64).unwrap_or(2);
-    cpu = cpu.shares(shares);
-    if let Some(l) = cpu_limit {
-        cpu = cpu
-            .quota(((l * 100_000) / 1000).max(1000) as i64)
-            .period(100_000u64);
-    }
-    let mut b = LinuxResourcesBuilder::default();
-    if let Ok(c) = cpu.build() {
-        b = b.cpu(c);
-    }
-    if let Some(m) = mem_limit
-        && let Ok(mem) = LinuxMemoryBuilder::default().limit((m / 1000) as i64).build()
-    {
-        b = b.memory(mem);
-    }
-    b.build().ok()
 }
 
 async fn start_container(
@@ -671,10 +617,8 @@ async fn start_container(
         args: inputs::expand_args(c.args.as_ref(), &env),
         ..c.clone()
     };
-    let vols = volumes::setup(&ctx.root_dir, pod, &refs, &facts, &ctx.client)
-        .await
-        .map_err(|e| e.start_error())?;
-    let mut mounts = volumes::mounts_for(c, &vols)?;
+    let vols = volumes::setup_pod(ctx, pod, &refs, &facts).await?;
+    let mut mounts = volumes::mounts_for(c, &vols, &env)?;
     let pdir = volumes::pod_dir(&ctx.root_dir, &uid);
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
     // /etc/hosts managed by the kubelet (the node's own for hostNetwork pods), /etc/resolv.conf.
@@ -746,7 +690,15 @@ async fn start_container(
         host_pid: pod.spec.as_ref().and_then(|s| s.host_pid).unwrap_or(false),
     };
     let img = ImageConfig::from_json(&info.config);
-    let cgroups_path = format!("{}/{}pod{uid}/{id}", ctx.cgroup_parent, qos_dir(pod));
+    // The pod's cgroup (and its QoS parents) exist with the pod's limits before a container joins.
+    ctx.cgroups.ensure_pod(pod).map_err(|e| {
+        StartError::new(
+            "CreateContainerError",
+            format!("failed to ensure that the pod: {uid} cgroups exist and are correctly applied: {e}"),
+        )
+    })?;
+    let cgroups_path = ctx.cgroups.container_path(pod, &id);
+    let (resources, oom_score_adj) = ctx.cgroups.container_resources(pod, c);
     let hostname = pod
         .spec
         .as_ref()
@@ -763,11 +715,12 @@ async fn start_container(
         passwd: None,
         group: None,
         cgroups_path: cgroups_path.clone(),
-        oom_score_adj: oom_score_adj(pod, c, ctx.node_memory),
-        resources: linux_resources(c),
+        oom_score_adj,
+        resources,
         rootfs: "rootfs".into(),
     };
-    let spec = container_spec(&input).map_err(|e| StartError::new(e.reason(), e.to_string()))?;
+    let mut spec = container_spec(&input).map_err(|e| StartError::new(e.reason(), e.to_string()))?;
+    crate::spec::security::finish(&mut spec, pod, c, &ctx.root_dir)?;
     let created = ctx
         .containers
         .create(CreateContainer {
@@ -829,14 +782,112 @@ async fn start_container(
         format!("Started container {name}"),
     );
     tracing::info!(pod = %pod_name(pod), container = name, id, attempt, "container started");
+    if let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        post_start(ctx, pod, c, &id, handler).await?;
+    }
     Ok(())
 }
+
+/// Upstream's `format.Pod`: `name_namespace(uid)`.
+fn pod_format(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        uid_of(pod)
+    )
+}
+
+/// Runs a lifecycle hook of container `id`; the error is the message for the pod's status.
+async fn run_hook(
+    ctx: &NodeContext,
+    pod: &Pod,
+    c: &Container,
+    id: &str,
+    handler: &k8s_openapi::api::core::v1::LifecycleHandler,
+    kind: hooks::HookKind,
+    timeout: Option<Duration>,
+) -> Result<(), String> {
+    let action = hooks::action(handler, c, &pod_ip_for(ctx, pod, &uid_of(pod)))?;
+    let exec_id = match kind {
+        hooks::HookKind::PostStart => "poststart-hook",
+        hooks::HookKind::PreStop => "prestop-hook",
+    };
+    let fifo_dir = ctx.root_dir.join("hook-fifo");
+    hooks::run(
+        ctx.containers.containerd(),
+        &fifo_dir,
+        id,
+        exec_id,
+        &action,
+        timeout,
+    )
+    .await
+    .map_err(|f| hooks::failure_message(&action, &c.name, &pod_format(pod), &f.error, &f.output))
+}
+
+/// postStart: blocks this pod's worker until done, as upstream; a failure kills the container
+/// (which then restarts per policy) and is reported as `PostStartHookError`.
+async fn post_start(
+    ctx: &NodeContext,
+    pod: &Pod,
+    c: &Container,
+    id: &str,
+    handler: &k8s_openapi::api::core::v1::LifecycleHandler,
+) -> Result<(), StartError> {
+    let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PostStart, None).await else {
+        return Ok(());
+    };
+    tracing::warn!(pod = %pod_name(pod), container = %c.name, id, error = %message, "postStart hook failed");
+    // Upstream leaves the message out of the event so that secrets cannot leak through it.
+    event(
+        ctx,
+        pod,
+        Some(&c.name),
+        "Warning",
+        "FailedPostStartHook",
+        "PostStartHook failed".into(),
+    );
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    kill_container(ctx, pod, id, &c.name, grace, "FailedPostStartHook").await;
+    Err(StartError::new("PostStartHookError", message))
+}
+
+/// The shortest grace period a container gets (upstream's `minimumGracePeriodInSeconds`).
+const MIN_GRACE_SECONDS: i64 = 2;
 
 async fn kill_container(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64, message: &str) {
     if !message.is_empty() {
         event(ctx, pod, Some(name), "Normal", "Killing", message.to_string());
     }
-    let grace = Duration::from_secs(grace.max(0) as u64);
+    let mut grace = grace.max(0);
+    // preStop runs first, within the grace period (upstream: only when there is one).
+    if let Some((c, handler)) =
+        find_container(pod, name).and_then(|(c, _)| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+        && grace > 0
+    {
+        let started = std::time::Instant::now();
+        let limit = Duration::from_secs(grace as u64);
+        if let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PreStop, Some(limit)).await
+        {
+            tracing::warn!(pod = %pod_name(pod), container = name, id, error = %message, "preStop hook failed");
+            event(
+                ctx,
+                pod,
+                Some(name),
+                "Warning",
+                "FailedPreStopHook",
+                "PreStopHook failed".into(),
+            );
+        }
+        grace -= started.elapsed().as_secs() as i64;
+    }
+    // Upstream always leaves a minimal shutdown window to avoid needless SIGKILLs.
+    let grace = Duration::from_secs(grace.max(MIN_GRACE_SECONDS) as u64);
     match ctx.containers.stop(id, libc::SIGTERM as u32, grace).await {
         Ok((status, _)) => {
             let mut f = ctx.facts(id).unwrap_or_else(|| Facts {
@@ -903,10 +954,11 @@ pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) {
     for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid) {
         teardown_sandbox(ctx, pod, &id).await;
     }
-    volumes::teardown(&ctx.root_dir, &uid);
+    ctx.volumes.teardown(&ctx.root_dir, &uid);
     let _ = std::fs::remove_dir_all(ctx.pod_log_dir(pod));
-    let cg = format!("{}/{}pod{uid}", ctx.cgroup_parent, qos_dir(pod));
-    crate::runtime::container::remove_cgroup_dirs(&cg);
+    if let Err(e) = ctx.cgroups.remove_pod(&uid) {
+        tracing::warn!(pod = %pod_name(pod), error = %e, "removing the pod's cgroups failed");
+    }
     lock(&ctx.book).forget_pod(&uid);
 }
 
@@ -959,6 +1011,8 @@ pub async fn run(
     // The pod left its source (force-deleted, or a static manifest removed): no API writes for it.
     let mut orphaned = false;
     let mut closed = false;
+    let mut start_sli = crate::metrics::PodStartTracker::new(&pod);
+    let mut shutdown: Option<i64> = None;
     tracing::info!(pod = %pod_name(&pod), uid, "pod worker started");
     loop {
         let now = Timestamp::now();
@@ -1010,11 +1064,17 @@ pub async fn run(
                             &pod,
                             None,
                             "Warning",
-                            "FailedCreatePodSandBox",
+                            if e.reason == crate::network::NETWORK_NOT_READY_REASON {
+                                crate::network::NETWORK_NOT_READY_REASON
+                            } else {
+                                "FailedCreatePodSandBox"
+                            },
                             e.message.clone(),
                         );
                         sandbox_failed = true;
+                        crate::metrics::registry().pod_start_failed();
                     } else {
+                        crate::metrics::registry().pod_started();
                         // Containers started next join the new sandbox and see its IP.
                         observed = observe(&ctx, &pod, &start_errors).await;
                     }
@@ -1039,6 +1099,7 @@ pub async fn run(
                     match ctx.images.ensure(&image, policy, &auth, &|_| {}).await {
                         Ok(info) => {
                             let secs = started.elapsed().as_secs_f64();
+                            start_sli.pulled(secs);
                             event(
                                 &ctx,
                                 &pod,
@@ -1093,9 +1154,24 @@ pub async fn run(
                     match start_container(&ctx, &pod, &container, attempt, &spec_hash, &observed).await {
                         Ok(()) => {
                             start_errors.remove(&container);
+                            crate::metrics::registry()
+                                .container_started(find_container(&pod, &container).is_some_and(|(_, i)| i));
+                        }
+                        Err(e) if e.reason == volumes::WAITING_REASON => {
+                            // Volumes not set up: the FailedMount event was recorded.
+                            start_errors.insert(container.clone(), e);
+                            failed_containers.insert(container);
+                        }
+                        Err(e) if e.reason == "PostStartHookError" => {
+                            // Already reported (FailedPostStartHook, Killing); restarts per policy.
+                            start_errors.insert(container.clone(), e);
                         }
                         Err(e) => {
                             tracing::warn!(pod = %pod_name(&pod), container, reason = e.reason, error = %e.message, "container start failed");
+                            crate::metrics::registry().container_start_failed(
+                                &e.reason,
+                                find_container(&pod, &container).is_some_and(|(_, i)| i),
+                            );
                             event(
                                 &ctx,
                                 &pod,
@@ -1158,6 +1234,11 @@ pub async fn run(
             observed
         };
         let status = pods::status(&pod, &observed, Timestamp::now(), &ctx.node_ip);
+        start_sli.observe(&pod, &status);
+        let status = match shutdown {
+            Some(_) => crate::shutdown::terminated_status(status, Timestamp::now()),
+            None => status,
+        };
         let old = pod.status.clone().unwrap_or_default();
         if pods::status_changed(&old, &status)
             && !orphaned
@@ -1170,6 +1251,10 @@ pub async fn run(
                 }
                 Err(e) => tracing::warn!(pod = %pod_name(&pod), error = %e, "status update failed"),
             }
+        }
+        if shutdown.is_some() && !matches!(state, WorkerState::Syncing) {
+            tracing::info!(pod = %pod_name(&pod), uid, "pod stopped for the node shutdown");
+            return;
         }
         if matches!(state, WorkerState::Finished) {
             if removed
@@ -1199,6 +1284,7 @@ pub async fn run(
             tracing::info!(pod = %pod_name(&pod), uid, "pod worker finished");
             return;
         }
+        volumes::resync(&ctx, &pod, &observed).await;
         let wake = plan
             .wake_at
             .map(|w| {
@@ -1231,6 +1317,10 @@ pub async fn run(
                             break;
                         }
                     }
+                    Some(WorkerMsg::Shutdown { grace_seconds }) => {
+                        shutdown = Some(grace_seconds);
+                        break;
+                    }
                     Some(WorkerMsg::Removed) | None => {
                         closed = true;
                         orphaned = true;
@@ -1252,6 +1342,9 @@ pub async fn run(
                     pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
                 }
             }
+            if let WorkerMsg::Shutdown { grace_seconds } = msg {
+                shutdown = Some(grace_seconds);
+            }
             if let WorkerMsg::Update(p) = msg {
                 let keep = pod.status.clone();
                 pod = *p;
@@ -1259,6 +1352,10 @@ pub async fn run(
                     pod.status = keep;
                 }
             }
+        }
+        // Kept across pod updates: a shutdown stops the pod for good.
+        if let Some(grace) = shutdown {
+            crate::shutdown::mark_for_shutdown(&mut pod, grace);
         }
     }
 }

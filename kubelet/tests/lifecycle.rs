@@ -536,7 +536,7 @@ async fn probes_restart_unhealthy_containers_and_gate_readiness() {
     node.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: probed}}
+metadata: {{name: probed, labels: {{app: probed}}}}
 spec:
   containers:
   - name: main
@@ -546,12 +546,27 @@ spec:
     ports: [{{name: http, containerPort: 8080}}]
     startupProbe: {{tcpSocket: {{port: http}}, periodSeconds: 1, failureThreshold: 30}}
     readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1, failureThreshold: 1}}
-    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 2}}
+    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 2, terminationGracePeriodSeconds: 1}}
   - name: side
     image: {img}
     imagePullPolicy: IfNotPresent
     args: ["sleep", "infinity", "--exit-on-sigterm"]
     livenessProbe: {{exec: {{command: ["/bin/sh", "-c", "test -x /testimg"]}}, periodSeconds: 1}}
+"#
+    ));
+    // A startup probe that never succeeds: killed (probe grace 1 s) and restarted.
+    node.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: neverstarts}}
+spec:
+  containers:
+  - name: main
+    image: {img}
+    imagePullPolicy: IfNotPresent
+    args: ["sleep", "infinity", "--exit-on-sigterm"]
+    startupProbe: {{tcpSocket: {{port: 9}}, periodSeconds: 1, failureThreshold: 2, terminationGracePeriodSeconds: 1}}
+    livenessProbe: {{tcpSocket: {{port: 9}}, periodSeconds: 1}}
 "#
     ));
     let ready = |node: &Node| {
@@ -561,7 +576,24 @@ spec:
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     };
+    node.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: probed}\nspec:\n  selector: {app: probed}\n  ports: [{port: 80, targetPort: http}]\n",
+    );
+    // The endpoint's ready condition in the Service's EndpointSlice.
+    let endpoint_ready = |node: &Node| {
+        node.kubectl(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=probed",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].conditions.ready}",
+        ])
+    };
     node.eventually("pod Ready through its probes", || ready(&node));
+    node.eventually("endpoint ready in the EndpointSlice", || {
+        endpoint_ready(&node) == "true"
+    });
     let ip = node.pod("probed")["status"]["podIP"]
         .as_str()
         .unwrap()
@@ -583,6 +615,9 @@ spec:
     // Readiness failing: not Ready, no restart.
     curl("/readyz/set?code=500");
     node.eventually("not Ready", || !ready(&node));
+    node.eventually("endpoint not ready in the EndpointSlice", || {
+        endpoint_ready(&node) == "false"
+    });
     let p = node.pod("probed");
     let evs = node.kubectl(&[
         "get",
@@ -599,8 +634,10 @@ spec:
     );
     curl("/readyz/set?code=200");
     node.eventually("Ready again", || ready(&node));
+    node.eventually("endpoint ready again", || endpoint_ready(&node) == "true");
     // Liveness failing: the container is restarted, with an Unhealthy event.
     curl("/healthz/set?code=500");
+    let failing_since = Instant::now();
     node.eventually("restart after liveness failure", || {
         node.pod("probed")["status"]["containerStatuses"]
             .as_array()
@@ -608,6 +645,11 @@ spec:
             .flatten()
             .any(|c| c["name"] == "main" && c["restartCount"].as_i64().unwrap_or(0) >= 1)
     });
+    // Benchmark output: period 1 s x failureThreshold 2, then the kill and the restart.
+    println!(
+        "probes: liveness failing -> restartCount seen rising through the API: {:.2}s (period 1s, failureThreshold 2, probe grace 1s)",
+        failing_since.elapsed().as_secs_f64()
+    );
     let events = node.kubectl(&[
         "get",
         "events",
@@ -619,6 +661,32 @@ spec:
     assert!(
         events.contains("Liveness probe failed: HTTP probe failed with statuscode: 500"),
         "{events}"
+    );
+    node.eventually("restart after startup probe failure", || {
+        node.pod("neverstarts")["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let events = node.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=neverstarts",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}={.message};{end}",
+    ]);
+    assert!(
+        events.contains("Unhealthy=Startup probe failed: dial tcp"),
+        "{events}"
+    );
+    assert!(
+        events.contains("Killing=Container main failed startup probe, will be restarted"),
+        "{events}"
+    );
+    assert!(
+        !events.contains("Liveness probe failed"),
+        "liveness waits for startup: {events}"
     );
     // The exec-probed sidecar never restarted.
     let side = node.pod("probed")["status"]["containerStatuses"]

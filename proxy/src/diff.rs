@@ -66,13 +66,14 @@ pub fn diff_services(programmed: &Ruleset, desired: &Ruleset, changed: &BTreeSet
 }
 
 /// An element that moves from one Service to another (e.g. an external IP reassigned) shows up as
-/// both a delete and an add; it is already programmed, so neither is sent.
+/// both a delete and an add; it is already programmed, so neither is sent. Shared elements
+/// ([`Element::is_shared`]) are left as they are: the programmer reference-counts them.
 fn dedupe_moves(mut c: ChangeSet) -> ChangeSet {
     if c.delete.is_empty() || c.add.is_empty() {
         return c;
     }
-    let deleted: BTreeSet<Element> = c.delete.iter().copied().collect();
-    let added: BTreeSet<Element> = c.add.iter().copied().collect();
+    let deleted: BTreeSet<Element> = c.delete.iter().filter(|e| !e.is_shared()).copied().collect();
+    let added: BTreeSet<Element> = c.add.iter().filter(|e| !e.is_shared()).copied().collect();
     c.delete.retain(|e| !added.contains(e));
     c.add.retain(|e| !deleted.contains(e));
     c
@@ -82,17 +83,21 @@ fn dedupe_moves(mut c: ChangeSet) -> ChangeSet {
 mod tests {
     use super::*;
     use crate::model::{Destination, Protocol};
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
 
     fn ep(svc: u8, bucket: u32, endpoint: u8) -> Element {
         Element::ServiceEndpoint {
             dst: Destination {
-                ip: Ipv4Addr::new(10, 96, 0, svc),
+                ip: ip4(10, 96, 0, svc),
                 protocol: Protocol::Tcp,
                 port: 80,
             },
             bucket,
-            endpoint: Ipv4Addr::new(10, 244, 0, endpoint),
+            endpoint: ip4(10, 244, 0, endpoint),
             endpoint_port: 8080,
         }
     }
@@ -139,18 +144,26 @@ mod tests {
 
     #[test]
     fn element_moving_between_services_is_not_resent() {
-        let ip = Element::ClusterIp(Ipv4Addr::new(10, 96, 0, 1));
+        let ip = Element::ClusterIp(ip4(10, 96, 0, 1));
         let old = ruleset(&[("a", &[ip])]);
         let new = ruleset(&[("b", &[ip])]);
         assert!(diff(&old, &new).is_empty());
     }
 
     #[test]
+    fn shared_elements_are_not_deduplicated_between_services() {
+        let hp = Element::HairpinEndpoint(ip4(10, 244, 0, 1));
+        let old = ruleset(&[("a", &[hp])]);
+        let new = ruleset(&[("b", &[hp]), ("c", &[hp])]);
+        let c = diff(&old, &new);
+        // One release and two holds: the programmer's reference count ends at 2.
+        assert_eq!(c.delete, vec![hp]);
+        assert_eq!(c.add, vec![hp, hp]);
+    }
+
+    #[test]
     fn from_empty_adds_everything() {
-        let new = ruleset(&[(
-            "a",
-            &[ep(1, 0, 1), Element::ClusterIp(Ipv4Addr::new(10, 96, 0, 1))],
-        )]);
+        let new = ruleset(&[("a", &[ep(1, 0, 1), Element::ClusterIp(ip4(10, 96, 0, 1))])]);
         let c = diff(&Ruleset::default(), &new);
         assert!(c.delete.is_empty());
         assert_eq!(c.add.len(), 2);

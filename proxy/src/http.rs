@@ -11,12 +11,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// What a handler answers: status, content type, body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a handler answers: status, content type, body, and any further headers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -26,6 +27,7 @@ impl Reply {
             status: 404,
             content_type: "text/plain; charset=utf-8",
             body: "404 page not found\n".into(),
+            headers: Vec::new(),
         }
     }
 }
@@ -56,8 +58,10 @@ where
                             status: 405,
                             content_type: "text/plain; charset=utf-8",
                             body: "method not allowed\n".into(),
+                            headers: Vec::new(),
                         }
                     };
+                    let extra = reply.headers;
                     let mut resp = hyper::Response::new(Full::new(Bytes::from(reply.body)));
                     *resp.status_mut() = hyper::StatusCode::from_u16(reply.status)
                         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -70,6 +74,11 @@ where
                         "X-Content-Type-Options",
                         http::HeaderValue::from_static("nosniff"),
                     );
+                    for (name, value) in extra {
+                        if let Ok(v) = http::HeaderValue::from_str(&value) {
+                            headers.insert(name, v);
+                        }
+                    }
                     Ok::<_, Infallible>(resp)
                 }
             });

@@ -5,16 +5,21 @@
 //! - [`model`]: Services + EndpointSlices → desired map/set elements (pure).
 //! - [`diff`]: desired vs. programmed → minimal element changes (pure).
 //! - [`nft`]: netlink encoding and one-batch apply.
+//! - [`conntrack`]: stale UDP conntrack entries, deleted over ctnetlink after a sync.
 //! - [`sync`]: watch events → what changed and when to sync (pure).
 //! - [`health`], [`metrics`]: `/healthz`, `/livez` and `/metrics` content (pure); [`http`] serves them.
+//! - [`service_health`]: the `healthCheckNodePort` listeners of Local-policy Services.
 //! - [`netif`]: the node's interface addresses (for `--nodeport-addresses` CIDRs).
 
 pub mod config;
+pub mod conntrack;
 pub mod diff;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod netif;
+pub mod netlink;
 pub mod nft;
+pub mod service_health;
 pub mod sync;

@@ -3,11 +3,13 @@
 //! Thin I/O around the library: parses upstream's flags and KubeProxyConfiguration, watches
 //! Services, EndpointSlices and the local Node through kube-rs watchers (relists on 410 are the
 //! watcher's job), feeds the events to [`Tracker`] (which decides what changed and when to sync),
-//! programs the `ip kube-proxy` table with [`NftProgrammer`] (one netlink batch per sync), and
+//! programs the `ip` and `ip6 kube-proxy` tables with [`DualStack`] (one netlink batch per table
+//! and sync; stale UDP conntrack entries deleted after it), serves healthCheckNodePorts, and
 //! serves `/healthz`, `/livez` and `/metrics`. READY=1 goes to systemd after the first successful
 //! sync; WATCHDOG=1 from the sync loop. SIGTERM/SIGINT stop the daemon and leave the rules in
 //! place (as upstream); `--cleanup` removes the table and exits.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,10 +22,12 @@ use knode_systemd::{Notifier, Watchdog};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use kube_proxy::config::{ProxyFlags, Settings};
+use kube_proxy::conntrack::{UdpTargets, clean_stale_udp};
 use kube_proxy::health::Health;
 use kube_proxy::http::{Reply, serve};
 use kube_proxy::metrics::Metrics;
-use kube_proxy::nft::{NftProgrammer, TableConfig};
+use kube_proxy::nft::{DualStack, TableConfig};
+use kube_proxy::service_health::ServiceHealthServer;
 use kube_proxy::sync::{NodePortAddresses, SERVICE_LABEL_SELECTOR, SyncKind, SyncPlan, Timing, Tracker};
 use tokio::sync::mpsc;
 
@@ -89,23 +93,31 @@ fn init_logging(verbosity: u8) {
         .init();
 }
 
-fn table_config(settings: &Settings) -> TableConfig {
-    TableConfig {
-        masquerade_all: settings.config.nftables.masquerade_all,
-        cluster_cidr: settings.cluster_cidrs.iter().find_map(|c| match c.addr {
-            std::net::IpAddr::V4(a) => Some((a, c.prefix)),
-            std::net::IpAddr::V6(_) => None,
-        }),
-        ..TableConfig::default()
-    }
+/// The `ip` and `ip6 kube-proxy` programmers, each with its family's `--cluster-cidr`.
+fn programmers(settings: &Settings) -> DualStack {
+    let cidr = |v6: bool| {
+        settings
+            .cluster_cidrs
+            .iter()
+            .find(|c| c.addr.is_ipv6() == v6)
+            .map(|c| (c.addr, c.prefix))
+    };
+    DualStack::new(
+        TableConfig {
+            masquerade_all: settings.config.nftables.masquerade_all,
+            cluster_cidr: cidr(false),
+            ..TableConfig::default()
+        },
+        cidr(true),
+    )
 }
 
-/// `--cleanup`: removes the table (absent is fine) and exits.
+/// `--cleanup`: removes the tables (absent is fine) and exits.
 fn cleanup(settings: &Settings) -> anyhow::Result<()> {
-    NftProgrammer::new(table_config(settings))
-        .delete_table()
-        .context("removing the nftables table ip kube-proxy")?;
-    tracing::info!("removed table ip kube-proxy");
+    programmers(settings)
+        .delete_tables()
+        .context("removing the nftables tables ip/ip6 kube-proxy")?;
+    tracing::info!("removed tables ip kube-proxy and ip6 kube-proxy");
     Ok(())
 }
 
@@ -211,6 +223,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                     status: probe.status,
                     content_type: "application/json",
                     body: probe.body,
+                    headers: Vec::new(),
                 }
             }),
         );
@@ -225,11 +238,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                     status: 200,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
                     body: sh.metrics.render(),
+                    headers: Vec::new(),
                 },
                 ("/healthz", _) => Reply {
                     status: 200,
                     content_type: "text/plain; charset=utf-8",
                     body: "ok".into(),
+                    headers: Vec::new(),
                 },
                 _ => Reply::not_found(),
             }),
@@ -273,16 +288,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot list interface addresses; --nodeport-addresses CIDRs match none");
         Vec::new()
     });
-    let table = table_config(&settings);
+    let programmers = programmers(&settings);
     let mut tracker = Tracker::new(
         Timing {
             min_sync_period: cfg.nftables.min_sync_period,
             sync_period: cfg.nftables.sync_period,
         },
         NodePortAddresses::new(&cfg.node_port_addresses, local_addrs),
-        table.buckets,
-    );
-    let mut programmer = Some(NftProgrammer::new(table));
+        programmers.v4.buckets(),
+    )
+    .with_node_name(settings.node_name.clone());
+    let mut health_checks = BTreeMap::new();
+    let mut service_health = {
+        let s = shared.clone();
+        ServiceHealthServer::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            Arc::new(move || s.lock().is_ok_and(|sh| sh.health.healthy(Instant::now()))),
+        )
+    };
+    let mut programmer = Some(programmers);
     let notifier = Notifier::from_env();
     let mut watchdog = Watchdog::from_env(&notifier);
     let mut ready_sent = false;
@@ -319,6 +343,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 if let Some(plan) = tracker.take_due(Instant::now()) {
+                    // Health checks follow the endpoints the sync programs.
+                    let keys = match &plan.kind {
+                        SyncKind::Services(changed) => changed.clone(),
+                        _ => {
+                            health_checks.clear();
+                            tracker.service_keys()
+                        }
+                    };
+                    for key in keys {
+                        match tracker.health_check(&key) {
+                            Some(hc) => health_checks.insert(key, hc),
+                            None => health_checks.remove(&key),
+                        };
+                    }
+                    service_health.sync(&health_checks);
                     let p = programmer.take().context("programmer lost in a panicked sync")?;
                     let (p, ok) = sync_once(&tracker, p, plan, &shared).await?;
                     programmer = Some(p);
@@ -363,32 +402,48 @@ fn unix_seconds(t: SystemTime) -> f64 {
 /// the sync succeeded. Failures are logged and counted, never fatal.
 async fn sync_once(
     tracker: &Tracker,
-    mut programmer: NftProgrammer,
+    mut programmer: DualStack,
     plan: SyncPlan,
     shared: &Mutex<Shared>,
-) -> anyhow::Result<(NftProgrammer, bool)> {
+) -> anyhow::Result<(DualStack, bool)> {
     let start = Instant::now();
     let desired = match &plan.kind {
         SyncKind::Services(changed) => tracker.desired_for(changed),
         SyncKind::All | SyncKind::Rebuild => tracker.desired(),
     };
+    // UDP destinations of the synced Services, for the conntrack cleanup after the sync.
+    let udp_targets = UdpTargets::from_elements(desired.by_service.values().flatten());
     let model_time = start.elapsed();
     let kind = plan.kind;
     let full = !matches!(kind, SyncKind::Services(_));
-    let (programmer, result, kind) = tokio::task::spawn_blocking(move || {
+    let (programmer, result, kind, elapsed) = tokio::task::spawn_blocking(move || {
         let r = match &kind {
-            SyncKind::Rebuild => {
-                programmer.invalidate();
-                programmer.sync(&desired)
-            }
+            // Start-up and the periodic resync: adopt the table in the kernel when it has this
+            // layout (elements diffed, dynamic affinity state kept), else replace it atomically.
+            SyncKind::Rebuild => programmer.resync(&desired),
             SyncKind::All => programmer.sync(&desired),
             SyncKind::Services(changed) => programmer.sync_services(&desired, changed),
         };
-        (programmer, r, kind)
+        let elapsed = start.elapsed();
+        // As upstream: after the rules, delete UDP conntrack entries that still point at an
+        // endpoint the Service no longer has (or at no endpoint at all). A failure is logged;
+        // the next sync of the Service retries.
+        if r.is_ok() && !udp_targets.is_empty() {
+            let t = Instant::now();
+            match clean_stale_udp(&udp_targets) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deleted = n,
+                    duration_ms = t.elapsed().as_secs_f64() * 1000.0,
+                    "deleted stale UDP conntrack entries"
+                ),
+                Err(e) => tracing::warn!(error = %e, "conntrack cleanup failed"),
+            }
+        }
+        (programmer, r, kind, elapsed)
     })
     .await
     .context("sync task panicked")?;
-    let elapsed = start.elapsed();
     let wall = SystemTime::now();
     let Ok(mut sh) = shared.lock() else {
         anyhow::bail!("shared state poisoned");

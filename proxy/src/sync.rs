@@ -23,7 +23,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 
 use crate::config::Cidr;
-use crate::model::{ModelConfig, Ruleset, SERVICE_NAME_LABEL, ServiceKey, desired_ruleset, service_elements};
+use crate::model::{
+    HealthCheck, ModelConfig, Ruleset, SERVICE_NAME_LABEL, ServiceKey, desired_ruleset, health_check,
+    service_elements,
+};
 
 /// Upstream's annotation on EndpointSlices: when the change that produced this slice happened;
 /// the start of `kubeproxy_network_programming_duration_seconds`.
@@ -66,20 +69,20 @@ impl NodePortAddresses {
         }
     }
 
-    /// The IPv4 addresses NodePorts are served on for this Node (sorted, deduplicated): the
-    /// Node's InternalIPs (ExternalIPs if it has none) for "primary", plus local addresses
-    /// within the CIDRs.
-    pub fn resolve(&self, node: Option<&Node>) -> Vec<Ipv4Addr> {
+    /// The addresses NodePorts are served on for this Node (sorted, deduplicated; both
+    /// families): the Node's InternalIPs (ExternalIPs if it has none) for "primary", plus local
+    /// addresses within the CIDRs.
+    pub fn resolve(&self, node: Option<&Node>) -> Vec<IpAddr> {
         let mut out = BTreeSet::new();
         if self.primary {
-            let addrs: Vec<(String, Ipv4Addr)> = node
+            let addrs: Vec<(String, IpAddr)> = node
                 .and_then(|n| n.status.as_ref())
                 .and_then(|s| s.addresses.as_ref())
                 .into_iter()
                 .flatten()
-                .filter_map(|a| Some((a.type_.clone(), a.address.parse::<Ipv4Addr>().ok()?)))
+                .filter_map(|a| Some((a.type_.clone(), a.address.parse::<IpAddr>().ok()?)))
                 .collect();
-            let internal: Vec<Ipv4Addr> = addrs
+            let internal: Vec<IpAddr> = addrs
                 .iter()
                 .filter(|(t, _)| t == "InternalIP")
                 .map(|(_, ip)| *ip)
@@ -92,7 +95,7 @@ impl NodePortAddresses {
         }
         for ip in &self.local_addrs {
             if self.cidrs.iter().any(|c| cidr_contains(c, *ip)) {
-                out.insert(*ip);
+                out.insert(IpAddr::V4(*ip));
             }
         }
         out.into_iter().collect()
@@ -221,7 +224,7 @@ pub struct Tracker {
     /// changed Services' slices.
     slice_index: BTreeMap<ServiceKey, BTreeSet<(String, String)>>,
     node: Store<Node>,
-    node_ips: Vec<Ipv4Addr>,
+    node_ips: Vec<IpAddr>,
     dirty: BTreeSet<ServiceKey>,
     need_all: bool,
     need_rebuild: bool,
@@ -229,6 +232,8 @@ pub struct Tracker {
     last_sync: Option<Instant>,
     triggers: BTreeMap<ServiceKey, jiff::Timestamp>,
     counters: Counters,
+    /// This node's name: endpoints on it are local for the Local traffic policies.
+    node_name: Option<String>,
 }
 
 impl Tracker {
@@ -250,7 +255,15 @@ impl Tracker {
             last_sync: None,
             triggers: BTreeMap::new(),
             counters: Counters::default(),
+            node_name: None,
         }
+    }
+
+    /// Sets this node's name (`--hostname-override` or the hostname), which makes endpoints with
+    /// that `nodeName` local.
+    pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = Some(name.into());
+        self
     }
 
     /// A Services watch event.
@@ -344,7 +357,7 @@ impl Tracker {
     }
 
     /// The NodePort addresses currently in effect.
-    pub fn node_ips(&self) -> &[Ipv4Addr] {
+    pub fn node_ips(&self) -> &[IpAddr] {
         &self.node_ips
     }
 
@@ -402,6 +415,7 @@ impl Tracker {
         ModelConfig {
             buckets: self.buckets,
             node_ips: self.node_ips.clone(),
+            node_name: self.node_name.clone(),
         }
     }
 
@@ -436,6 +450,25 @@ impl Tracker {
             }
         }
         out
+    }
+
+    /// The health check of one Service (`externalTrafficPolicy: Local` with a
+    /// `healthCheckNodePort`), if it has one: O(that Service's slices).
+    pub fn health_check(&self, key: &ServiceKey) -> Option<HealthCheck> {
+        let svc = self.services.items.get(key)?;
+        let slices: Vec<&EndpointSlice> = self
+            .slice_index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.items.get(k))
+            .collect();
+        health_check(svc, &slices, self.node_name.as_deref())
+    }
+
+    /// Keys of every known Service.
+    pub fn service_keys(&self) -> BTreeSet<ServiceKey> {
+        self.services.items.keys().cloned().collect()
     }
 
     /// The desired ruleset from everything known.

@@ -1,14 +1,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Benchmark (prints, asserts only correctness): a full sync of N services × 5 endpoints through this
 //! crate's netlink code vs. `nft -f` of the same ruleset text, each into a fresh network namespace,
-//! and a one-service change at several cluster sizes. Short by default (1k services);
-//! `KNODE_BENCH=full` runs 10k services and changes at 100 / 1k / 10k. Build with `--release` for
-//! numbers worth quoting (the debug build's encoding is several times slower).
+//! and a one-service change at several cluster sizes; and the TCP connect latency to a ClusterIP
+//! (real packets: client → node → pod namespaces) with 10 vs. many Services programmed. Short by
+//! default (1k services); `KNODE_BENCH=full` runs 10k services and changes at 100 / 1k / 10k. Build
+//! with `--release` for numbers worth quoting (the debug build's encoding is several times slower).
+//! The daemon's RSS at many Services is in `bench_daemon.rs`.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -80,6 +83,53 @@ impl Drop for Netns {
     }
 }
 
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP listener inside a namespace that accepts (and drops) connections until dropped.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(ns: &Netns, addr: SocketAddr) -> Backend {
+        // A socket belongs to the namespace it was created in, whichever thread uses it.
+        let listener = ns.run(|| TcpListener::bind(addr).unwrap());
+        // Non-blocking so the thread can notice `stop`; the kernel completes handshakes on its
+        // own, so polling adds nothing to the client's connect() time.
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if listener.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        Backend {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn cluster(n: usize, endpoints: usize, generation: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut services = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
@@ -140,32 +190,84 @@ fn cluster(n: usize, endpoints: usize, generation: usize) -> (Vec<Service>, Vec<
     (services, slices)
 }
 
-/// The same table as [`NftProgrammer`] writes, as `nft -f` text.
+/// The same table as [`NftProgrammer`] writes (default configuration), as `nft -f` text. The
+/// 33 per-prefix-length rules of `firewall-check` are left out (a regular chain nothing in the
+/// benchmark reaches; their cost is constant), and the affinity-record dispatch keys on `th dport`
+/// where the programmer uses `ct original proto-dst` (which nft's parser refuses in a
+/// concatenation; same cost).
 fn nft_text(r: &Ruleset, buckets: u32) -> String {
     let tuple = "typeof ip daddr . meta l4proto . th dport";
-    let mut t = format!(
-        "table ip kube-proxy {{\n\
-         map service-endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {buckets} : ip daddr . th dport; }}\n\
-         map service-endpoints-large {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 256 : ip daddr . th dport; }}\n\
-         set service-ips {{ {tuple}; }}\n set external-services {{ {tuple}; }}\n\
-         set no-endpoint-services {{ {tuple}; }}\n set cluster-ips {{ typeof ip daddr; }}\n\
-         chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept;\n\
-           ip daddr . meta l4proto . th dport @external-services meta mark set meta mark | 0x4000\n\
-           dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 256 map @service-endpoints-large\n\
-           dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {buckets} map @service-endpoints\n }}\n\
-         chain nat-output {{ type nat hook output priority -100; policy accept;\n\
-           ip daddr . meta l4proto . th dport @external-services meta mark set meta mark | 0x4000\n\
-           dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 256 map @service-endpoints-large\n\
-           dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {buckets} map @service-endpoints\n }}\n\
-         chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept;\n\
-           meta mark & 0x4000 == 0x4000 meta mark set meta mark & 0xffffbfff masquerade fully-random\n }}\n\
-         chain filter-input {{ type filter hook input priority -10; policy accept;\n\
-           ip daddr . meta l4proto . th dport @no-endpoint-services reject\n }}\n\
-         chain filter-forward {{ type filter hook forward priority -10; policy accept;\n\
-           ip daddr . meta l4proto . th dport @no-endpoint-services reject\n }}\n\
-         chain filter-output {{ type filter hook output priority -10; policy accept;\n\
-           ip daddr . meta l4proto . th dport @no-endpoint-services reject\n }}\n}}\n"
+    let dst = "ip daddr . meta l4proto . th dport";
+    let ep_map = |name: &str, m: u32| {
+        format!("map {name} {{ {tuple} . numgen random mod {m} : ip daddr . th dport; }}\n")
+    };
+    let dnat = |map: &str, m: u32| format!("dnat ip to {dst} . numgen random mod {m} map @{map}\n");
+    let mut t = String::from("table ip kube-proxy {\n");
+    t += &ep_map("service-endpoints", buckets);
+    t += &ep_map("service-endpoints-large", 256);
+    t += &ep_map("service-endpoints-local", buckets);
+    for set in [
+        "service-ips",
+        "external-services",
+        "no-endpoint-services",
+        "external-local-services",
+        "no-local-endpoint-services",
+        "firewall-ips",
+    ] {
+        let _ = writeln!(t, "set {set} {{ {tuple}; }}");
+    }
+    t += "set cluster-ips { typeof ip daddr; }\n";
+    t += &format!("map service-affinity {{ {tuple} : verdict; }}\n");
+    t += &format!("map service-affinity-record {{ {tuple} : verdict; }}\n");
+    t += &format!("set affinity-endpoints {{ {tuple} . ip daddr . th dport; }}\n");
+    t += "set hairpin-endpoints { typeof ip saddr . ip daddr; }\n";
+    t += &format!("set firewall-allow {{ {tuple} . ip saddr . meta mark; }}\n");
+    for (chain, hook, local_mark, local_pick) in [
+        (
+            "nat-prerouting",
+            "prerouting",
+            "fib saddr type local ",
+            "fib saddr type != local ",
+        ),
+        ("nat-output", "output", "", "fib saddr type != local "),
+    ] {
+        let _ = write!(
+            t,
+            "chain {chain} {{ type nat hook {hook} priority -100; policy accept;\n\
+             {dst} @external-services meta mark set meta mark | 0x4000\n\
+             {local_mark}{dst} @external-local-services meta mark set meta mark | 0x4000\n\
+             {dst} vmap @service-affinity\n\
+             {local_pick}{}\
+             {local_pick}{dst} @external-local-services accept\n\
+             {}{}}}\n",
+            dnat("service-endpoints-local", buckets),
+            dnat("service-endpoints-large", 256),
+            dnat("service-endpoints", buckets),
+        );
+    }
+    t += "chain nat-postrouting { type nat hook postrouting priority 100; policy accept;\n\
+          ct status dnat ct original ip daddr . meta l4proto . th dport vmap @service-affinity-record\n\
+          meta mark & 0x4000 == 0x4000 meta mark set meta mark & 0xffffbfff masquerade fully-random\n\
+          ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random\n}\n";
+    t += "chain firewall-check { drop; }\n";
+    let fw = format!("ct state new {dst} @firewall-ips jump firewall-check\n");
+    let _ = write!(
+        t,
+        "chain filter-prerouting {{ type filter hook prerouting priority -110; policy accept;\n{fw}}}\n"
     );
+    for (chain, hook) in [
+        ("filter-input", "input"),
+        ("filter-forward", "forward"),
+        ("filter-output", "output"),
+    ] {
+        let _ = write!(
+            t,
+            "chain {chain} {{ type filter hook {hook} priority -110; policy accept;\n{}\
+             {dst} @no-endpoint-services reject\n{dst} @no-local-endpoint-services drop\n}}\n",
+            if chain == "filter-output" { fw.as_str() } else { "" }
+        );
+    }
+    t += "}\n";
     let mut lines: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for e in &r.all() {
         let s = match e {
@@ -180,16 +282,32 @@ fn nft_text(r: &Ruleset, buckets: u32) -> String {
                 bucket,
                 endpoint,
                 endpoint_port,
+            }
+            | Element::LocalServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
             } => format!(
                 "{} . {} . {} . {bucket} : {endpoint} . {endpoint_port}",
                 dst.ip,
                 dst.protocol.nft_name(),
                 dst.port
             ),
-            Element::ServiceIp(d) | Element::ExternalService(d) | Element::NoEndpointService(d) => {
+            Element::ServiceIp(d)
+            | Element::ExternalService(d)
+            | Element::NoEndpointService(d)
+            | Element::ExternalLocalService(d)
+            | Element::NoLocalEndpointService(d) => {
                 format!("{} . {} . {}", d.ip, d.protocol.nft_name(), d.port)
             }
             Element::ClusterIp(ip) => ip.to_string(),
+            Element::HairpinEndpoint(ip) => format!("{ip} . {ip}"),
+            // The benchmark's Services have no session affinity and no source ranges.
+            Element::FirewallService(_) | Element::FirewallAllow { .. } => continue,
+            Element::AffinityService { .. }
+            | Element::AffinityRecord { .. }
+            | Element::AffinityEndpoint { .. } => continue,
         };
         lines.entry(e.set_name()).or_default().push(s);
     }
@@ -228,6 +346,7 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
     let config = ModelConfig {
         buckets,
         node_ips: vec![],
+        ..Default::default()
     };
 
     // Full sync: netlink vs nft -f, each into a fresh namespace.
@@ -273,6 +392,7 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
 
     // One-service change at several sizes.
     let mut per_size = Vec::new();
+    let mut per_size_delete = Vec::new();
     for &n in sizes {
         let ns = Netns::new();
         let mut p = NftProgrammer::new(TableConfig::default());
@@ -301,7 +421,8 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
             });
             let stats = stats.unwrap();
             assert!(!stats.full);
-            assert!(stats.elements_added > 0 && stats.elements_added <= buckets as usize);
+            // At most every bucket, plus the moved endpoint's hairpin element.
+            assert!(stats.elements_added > 0 && stats.elements_added <= buckets as usize + 1);
             ops = stats.elements_added + stats.elements_deleted;
             applies.push(apply);
         }
@@ -315,14 +436,45 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
             ms(models[2])
         );
         per_size.push(apply);
-    }
-    if let (Some(first), Some(last)) = (per_size.first(), per_size.last()) {
+
+        // Service deletions (watch event: svc1..svc5 deleted, one sync each): every element of
+        // the Service goes in one batch of DELSETELEM messages (keys only).
+        let mut deletes = Vec::new();
+        let mut del_ops = 0;
+        for victim in services.iter().skip(1).take(5) {
+            let key = service_key(victim);
+            after.by_service.remove(&key);
+            let changed = [key].into();
+            let (stats, apply) = ns.run(|| {
+                let t = Instant::now();
+                let s = p.sync_services(&after, &changed);
+                (s, t.elapsed())
+            });
+            let stats = stats.unwrap();
+            assert!(
+                stats.elements_deleted > 0 && stats.elements_added == 0,
+                "{stats:?}"
+            );
+            del_ops = stats.elements_deleted;
+            deletes.push(apply);
+        }
+        deletes.sort();
         println!(
-            "one-service change apply ratio {}/{}: {:.2}",
-            sizes[sizes.len() - 1],
-            sizes[0],
-            last.as_secs_f64() / first.as_secs_f64()
+            "one-service delete at {n} services: {del_ops} element ops, apply min {:.2} ms median {:.2} ms",
+            ms(deletes[0]),
+            ms(deletes[2])
         );
+        per_size_delete.push(deletes[2]);
+    }
+    for (what, v) in [("change", &per_size), ("delete", &per_size_delete)] {
+        if let (Some(first), Some(last)) = (v.first(), v.last()) {
+            println!(
+                "one-service {what} apply ratio {}/{}: {:.2}",
+                sizes[sizes.len() - 1],
+                sizes[0],
+                last.as_secs_f64() / first.as_secs_f64()
+            );
+        }
     }
     println!("test process peak RSS: {} MiB", rss_kib() / 1024);
 }
@@ -392,5 +544,123 @@ fn bench_daemon_model_partial_vs_full() {
         ms(full_model),
         ms(partial_model),
         full_model.as_secs_f64() / partial_model.as_secs_f64().max(1e-9)
+    );
+}
+
+/// `cluster(n)` with Service `svc5` (10.96.0.5:80) pointing at one real backend.
+fn cluster_with_backend(n: usize, backend: Ipv4Addr) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let (services, mut slices) = cluster(n, 5, 0);
+    slices[5].endpoints = vec![Endpoint {
+        addresses: vec![backend.to_string()],
+        ..Default::default()
+    }];
+    (services, slices)
+}
+
+/// Median, 90th percentile and mean of `samples` (sorted in place), in µs.
+fn median_p90_mean_us(samples: &mut [Duration]) -> (f64, f64, f64) {
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mean = samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64;
+    (
+        us(samples[samples.len() / 2]),
+        us(samples[samples.len() * 9 / 10]),
+        mean,
+    )
+}
+
+/// TCP connect() latency from a client namespace through the node's table to a ClusterIP whose
+/// one endpoint is a listener in a pod namespace, with 10 Services programmed vs. 1k (short) or
+/// 10k (`KNODE_BENCH=full`). The sizes alternate (small, big, small, big) in the same namespaces
+/// so drift of the shared machine's load hits both alike; every connection is new, so each one
+/// goes through the nat chains' map lookups (later packets would only hit conntrack).
+#[test]
+fn bench_clusterip_connect_latency_few_vs_many_services() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let full = std::env::var("KNODE_BENCH").as_deref() == Ok("full");
+    let (few, many) = (10, if full { 10_000 } else { 1_000 });
+    let per_round = 250;
+    let config = ModelConfig {
+        buckets: 16,
+        node_ips: vec![],
+        ..Default::default()
+    };
+    let node = Netns::new();
+    let client = Netns::new();
+    let pod = Netns::new();
+    let backend_ip = Ipv4Addr::new(10, 244, 1, 10);
+    sh(&["ip", "-n", &node.0, "link", "set", "lo", "up"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    for (peer, node_addr, peer_addr, link) in [
+        (&client, "192.168.78.1/24", "192.168.78.2/24", "up0"),
+        (&pod, "10.244.1.1/24", "10.244.1.10/24", "pod0"),
+    ] {
+        sh(&[
+            "ip", "-n", &node.0, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns",
+            &peer.0,
+        ]);
+        sh(&["ip", "-n", &node.0, "addr", "add", node_addr, "dev", link]);
+        sh(&["ip", "-n", &node.0, "link", "set", link, "up"]);
+        sh(&["ip", "-n", &peer.0, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &peer.0, "addr", "add", peer_addr, "dev", "eth0"]);
+        sh(&["ip", "-n", &peer.0, "link", "set", "eth0", "up"]);
+        let gw = node_addr.split('/').next().unwrap();
+        sh(&["ip", "-n", &peer.0, "route", "add", "default", "via", gw]);
+    }
+    let _backend = Backend::start(&pod, SocketAddr::from((backend_ip, 8080)));
+    let vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 5), 80));
+
+    let mut p = NftProgrammer::new(TableConfig::default());
+    let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut sync_ms = [0.0f64; 2];
+    for (i, n) in [few, many, few, many].into_iter().enumerate() {
+        let (services, slices) = cluster_with_backend(n, backend_ip);
+        let desired = desired_ruleset(&services, &slices, &config);
+        let (stats, took) = node.run(|| {
+            let t = Instant::now();
+            (p.sync(&desired), t.elapsed())
+        });
+        stats.unwrap();
+        sync_ms[i % 2] = ms(took);
+        assert_eq!(
+            node.count_map_elements("service-endpoints"),
+            n * config.buckets as usize
+        );
+        let round = client.run(|| {
+            // Warm-up: ARP/neighbour entries and caches, not measured.
+            for _ in 0..20 {
+                TcpStream::connect_timeout(&vip, Duration::from_secs(3)).unwrap();
+            }
+            (0..per_round)
+                .map(|_| {
+                    let t = Instant::now();
+                    let c = TcpStream::connect_timeout(&vip, Duration::from_secs(3));
+                    let took = t.elapsed();
+                    c.unwrap_or_else(|e| panic!("connect {vip} with {n} services: {e}"));
+                    took
+                })
+                .collect::<Vec<_>>()
+        });
+        samples[i % 2].extend(round);
+    }
+    let (few_median, few_p90, few_mean) = median_p90_mean_us(&mut samples[0]);
+    let (many_median, many_p90, many_mean) = median_p90_mean_us(&mut samples[1]);
+    println!(
+        "ClusterIP connect latency ({} connections each): {few} services median {few_median:.0} µs p90 {few_p90:.0} µs mean {few_mean:.0} µs; \
+         {many} services median {many_median:.0} µs p90 {many_p90:.0} µs mean {many_mean:.0} µs \
+         (last sync to {many}: {:.1} ms); ratio {many}/{few}: median {:.2}, p90 {:.2}, mean {:.2}",
+        samples[0].len(),
+        sync_ms[1],
+        many_median / few_median,
+        many_p90 / few_p90,
+        many_mean / few_mean
     );
 }

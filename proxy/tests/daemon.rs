@@ -808,3 +808,128 @@ fn healthz_turns_503_when_syncs_stall_and_the_daemon_keeps_running() {
         lab.proxy_log()
     );
 }
+
+#[test]
+fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health_check_node_ports() {
+    knode_harness::require_root().unwrap();
+    knode_harness::install_crypto_provider();
+    let cp = ControlPlane::start(&[]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig)?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
+        })
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client.clone());
+
+    let mut lab = Lab::new(2);
+    let node_name = lab.node_name();
+    let node = node_object(&node_name);
+    rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
+    rt.block_on(nodes.patch_status(
+        &node_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": node.status})),
+    ))
+    .unwrap();
+    let kubeconfig = cp
+        .issue_kubeconfig(&format!("system:node:{node_name}"), &["system:nodes"])
+        .unwrap();
+
+    // A LoadBalancer Service with externalTrafficPolicy Local: pod0 runs on this node, pod1
+    // elsewhere.
+    let mut svc = service("lb", "LoadBalancer");
+    let spec = svc.spec.as_mut().unwrap();
+    spec.external_traffic_policy = Some("Local".into());
+    spec.health_check_node_port = Some(32555);
+    let svc = rt
+        .block_on(services.create(&PostParams::default(), &svc))
+        .unwrap();
+    let mut sl = slice("lb", &lab.pods.iter().map(|p| p.1).collect::<Vec<_>>());
+    sl.endpoints[0].node_name = Some(node_name.clone());
+    sl.endpoints[1].node_name = Some("another-node".into());
+    rt.block_on(slices.create(&PostParams::default(), &sl)).unwrap();
+    let spec = svc.spec.unwrap();
+    let vip = SocketAddr::from((spec.cluster_ip.unwrap().parse::<Ipv4Addr>().unwrap(), 80));
+    let hc_port = spec.health_check_node_port.unwrap() as u16;
+    let node_port = spec.ports.unwrap()[0].node_port.unwrap() as u16;
+
+    lab.start_proxy(&cp, &kubeconfig, true, None, &["-v=2"]);
+    wait_for(&lab, 30, "the ClusterIP to answer", || {
+        in_netns(&lab.client, || http_get(vip, "/hostname").ok())
+    });
+
+    // The health check node port (reached from outside the node) reports the local endpoint.
+    let hc = SocketAddr::from((NODE_IP, hc_port));
+    let (code, body) = wait_for(&lab, 30, "the health check node port", || {
+        in_netns(&lab.client, || http_get_full(hc, "/").ok())
+    });
+    println!("healthCheckNodePort {hc}: {code} {body}");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+    assert!(body.contains("\"name\": \"lb\""), "{body}");
+    // External traffic to the NodePort reaches the local endpoint only.
+    let m = hosts(&lab, SocketAddr::from((NODE_IP, node_port)), 20);
+    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["pod0"], "{m:?}");
+
+    // Restart kube-proxy while a client keeps connecting: the new process adopts the table
+    // (no replacement, no window), so no connection fails.
+    let stop = AtomicBool::new(false);
+    let client_ns = lab.client.clone();
+    let stop_ref = &stop;
+    let (ok, failed) = std::thread::scope(|s| {
+        let client = s.spawn(move || {
+            in_netns(&client_ns, || {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop_ref.load(Ordering::SeqCst) {
+                    match http_get(vip, "/hostname") {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut proxy = lab.proxy.take().unwrap();
+        unsafe { libc::kill(proxy.id() as i32, libc::SIGTERM) };
+        let status = wait_for(&lab, 20, "kube-proxy to exit", || proxy.try_wait().unwrap());
+        assert!(status.success());
+        lab.start_proxy(&cp, &kubeconfig, false, None, &["-v=2"]);
+        wait_for(&lab, 30, "the restarted kube-proxy's first sync", || {
+            lab.proxy_log().contains("synced proxy rules").then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        client.join().unwrap()
+    });
+    let log = lab.proxy_log();
+    println!("connections across the restart: {ok} ok, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 0);
+    assert!(log.contains("adopted the programmed table"), "{log}");
+    // After the restart the health check is served again.
+    let (code, _) = wait_for(&lab, 30, "the health check after the restart", || {
+        in_netns(&lab.client, || http_get_full(hc, "/").ok())
+    });
+    assert_eq!(code, 200);
+
+    // The local endpoint goes away: 503 with localEndpoints 0.
+    let mut cur = rt.block_on(slices.get("lb-1")).unwrap();
+    cur.endpoints.remove(0);
+    rt.block_on(slices.replace("lb-1", &PostParams::default(), &cur))
+        .unwrap();
+    let body = wait_for(&lab, 30, "the health check to report no local endpoint", || {
+        in_netns(&lab.client, || http_get_full(hc, "/").ok())
+            .filter(|(c, _)| *c == 503)
+            .map(|(_, b)| b)
+    });
+    assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+}

@@ -69,6 +69,8 @@ fn install_is_idempotent_keeps_user_config_and_uninstalls_cleanly() {
         "etc/knode/kubelet-config.yaml",
         "etc/knode/kube-proxy-config.yaml",
         "etc/default/kubelet",
+        "etc/knode/10-knode.conflist",
+        "etc/sysctl.d/90-knode.conf",
         "var/lib/knode/install-manifest",
     ] {
         assert!(
@@ -113,8 +115,13 @@ fn install_is_idempotent_keeps_user_config_and_uninstalls_cleanly() {
         "uninstall leaves only the user's config and pods' data"
     );
 
-    // Uninstall again is harmless; --purge after a reinstall removes everything.
+    // Uninstall again is harmless; --purge alone removes the config and data kept before.
     run(&["--root", r, "--uninstall", "--no-reload"]);
+    run(&["--root", r, "--uninstall", "--purge", "--no-reload"]);
+    assert_eq!(files(root.path()), Vec::<String>::new());
+    // --purge after a reinstall removes everything, the pods' data included.
+    std::fs::create_dir_all(pod_data.parent().unwrap()).unwrap();
+    std::fs::write(&pod_data, "data").unwrap();
     run(&["--root", r, "--bin-dir", b, "--no-reload"]);
     run(&["--root", r, "--uninstall", "--purge", "--no-reload"]);
     assert_eq!(files(root.path()), Vec::<String>::new());

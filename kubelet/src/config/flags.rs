@@ -56,6 +56,31 @@ pub struct KubeletFlags {
     /// Root of the pods' cgroups (upstream's `--cgroup-root`); overrides the file's `cgroupRoot`.
     #[arg(long)]
     pub cgroup_root: Option<String>,
+    /// Create the QoS cgroup hierarchy (`cgroupsPerQOS`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub cgroups_per_qos: Option<bool>,
+    /// Resources reserved for the system (`cpu=100m,memory=1Gi,...`; `systemReserved`).
+    #[arg(long)]
+    pub system_reserved: Option<String>,
+    /// Resources reserved for Kubernetes daemons (`kubeReserved`).
+    #[arg(long)]
+    pub kube_reserved: Option<String>,
+    /// Hard eviction thresholds (`memory.available<100Mi,nodefs.available<10%`; `evictionHard`).
+    #[arg(long)]
+    pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds (`evictionSoft`).
+    #[arg(long)]
+    pub eviction_soft: Option<String>,
+    /// Grace periods of the soft thresholds (`memory.available=1m30s`; `evictionSoftGracePeriod`).
+    #[arg(long)]
+    pub eviction_soft_grace_period: Option<String>,
+    /// Maximum number of processes per pod (`podPidsLimit`; -1: unlimited).
+    #[arg(long)]
+    pub pod_max_pids: Option<i64>,
+    /// Comma-separated allowlist of unsafe sysctls or sysctl patterns (ending in `*`) pods may set;
+    /// overrides the file's `allowedUnsafeSysctls`.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// knode: registries reached over plain HTTP (e.g. a local `127.0.0.1:5000`); repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -117,6 +142,41 @@ impl KubeletFlags {
         }
         if let Some(v) = &self.cgroup_root {
             config.cgroup_root = v.clone();
+        }
+        if !self.allowed_unsafe_sysctls.is_empty() {
+            config.allowed_unsafe_sysctls = self
+                .allowed_unsafe_sysctls
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = self.cgroups_per_qos {
+            config.cgroups_per_qos = v;
+        }
+        if let Some(v) = self.pod_max_pids {
+            config.pod_pids_limit = v;
+        }
+        let map_flag = |flag: &str, v: &str, sep: char| -> Result<BTreeMap<String, String>, ConfigError> {
+            crate::cgroups::parse_map_flag(v, sep).map_err(|message| ConfigError::Flag {
+                flag: flag.to_string(),
+                message,
+            })
+        };
+        if let Some(v) = &self.system_reserved {
+            config.system_reserved = map_flag("--system-reserved", v, '=')?;
+        }
+        if let Some(v) = &self.kube_reserved {
+            config.kube_reserved = map_flag("--kube-reserved", v, '=')?;
+        }
+        if let Some(v) = &self.eviction_hard {
+            config.eviction_hard = map_flag("--eviction-hard", v, '<')?;
+        }
+        if let Some(v) = &self.eviction_soft {
+            config.eviction_soft = map_flag("--eviction-soft", v, '<')?;
+        }
+        if let Some(v) = &self.eviction_soft_grace_period {
+            config.eviction_soft_grace_period = map_flag("--eviction-soft-grace-period", v, '=')?;
         }
         // Flag values go through the same checks as file values; name the flag on failure.
         config.validate().map_err(|(field, message)| ConfigError::Flag {

@@ -519,7 +519,8 @@ mod tests {
     fn shipped_default_file_decodes() {
         let text = include_str!("../../../systemd/defaults/kubelet-config.yaml");
         let c = decode(text).unwrap().config;
-        assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
+        // Off as upstream: systemd sends the same SIGTERM for a kubelet restart (systemd/README.md).
+        assert_eq!(c.shutdown_grace_period, Duration::ZERO);
         assert_eq!(c.static_pod_path, "/etc/kubernetes/manifests");
         assert_eq!(c.authentication.x509.client_ca_file, "/etc/kubernetes/pki/ca.crt");
     }

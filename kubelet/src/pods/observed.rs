@@ -63,7 +63,8 @@ pub struct ContainerAttempt {
     pub state: AttemptState,
     /// Latest readiness probe result; `None` = no result (ready iff the spec has no readiness probe).
     pub ready: Option<bool>,
-    /// Latest startup probe result; `None` = no result (started iff the spec has no startup probe).
+    /// Latest startup probe result; `None` = no result yet (started iff the spec has no startup
+    /// probe), `Some(false)` = failed for good, which kills the container like a liveness failure.
     pub started: Option<bool>,
     /// Latest liveness probe result; `Some(false)` kills the container (restarted unless policy Never).
     pub live: Option<bool>,

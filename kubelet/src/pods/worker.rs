@@ -18,6 +18,7 @@ use k8s_openapi::jiff::SignedDuration;
 use super::backoff::{BackoffBook, BackoffStep, go_duration};
 use super::observed::{AttemptState, ContainerAttempt, Observed, StartError, spec_hash};
 use super::{Timestamp, pod_display};
+use crate::probes::{ProbeKind, probe_grace_period_seconds};
 use crate::runtime::image::{PullDecision, PullPolicy, decide};
 
 /// Upstream's default `terminationGracePeriodSeconds`.
@@ -606,12 +607,24 @@ impl<'a> Sync<'a, '_> {
                 }
                 continue;
             };
-            let (message, restart) = if a.spec_hash != spec_hash(c) {
-                (format!("Container {} definition changed", c.name), true)
+            let pod_grace = Some(self.grace());
+            let (message, restart, grace) = if a.spec_hash != spec_hash(c) {
+                (
+                    format!("Container {} definition changed", c.name),
+                    true,
+                    self.grace(),
+                )
             } else if a.live == Some(false) {
                 (
                     format!("Container {} failed liveness probe", c.name),
                     policy != "Never",
+                    probe_grace_period_seconds(ProbeKind::Liveness, c, pod_grace).unwrap_or(self.grace()),
+                )
+            } else if a.started == Some(false) {
+                (
+                    format!("Container {} failed startup probe", c.name),
+                    policy != "Never",
+                    probe_grace_period_seconds(ProbeKind::Startup, c, pod_grace).unwrap_or(self.grace()),
                 )
             } else {
                 keep += 1;
@@ -626,7 +639,7 @@ impl<'a> Sync<'a, '_> {
             self.plan.actions.push(Action::KillContainer {
                 id: a.id.clone(),
                 container: c.name.clone(),
-                grace_seconds: self.grace(),
+                grace_seconds: grace,
                 message,
             });
         }

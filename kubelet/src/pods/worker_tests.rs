@@ -591,6 +591,51 @@ fn liveness_failure_kills_and_restarts_unless_never() {
 }
 
 #[test]
+fn startup_failure_kills_and_probe_grace_overrides_the_pods() {
+    let mut pod = one("Always");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].startup_probe = Some(k8s_openapi::api::core::v1::Probe {
+            termination_grace_period_seconds: Some(3),
+            ..Default::default()
+        });
+        spec.containers[0].liveness_probe = Some(k8s_openapi::api::core::v1::Probe::default());
+    }
+    // Startup not yet decided: nothing happens.
+    let a = running(&pod, "app", 0, t(0));
+    let p = plan(&pod, &obs(vec![a.clone()]), &BackoffBook::default(), t(5));
+    assert!(
+        !p.actions
+            .iter()
+            .any(|x| matches!(x, Action::KillContainer { .. })),
+        "{:?}",
+        p.actions
+    );
+    // Startup failed for good: killed with the probe's own grace period, then restarted.
+    let mut failed = a.clone();
+    failed.started = Some(false);
+    let p = plan(&pod, &obs(vec![failed]), &BackoffBook::default(), t(5));
+    let Action::KillContainer {
+        message,
+        grace_seconds,
+        ..
+    } = &p.actions[0]
+    else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(message, "Container app failed startup probe, will be restarted");
+    assert_eq!(*grace_seconds, 3);
+    assert_eq!(starts(&p), vec![("app".into(), false, 1)]);
+    // A liveness probe without its own grace period uses the pod's.
+    let mut dead = a;
+    dead.live = Some(false);
+    let p = plan(&pod, &obs(vec![dead]), &BackoffBook::default(), t(5));
+    let Action::KillContainer { grace_seconds, .. } = &p.actions[0] else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(*grace_seconds, 30);
+}
+
+#[test]
 fn containers_not_in_the_spec_are_killed_then_removed() {
     let pod = one("Always");
     let mut stray_running = running(&pod, "app", 0, t(0));

@@ -53,6 +53,17 @@ pub async fn probe(target: &HttpTarget, timeout: Duration) -> ProbeOutcome {
     }
 }
 
+/// Performs the GET (same-host redirects followed) within `timeout` and returns the final
+/// status, or the failed exchange's error — for callers with their own notion of success
+/// (lifecycle hooks take any response).
+pub async fn get(target: &HttpTarget, timeout: Duration) -> Result<StatusCode, String> {
+    let url = target.url();
+    match tokio::time::timeout(timeout, follow(target, &url)).await {
+        Ok(r) => r.map_err(|e| format!("Get {url:?}: {e}")),
+        Err(_) => Err(format!("Get {url:?}: context deadline exceeded")),
+    }
+}
+
 /// Success for 200–399, as upstream's `DoHTTPProbe`.
 pub fn outcome(status: StatusCode) -> ProbeOutcome {
     if (200..400).contains(&status.as_u16()) {

@@ -231,7 +231,8 @@ impl ContainerProbes {
                 .readiness
                 .as_ref()
                 .map(|w| started && w.result() == Some(true)),
-            started: self.startup.as_ref().map(|w| w.result() == Some(true)),
+            // Unknown until the startup probe succeeds or fails for good (`Some(false)` kills).
+            started: self.startup.as_ref().and_then(|w| w.result()),
             live: self
                 .liveness
                 .as_ref()

@@ -218,7 +218,7 @@ fn liveness_and_readiness_wait_for_startup() {
         p.results(),
         ProbeResults {
             ready: Some(false),
-            started: Some(false),
+            started: None,
             live: None
         }
     );

@@ -389,6 +389,11 @@ impl ContainerService {
         ContainerService { containerd }
     }
 
+    /// The containerd connection this service uses.
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
     fn err(id: &str) -> impl FnOnce(RuntimeError) -> ContainerError {
         let id = id.to_string();
         move |source| ContainerError::Runtime { id, source }

@@ -106,10 +106,8 @@ pub fn subscribe(containerd: Containerd) -> mpsc::Receiver<TaskEvent> {
             };
             match stream {
                 Ok(stream) => {
-                    if std::mem::take(&mut broken) {
-                        if tx.send(TaskEvent::Resubscribed).await.is_err() {
-                            return;
-                        }
+                    if std::mem::take(&mut broken) && tx.send(TaskEvent::Resubscribed).await.is_err() {
+                        return;
                     }
                     let mut stream = stream.into_inner();
                     loop {

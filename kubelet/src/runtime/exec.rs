@@ -1,19 +1,27 @@
 //! Running a command in a running container (`kubectl exec`, exec probes): an extra process in the
 //! container's task with the container's own process settings (user, env, cwd, capabilities) and
-//! different args; stdout and stderr are collected through FIFOs (containerd 1.6 fails an exec
-//! without both — PLATFORM.md) by dedicated threads, the exit code through Tasks.Wait.
+//! different args; stdout and stderr go through FIFOs (containerd 1.6 fails an exec without both —
+//! PLATFORM.md) read by dedicated threads, the exit code comes through Tasks.Wait.
+//!
+//! Two shapes: [`exec`] collects the output (probes, hooks); [`exec_stream`] streams it as it is
+//! written (the kubelet API's `/exec`), with live stdin through a third FIFO (end of input closes
+//! it), an optional TTY (`terminal: true`: one stream, the shim's pty) and resizes through
+//! Tasks.ResizePty.
 
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest, WaitRequest,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest,
+    ResizePtyRequest, StartRequest, WaitRequest,
 };
 use oci_spec::runtime::Spec;
+use tokio::sync::mpsc;
 
 use super::container::ContainerError;
 use super::{Containerd, RuntimeError};
@@ -77,6 +85,22 @@ pub async fn exec(
             "the command is empty",
         )));
     }
+    let process = process_spec(containerd, id, cmd, false).await?;
+    let c = containerd;
+    let dir = fifo_dir.join(format!("{id}-{exec_id}"));
+    fs::create_dir_all(&dir).map_err(io_err(id, "creating the exec FIFO directory"))?;
+    let result = run(c, id, exec_id, process, &dir, timeout).await;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// The container's own process settings with `cmd` as args, encoded for Tasks.Exec.
+async fn process_spec(
+    containerd: &Containerd,
+    id: &str,
+    cmd: &[String],
+    tty: bool,
+) -> Result<Vec<u8>, ContainerError> {
     let c = containerd;
     let record = ContainersClient::new(c.channel())
         .get(c.request(GetContainerRequest { id: id.into() }, None))
@@ -96,17 +120,11 @@ pub async fn exec(
         message: "the container spec has no process".into(),
     })?;
     process.set_args(Some(cmd.to_vec()));
-    process.set_terminal(Some(false));
-    let process = serde_json::to_vec(&process).map_err(|e| ContainerError::Spec {
+    process.set_terminal(Some(tty));
+    serde_json::to_vec(&process).map_err(|e| ContainerError::Spec {
         id: id.into(),
         message: e.to_string(),
-    })?;
-
-    let dir = fifo_dir.join(format!("{id}-{exec_id}"));
-    fs::create_dir_all(&dir).map_err(io_err(id, "creating the exec FIFO directory"))?;
-    let result = run(c, id, exec_id, process, &dir, timeout).await;
-    let _ = fs::remove_dir_all(&dir);
-    result
+    })
 }
 
 async fn run(
@@ -229,4 +247,250 @@ async fn run(
         stdout: outputs.next().unwrap_or_default(),
         stderr: outputs.next().unwrap_or_default(),
     })
+}
+
+/// A terminal size from the client (`kubectl exec -t` sends one at start and on SIGWINCH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct TermSize {
+    #[serde(rename = "Width")]
+    pub width: u16,
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+/// The streams of a streaming exec. A closed `stdin` channel is end of input; output senders whose
+/// receivers are gone are drained and discarded (the command must never block on its output).
+#[derive(Debug, Default)]
+pub struct ExecStreams {
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub stdout: Option<mpsc::Sender<Bytes>>,
+    /// Ignored with `tty` (a terminal has one output stream).
+    pub stderr: Option<mpsc::Sender<Bytes>>,
+    pub tty: bool,
+    pub resize: Option<mpsc::Receiver<TermSize>>,
+}
+
+/// Copies one output FIFO into a channel, chunk by chunk, until the shim closes its end.
+fn forward_thread(fifo: PathBuf, tx: Option<mpsc::Sender<Bytes>>) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("exec-stream".into())
+        .spawn(move || {
+            let Ok(mut f) = fs::File::open(&fifo) else { return };
+            let mut buf = vec![0u8; 32 * 1024];
+            let mut tx = tx;
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if let Some(t) = &tx
+                            && t.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err()
+                        {
+                            tx = None; // the client went away: keep draining
+                        }
+                    }
+                }
+            }
+        })
+}
+
+/// Runs `cmd` in the running container `id` with live streams and returns its exit code once the
+/// command has exited and all of its output has been forwarded.
+pub async fn exec_stream(
+    containerd: &Containerd,
+    id: &str,
+    exec_id: &str,
+    cmd: &[String],
+    fifo_dir: &Path,
+    streams: ExecStreams,
+) -> Result<u32, ContainerError> {
+    if cmd.is_empty() {
+        return Err(io_err(id, "exec")(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the command is empty",
+        )));
+    }
+    let process = process_spec(containerd, id, cmd, streams.tty).await?;
+    let dir = fifo_dir.join(format!("{id}-{exec_id}"));
+    fs::create_dir_all(&dir).map_err(io_err(id, "creating the exec FIFO directory"))?;
+    let result = run_stream(containerd, id, exec_id, process, &dir, streams).await;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_stream(
+    c: &Containerd,
+    id: &str,
+    exec_id: &str,
+    process: Vec<u8>,
+    dir: &Path,
+    streams: ExecStreams,
+) -> Result<u32, ContainerError> {
+    let mkfifo = |name: &str| -> Result<PathBuf, ContainerError> {
+        let f = dir.join(name);
+        nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| io_err(id, "creating an exec FIFO")(e.into()))?;
+        Ok(f)
+    };
+    let ExecStreams {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+        resize,
+    } = streams;
+    // Output: stdout always (containerd needs it), stderr unless a terminal merges it.
+    let mut outputs = vec![(mkfifo("stdout")?, stdout)];
+    if !tty {
+        outputs.push((mkfifo("stderr")?, stderr));
+    }
+    let fifos: Vec<PathBuf> = outputs.iter().map(|(f, _)| f.clone()).collect();
+    let mut readers = Vec::new();
+    for (f, tx) in outputs {
+        readers.push(forward_thread(f, tx).map_err(io_err(id, "starting an output reader"))?);
+    }
+    // Input: opened read-write so the open never blocks and the FIFO has a writer until the client
+    // ends its input; dropping it then gives the command end-of-file.
+    let stdin_fifo = match &stdin {
+        Some(_) => Some(mkfifo("stdin")?),
+        None => None,
+    };
+    let stdin_writer = match &stdin_fifo {
+        Some(f) => Some(
+            tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(f)
+                .map_err(io_err(id, "opening the stdin FIFO"))?,
+        ),
+        None => None,
+    };
+    let join_readers = |readers: Vec<std::thread::JoinHandle<()>>| async move {
+        let _ = tokio::task::spawn_blocking(move || {
+            for r in readers {
+                let _ = r.join();
+            }
+        })
+        .await;
+    };
+    let mut tasks = TasksClient::new(c.channel());
+    let created = tasks
+        .exec(
+            c.request(
+                ExecProcessRequest {
+                    container_id: id.into(),
+                    stdin: stdin_fifo
+                        .as_ref()
+                        .map(|f| f.display().to_string())
+                        .unwrap_or_default(),
+                    stdout: fifos[0].display().to_string(),
+                    stderr: fifos.get(1).map(|f| f.display().to_string()).unwrap_or_default(),
+                    terminal: tty,
+                    spec: Some(prost_types::Any {
+                        type_url: PROCESS_TYPE_URL.into(),
+                        value: process,
+                    }),
+                    exec_id: exec_id.into(),
+                },
+                None,
+            ),
+        )
+        .await;
+    if let Err(s) = created {
+        fifos.iter().for_each(|f| release(f));
+        join_readers(readers).await;
+        return Err(rt(id)(RuntimeError::grpc("Tasks.Exec")(s)));
+    }
+    let mut waiter = TasksClient::new(c.channel());
+    let wait_req = c.request(
+        WaitRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+        },
+        None,
+    );
+    let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
+    let started = tasks
+        .start(c.request(
+            StartRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await
+        .map_err(RuntimeError::grpc("Tasks.Start (exec)"))
+        .map_err(rt(id));
+    let mut helpers = Vec::new();
+    if started.is_ok() {
+        if let (Some(mut rx), Some(mut w)) = (stdin, stdin_writer) {
+            let (c2, id2, exec2) = (c.clone(), id.to_string(), exec_id.to_string());
+            helpers.push(tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Some(b) = rx.recv().await {
+                    if w.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                drop(w);
+                // End of input: also tell the shim, which closes the command's stdin.
+                let _ = TasksClient::new(c2.channel())
+                    .close_io(c2.request(
+                        CloseIoRequest {
+                            container_id: id2,
+                            exec_id: exec2,
+                            stdin: true,
+                        },
+                        None,
+                    ))
+                    .await;
+            }));
+        }
+        if let (true, Some(mut rx)) = (tty, resize) {
+            let (c2, id2, exec2) = (c.clone(), id.to_string(), exec_id.to_string());
+            helpers.push(tokio::spawn(async move {
+                while let Some(sz) = rx.recv().await {
+                    let _ = TasksClient::new(c2.channel())
+                        .resize_pty(c2.request(
+                            ResizePtyRequest {
+                                container_id: id2.clone(),
+                                exec_id: exec2.clone(),
+                                width: u32::from(sz.width),
+                                height: u32::from(sz.height),
+                            },
+                            None,
+                        ))
+                        .await;
+                }
+            }));
+        }
+    } else {
+        wait.abort();
+    }
+    let outcome = match started {
+        Err(e) => Err(e),
+        Ok(_) => wait
+            .await
+            .map_err(|e| io_err(id, "waiting for the exec")(io::Error::other(e.to_string())))
+            .and_then(|r| {
+                r.map_err(RuntimeError::grpc("Tasks.Wait (exec)"))
+                    .map_err(rt(id))
+                    .map(|r| r.into_inner().exit_status)
+            }),
+    };
+    for h in helpers {
+        h.abort();
+    }
+    // The process is gone: remove it from the task, which closes the FIFOs' write ends so the
+    // readers forward what is left and finish.
+    let _ = tasks
+        .delete_process(c.request(
+            DeleteProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await;
+    fifos.iter().for_each(|f| release(f));
+    join_readers(readers).await;
+    outcome
 }

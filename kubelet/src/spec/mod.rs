@@ -29,8 +29,11 @@ pub enum SpecError {
     UnknownUser { container: String, user: String },
     #[error("container {container}: invalid image user {user:?}")]
     BadUser { container: String, user: String },
-    #[error("container {container}: runAsNonRoot is set but the image will run as root (uid 0)")]
-    RunAsRoot { container: String },
+    /// Upstream's `verifyRunAsNonRoot` message (`pod` is `name_namespace(uid)`).
+    #[error("container has runAsNonRoot and image will run as root (pod: {pod:?}, container: {container})")]
+    RunAsRoot { pod: String, container: String },
+    #[error("container's runAsUser breaks non-root policy (pod: {pod:?}, container: {container})")]
+    RunAsUserRoot { pod: String, container: String },
     #[error("container {container}: building the OCI spec: {message}")]
     Build { container: String, message: String },
 }
@@ -321,8 +324,12 @@ pub fn resolve_user(input: &SpecInput) -> Result<(u32, u32, Vec<u32>), SpecError
         })?;
     }
     if pick(csc, psc, |c| c.run_as_non_root, |p| p.run_as_non_root).unwrap_or(false) && uid == 0 {
-        return Err(SpecError::RunAsRoot {
-            container: name.clone(),
+        let pod = crate::pods::pod_display(input.pod);
+        let container = name.clone();
+        return Err(if run_as_user.is_some() {
+            SpecError::RunAsUserRoot { pod, container }
+        } else {
+            SpecError::RunAsRoot { pod, container }
         });
     }
     let mut extra: Vec<u32> = psc
@@ -573,6 +580,8 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
     spec.set_hostname((ns.uts == NamespaceSource::Own).then(|| input.hostname.clone()));
     Ok(spec)
 }
+
+pub mod security;
 
 #[cfg(test)]
 mod tests;

@@ -205,8 +205,13 @@ fn run_as_non_root_refuses_a_root_image() {
     assert_eq!(
         e,
         SpecError::RunAsRoot {
+            pod: "_()".into(),
             container: "c".into()
         }
+    );
+    assert_eq!(
+        e.to_string(),
+        "container has runAsNonRoot and image will run as root (pod: \"_()\", container: c)"
     );
     assert_eq!(e.reason(), "CreateContainerConfigError");
     c.security_context = Some(SecurityContext {
@@ -215,6 +220,15 @@ fn run_as_non_root_refuses_a_root_image() {
         ..Default::default()
     });
     assert!(container_spec(&input(&p, &c, &img)).is_ok());
+    c.security_context = Some(SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(0),
+        ..Default::default()
+    });
+    assert!(matches!(
+        container_spec(&input(&p, &c, &img)),
+        Err(SpecError::RunAsUserRoot { .. })
+    ));
 }
 
 fn caps(c: &Container) -> Vec<String> {

@@ -370,3 +370,114 @@ pub fn pod_yaml(name: &str, image: &str, restart: &str, args: &[&str]) -> String
         args.join(", ")
     )
 }
+
+impl Node {
+    /// Restarts the kubelet with `extra_yaml` appended to its KubeletConfiguration and `args`
+    /// added to its flags (running containers are adopted by the new process).
+    pub fn reconfigure(&mut self, extra_yaml: &str, args: &[&str]) {
+        self.kill_kubelet();
+        let config = self.dir.path().join("kubelet-config.yaml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(extra_yaml);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        std::fs::write(&config, text).unwrap();
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        let log = self.dir.path().join("kubelet.log");
+        let before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("kubelet starting")
+            .count();
+        self.launch();
+        self.eventually("the kubelet restarted", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("kubelet starting")
+                .count()
+                > before
+        });
+    }
+
+    /// The containerd ID of a pod's (running) container, from the pod's status.
+    pub fn container_id(&self, pod: &str, container: &str) -> Option<String> {
+        let p = self.pod(pod);
+        ["containerStatuses", "initContainerStatuses"]
+            .iter()
+            .flat_map(|k| p["status"][k].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == container)
+            .and_then(|s| s["containerID"].as_str().map(String::from))
+            .map(|id| id.trim_start_matches("containerd://").to_string())
+    }
+
+    /// Runs a command inside a running container (through `ctr tasks exec`, the test's view);
+    /// returns (success, stdout + stderr).
+    pub fn exec(&self, pod: &str, container: &str, cmd: &[&str]) -> (bool, String) {
+        let Some(id) = self.container_id(pod, container) else {
+            return (false, format!("no container {container} in pod {pod}"));
+        };
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let exec_id = format!(
+            "t{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let out = Command::new("ctr")
+            .args([
+                "--address",
+                self.containerd.socket().to_str().unwrap(),
+                "-n",
+                &self.ns,
+                "tasks",
+                "exec",
+                "--exec-id",
+                &exec_id,
+                &id,
+            ])
+            .args(cmd)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Reasons of the events about an object, space-separated.
+    pub fn event_reasons(&self, name: &str) -> String {
+        self.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+    }
+
+    /// Messages of the events about an object with a given reason, one per line.
+    pub fn event_messages(&self, name: &str, reason: &str) -> String {
+        let out = self.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .filter_map(|e| e["message"].as_str().map(String::from))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -270,13 +270,18 @@ fn node_addresses_feed_node_ports_and_their_change_compares_every_service() {
         ("InternalIP", "192.168.77.1"),
         ("InternalIP", "fd00::1"),
     ])));
-    assert_eq!(t.node_ips(), &[Ipv4Addr::new(192, 168, 77, 1)]);
-    assert_eq!(t.model_config().node_ips, vec![Ipv4Addr::new(192, 168, 77, 1)]);
+    // Both families: the ip6 table serves NodePorts on the IPv6 address.
+    let v6: std::net::IpAddr = "fd00::1".parse().unwrap();
+    assert_eq!(t.node_ips(), &[Ipv4Addr::new(192, 168, 77, 1).into(), v6]);
+    assert_eq!(
+        t.model_config().node_ips,
+        vec![Ipv4Addr::new(192, 168, 77, 1).into(), v6]
+    );
     let plan = t.take_due(t0 + MIN).unwrap();
     assert_eq!(plan.kind, SyncKind::All);
     t.finished(t0 + MIN, true);
     // A status heartbeat that does not move the addresses changes nothing.
-    let mut n = node(&[("InternalIP", "192.168.77.1")]);
+    let mut n = node(&[("InternalIP", "192.168.77.1"), ("InternalIP", "fd00::1")]);
     n.metadata.resource_version = Some("9".into());
     t.node_event(Event::Apply(n.clone()));
     assert!(!t.pending());

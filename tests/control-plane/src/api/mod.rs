@@ -150,6 +150,9 @@ pub async fn handle(
     let Some(user) = authenticate(&cp, cert.as_ref(), &parts.headers) else {
         return error_response(&ApiError::unauthorized());
     };
+    if let Some(target) = kubelet::kubelet_target(&path) {
+        return kubelet::proxy(&cp, target, http::Request::from_parts(parts, body), &user).await;
+    }
     let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {

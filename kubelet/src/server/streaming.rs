@@ -1,0 +1,605 @@
+//! `/exec`, `/attach` and `/portForward`: the kubelet's streaming endpoints over SPDY/3.1 (what
+//! kube-apiserver speaks to kubelets; streams named by their `streamType` header) and WebSocket
+//! (`v5.channel.k8s.io` / `v4.channel.k8s.io`: the first byte of each message is the channel —
+//! 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize, and in v5 255 = "close this channel"), plus the
+//! `SPDY/3.1+portforward.k8s.io` tunnel (a SPDY session carried in binary messages, what kubectl
+//! 1.31+ uses for port-forward).
+//!
+//! The remote-command protocol is v4 (v5 on WebSocket): the error stream carries a `metav1.Status`
+//! (`NonZeroExitCode` with an `ExitCode` cause for a failed command); the resize stream carries
+//! `{"Width":..,"Height":..}` objects.
+//!
+//! Attach: containerd 1.6 has no way to join an existing task's stdio from another client, and the
+//! kubelet owns the task's output FIFOs through its log writer. So attach streams the container's
+//! output by following its CRI log file from the moment of attaching (records demultiplexed back
+//! into stdout and stderr), and ends when the task exits. Containers are created without a stdin
+//! FIFO, so attach takes no input (the client's stdin is read and discarded).
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{spdy, websocket};
+use crate::runtime::Containerd;
+use crate::runtime::container::{ContainerService, ListedContainer, TaskState};
+use crate::runtime::exec::{ExecStreams, TermSize, exec_stream};
+
+/// Remote-command protocols, most preferred first.
+pub const SPDY_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// WebSocket subprotocols for exec and attach.
+pub const WS_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The SPDY port-forward protocol.
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+/// The port-forward tunnel subprotocol (SPDY inside WebSocket).
+pub const PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+/// How long the client has to open its streams (upstream's streamCreationTimeout default).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the streaming endpoints reach: the runtime and where FIFOs and logs are.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub containerd: Containerd,
+    pub fifo_dir: PathBuf,
+}
+
+/// Options of an exec or attach request (kubelet query `command`, `input`, `output`, `error`,
+/// `tty`; the API's `stdin`/`stdout`/`stderr` names are accepted too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl StreamOptions {
+    /// From the query pairs (commands repeat).
+    pub fn from_query(q: &[(String, String)]) -> Self {
+        let flag = |names: &[&str]| {
+            q.iter()
+                .any(|(k, v)| names.contains(&k.as_str()) && matches!(v.as_str(), "1" | "true" | "True"))
+        };
+        let tty = flag(&["tty"]);
+        StreamOptions {
+            command: q
+                .iter()
+                .filter(|(k, _)| k == "command")
+                .map(|(_, v)| v.clone())
+                .collect(),
+            stdin: flag(&["input", "stdin"]),
+            stdout: flag(&["output", "stdout"]),
+            // A terminal has one output stream (upstream drops stderr with tty).
+            stderr: flag(&["error", "stderr"]) && !tty,
+            tty,
+        }
+    }
+}
+
+/// An output channel on either transport.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Spdy(spdy::StreamWriter),
+    Ws(websocket::WsWriter, u8),
+}
+
+impl Sink {
+    async fn send(&self, b: Bytes) -> bool {
+        match self {
+            Sink::Spdy(w) => w.send(b).await,
+            Sink::Ws(w, ch) => w.send_channel(*ch, &b).await,
+        }
+    }
+    async fn close(&self) {
+        if let Sink::Spdy(w) = self {
+            w.close().await;
+        }
+    }
+}
+
+/// The streams of one exec/attach, whatever the transport.
+#[derive(Debug, Default)]
+pub struct Channels {
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub resize: Option<mpsc::Receiver<Bytes>>,
+    pub stdout: Option<Sink>,
+    pub stderr: Option<Sink>,
+    pub error: Option<Sink>,
+}
+
+/// Collects the streams a SPDY client opens for exec/attach (by `streamtype`), until all that
+/// `opts` calls for are there.
+pub async fn spdy_channels(session: &mut spdy::Session, opts: &StreamOptions) -> Option<Channels> {
+    let want = 1
+        + usize::from(opts.stdin)
+        + usize::from(opts.stdout)
+        + usize::from(opts.stderr)
+        + usize::from(opts.tty);
+    let mut ch = Channels::default();
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    while got < want {
+        let s = tokio::time::timeout_at(deadline, session.streams.recv())
+            .await
+            .ok()??;
+        let kind = s.header("streamtype").unwrap_or("").to_string();
+        let sink = Sink::Spdy(s.writer.clone());
+        match kind.as_str() {
+            "error" => ch.error = Some(sink),
+            "stdin" => ch.stdin = Some(s.data),
+            "stdout" => ch.stdout = Some(sink),
+            "stderr" => ch.stderr = Some(sink),
+            "resize" => ch.resize = Some(s.data),
+            other => {
+                tracing::debug!(stream_type = other, "unexpected stream type");
+                s.writer.reset(spdy::RST_CANCEL).await;
+                continue;
+            }
+        }
+        got += 1;
+    }
+    Some(ch)
+}
+
+/// Maps a WebSocket session onto channels; `v5` understands the close signal.
+pub fn ws_channels(
+    mut incoming: mpsc::Receiver<websocket::Message>,
+    out: &websocket::WsWriter,
+    opts: &StreamOptions,
+    v5: bool,
+) -> Channels {
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(64);
+    let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        let mut stdin_tx = Some(stdin_tx);
+        while let Some(m) = incoming.recv().await {
+            let websocket::Message::Binary(b) = m else {
+                continue;
+            };
+            let Some((&ch, data)) = b.split_first() else {
+                continue;
+            };
+            match ch {
+                0 => {
+                    if let Some(t) = &stdin_tx
+                        && !data.is_empty()
+                    {
+                        let _ = t.send(b.slice(1..)).await;
+                    }
+                }
+                4 => {
+                    let _ = resize_tx.send(b.slice(1..)).await;
+                }
+                255 if v5 && data.first() == Some(&0) => stdin_tx = None,
+                _ => {}
+            }
+        }
+    });
+    Channels {
+        stdin: opts.stdin.then_some(stdin_rx),
+        resize: opts.tty.then_some(resize_rx),
+        stdout: opts.stdout.then(|| Sink::Ws(out.clone(), 1)),
+        stderr: opts.stderr.then(|| Sink::Ws(out.clone(), 2)),
+        error: Some(Sink::Ws(out.clone(), 3)),
+    }
+}
+
+/// The v4 status for a finished command.
+pub fn exit_status(command: &[String], result: &Result<u32, String>) -> serde_json::Value {
+    match result {
+        Ok(0) => json!({"metadata": {}, "status": "Success"}),
+        Ok(code) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!(
+                "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
+                command.join(" ")
+            ),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        Err(msg) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": msg,
+            "reason": "InternalError",
+            "code": 500,
+        }),
+    }
+}
+
+/// Parses resize events (JSON objects, one after another) into terminal sizes.
+fn resize_events(mut raw: mpsc::Receiver<Bytes>) -> mpsc::Receiver<TermSize> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(b) = raw.recv().await {
+            buf.extend_from_slice(&b);
+            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<TermSize>();
+            let mut consumed = 0;
+            while let Some(Ok(sz)) = it.next() {
+                consumed = it.byte_offset();
+                if tx.send(sz).await.is_err() {
+                    return;
+                }
+            }
+            buf.drain(..consumed);
+            if buf.len() > 64 * 1024 {
+                buf.clear(); // garbage: not a stream of sizes
+            }
+        }
+    });
+    rx
+}
+
+/// Forwards a channel into a sink; returns when the channel ends.
+fn forward(sink: Option<Sink>) -> (Option<mpsc::Sender<Bytes>>, tokio::task::JoinHandle<()>) {
+    let Some(sink) = sink else {
+        return (None, tokio::spawn(async {}));
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let h = tokio::spawn(async move {
+        let mut alive = true;
+        while let Some(b) = rx.recv().await {
+            if alive {
+                alive = sink.send(b).await;
+            }
+        }
+        sink.close().await;
+    });
+    (Some(tx), h)
+}
+
+/// The newest attempt of a container of a pod (and its task state).
+pub async fn find_container(
+    rt: &Runtime,
+    ns: &str,
+    pod: &str,
+    container: Option<&str>,
+) -> Result<ListedContainer, String> {
+    let all = ContainerService::new(rt.containerd.clone())
+        .list()
+        .await
+        .map_err(|e| format!("listing containers: {e}"))?;
+    let mut mine: Vec<ListedContainer> = all
+        .into_iter()
+        .filter(|c| c.meta.pod_namespace == ns && c.meta.pod_name == pod)
+        .filter(|c| container.is_none_or(|n| c.meta.container_name == n))
+        .collect();
+    // Running ones first, then the newest attempt.
+    mine.sort_by_key(|c| (matches!(c.state, TaskState::Running { .. }), c.meta.restart_count));
+    mine.pop().ok_or_else(|| match container {
+        Some(c) => format!("container not found (\"{c}\")"),
+        None => format!("pod {ns}/{pod} has no containers on this node"),
+    })
+}
+
+fn exec_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "exec-{:x}-{}",
+        t & 0xffff_ffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What a remote-command session does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Exec {
+        container_id: String,
+    },
+    Attach {
+        container_id: String,
+        log_path: Option<PathBuf>,
+    },
+}
+
+/// Runs an exec or attach over `ch`, then reports the outcome on the error stream.
+pub async fn run_remote_command(rt: Runtime, ch: Channels, opts: StreamOptions, action: Action) {
+    let Channels {
+        stdin,
+        resize,
+        stdout,
+        stderr,
+        error,
+    } = ch;
+    let (out_tx, out_done) = forward(stdout.clone());
+    let (err_tx, err_done) = forward(stderr.clone());
+    let result = match action {
+        Action::Exec { container_id } => {
+            let streams = ExecStreams {
+                stdin,
+                stdout: out_tx,
+                stderr: err_tx,
+                tty: opts.tty,
+                resize: resize.map(resize_events),
+            };
+            exec_stream(
+                &rt.containerd,
+                &container_id,
+                &exec_id(),
+                &opts.command,
+                &rt.fifo_dir,
+                streams,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        Action::Attach {
+            container_id,
+            log_path,
+        } => {
+            // Input cannot reach the task (no stdin FIFO): drain it so the client never blocks.
+            if let Some(mut s) = stdin {
+                tokio::spawn(async move { while s.recv().await.is_some() {} });
+            }
+            attach(&rt, &container_id, log_path, out_tx, err_tx).await
+        }
+    };
+    let _ = out_done.await;
+    let _ = err_done.await;
+    if let Some(e) = error {
+        let status = exit_status(&opts.command, &result);
+        e.send(Bytes::from(status.to_string())).await;
+        e.close().await;
+    }
+}
+
+/// Follows the container's log file from now on until its task exits.
+async fn attach(
+    rt: &Runtime,
+    container_id: &str,
+    log_path: Option<PathBuf>,
+    stdout: Option<mpsc::Sender<Bytes>>,
+    stderr: Option<mpsc::Sender<Bytes>>,
+) -> Result<u32, String> {
+    use containerd_client::services::v1::WaitRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    let c = rt.containerd.clone();
+    let req = c.request(
+        WaitRequest {
+            container_id: container_id.into(),
+            exec_id: String::new(),
+        },
+        None,
+    );
+    let mut wait = tokio::spawn(async move { TasksClient::new(c.channel()).wait(req).await });
+    let mut offset = log_path
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let mut exited: Option<u32> = None;
+    loop {
+        let sleep = tokio::time::sleep(Duration::from_millis(100));
+        tokio::select! {
+            r = &mut wait, if exited.is_none() => {
+                exited = Some(match r {
+                    Ok(Ok(w)) => w.into_inner().exit_status,
+                    _ => 0,
+                });
+            }
+            _ = sleep => {}
+        }
+        let mut data = Vec::new();
+        if let Some(p) = &log_path
+            && let Ok(mut h) = std::fs::File::open(p)
+        {
+            let len = h.seek(SeekFrom::End(0)).unwrap_or(0);
+            if len < offset {
+                offset = 0;
+            }
+            if h.seek(SeekFrom::Start(offset)).is_ok() {
+                let _ = h.read_to_end(&mut data);
+            }
+        }
+        let end = data.iter().rposition(|b| *b == b'\n').map(|e| e + 1).unwrap_or(0);
+        offset += end as u64;
+        for rec in data[..end].split(|b| *b == b'\n') {
+            let mut it = rec.splitn(4, |b| *b == b' ');
+            let (Some(_), Some(stream), Some(tag)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let mut content = it.next().unwrap_or(b"").to_vec();
+            if tag == b"F" {
+                content.push(b'\n');
+            }
+            let tx = if stream == b"stderr" { &stderr } else { &stdout };
+            if let Some(t) = tx {
+                let _ = t.send(Bytes::from(content)).await;
+            }
+        }
+        if exited.is_some() && end == 0 {
+            // Exit status of an attach is not the container's (kubectl attach reports success).
+            return Ok(0);
+        }
+        if stdout.as_ref().is_some_and(|t| t.is_closed()) && stderr.as_ref().is_none_or(|t| t.is_closed()) {
+            return Ok(0);
+        }
+    }
+}
+
+/// Serves a port-forward session: each (error, data) stream pair with the same `requestid`
+/// is one TCP connection to `port` on the pod's loopback.
+pub async fn port_forward(mut session: spdy::Session, netns: PathBuf, pod: String) {
+    let mut errors: HashMap<String, spdy::StreamWriter> = HashMap::new();
+    while let Some(s) = session.streams.recv().await {
+        let req = s.header("requestid").unwrap_or("").to_string();
+        let port = s.header("port").and_then(|p| p.parse::<u16>().ok());
+        tracing::debug!(%pod, headers = ?s.headers, "port-forward stream");
+        match s.header("streamtype") {
+            Some("error") => {
+                errors.insert(req, s.writer.clone());
+            }
+            Some("data") => {
+                let err = errors.remove(&req);
+                let Some(port) = port.filter(|p| *p > 0) else {
+                    if let Some(e) = err {
+                        e.send(Bytes::from("invalid port")).await;
+                        e.close().await;
+                    }
+                    s.writer.reset(spdy::RST_CANCEL).await;
+                    continue;
+                };
+                let (netns, pod) = (netns.clone(), pod.clone());
+                tokio::spawn(forward_connection(s, err, netns, port, pod));
+            }
+            _ => s.writer.reset(spdy::RST_CANCEL).await,
+        }
+    }
+}
+
+async fn forward_connection(
+    s: spdy::Stream,
+    err: Option<spdy::StreamWriter>,
+    netns: PathBuf,
+    port: u16,
+    pod: String,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = match connect_in_netns(netns, port).await {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+            tracing::info!(%pod, port, error = %e, "port-forward connect failed");
+            if let Some(er) = &err {
+                er.send(Bytes::from(msg)).await;
+                er.close().await;
+            }
+            s.writer.close().await;
+            return;
+        }
+    };
+    let (mut rd, mut wr) = tcp.into_split();
+    let spdy::Stream { mut data, writer, .. } = s;
+    let upstream = async move {
+        while let Some(b) = data.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !writer.send(Bytes::copy_from_slice(&buf[..n])).await {
+                        break;
+                    }
+                }
+            }
+        }
+        writer.close().await;
+    };
+    tokio::join!(upstream, downstream);
+    if let Some(e) = err {
+        e.close().await;
+    }
+}
+
+/// Connects to 127.0.0.1:`port` inside the network namespace at `netns`: the socket is created on
+/// a dedicated thread that joins the namespace (sockets keep the namespace they were made in),
+/// then handed to tokio.
+pub async fn connect_in_netns(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("portforward-connect".into())
+        .spawn(move || {
+            let r = (|| {
+                let f = std::fs::File::open(&netns)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                let s = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(10),
+                )?;
+                s.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(s)
+            })();
+            let _ = tx.send(r);
+        })?;
+    let s = rx
+        .await
+        .map_err(|_| std::io::Error::other("connect thread died"))??;
+    tokio::net::TcpStream::from_std(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn options_from_kubelet_and_api_queries() {
+        let o = StreamOptions::from_query(&q(&[
+            ("command", "sh"),
+            ("command", "-c"),
+            ("command", "exit 3"),
+            ("input", "1"),
+            ("output", "1"),
+            ("error", "1"),
+        ]));
+        assert_eq!(o.command, ["sh", "-c", "exit 3"]);
+        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
+        // A terminal drops stderr; the API's names work too.
+        let t = StreamOptions::from_query(&q(&[("stdout", "true"), ("stderr", "true"), ("tty", "true")]));
+        assert!(t.stdout && !t.stderr && t.tty && !t.stdin);
+    }
+
+    #[test]
+    fn exit_status_carries_the_exit_code_cause() {
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "exit 3".to_string()];
+        assert_eq!(exit_status(&cmd, &Ok(0))["status"], "Success");
+        let s = exit_status(&cmd, &Ok(3));
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        assert!(s["message"].as_str().unwrap().contains("exit code 3"));
+        let e = exit_status(&cmd, &Err("container not found (\"x\")".into()));
+        assert_eq!(e["status"], "Failure");
+        assert_eq!(e["message"], "container not found (\"x\")");
+    }
+
+    #[tokio::test]
+    async fn resize_events_parse_across_chunks() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut sizes = resize_events(rx);
+        tx.send(Bytes::from_static(b"{\"Width\":80,\"Hei")).await.unwrap();
+        tx.send(Bytes::from_static(b"ght\":24}\n{\"Width\":100,\"Height\":40}\n"))
+            .await
+            .unwrap();
+        assert_eq!(
+            sizes.recv().await,
+            Some(TermSize {
+                width: 80,
+                height: 24
+            })
+        );
+        assert_eq!(
+            sizes.recv().await,
+            Some(TermSize {
+                width: 100,
+                height: 40
+            })
+        );
+    }
+}
