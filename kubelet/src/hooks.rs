@@ -40,33 +40,16 @@ pub fn action(handler: &LifecycleHandler, container: &Container, pod_ip: &str) -
         });
     }
     if let Some(h) = &handler.http_get {
-        let port = crate::probes::resolve_port("httpGet.port", &h.port, container)
-            .map_err(|e| format!("Cannot run handler: {e}"))?;
-        let host = h
-            .host
-            .clone()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| pod_ip.to_string());
-        let https = h
-            .scheme
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
-        let mut headers: Vec<(String, String)> = h
-            .http_headers
+        let mut target =
+            HttpTarget::from_action(h, container, pod_ip).map_err(|e| format!("Cannot run handler: {e}"))?;
+        if !target
+            .headers
             .iter()
-            .flatten()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect();
-        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("user-agent")) {
-            headers.push(("User-Agent".into(), USER_AGENT.into()));
+            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+        {
+            target.headers.push(("User-Agent".into(), USER_AGENT.into()));
         }
-        return Ok(HookAction::Http(HttpTarget {
-            https,
-            host,
-            port,
-            path: h.path.clone().unwrap_or_default(),
-            headers,
-        }));
+        return Ok(HookAction::Http(target));
     }
     if let Some(s) = &handler.sleep {
         return Ok(HookAction::Sleep {

@@ -151,4 +151,27 @@ async fn summary_and_metrics_show_a_busy_container() {
             .any(|l| l.starts_with("kubelet_pleg_relist_duration_seconds_count ")),
         "{m}"
     );
+
+    // The same endpoints as a cluster admin reaches them: through the control plane's nodes/proxy.
+    let raw = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/stats/summary", node.name),
+    ]);
+    let via_cp: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(via_cp["node"]["nodeName"], node.name.as_str());
+    assert!(
+        via_cp["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["podRef"]["name"] == "busy"),
+        "{via_cp}"
+    );
+    let raw = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/metrics", node.name),
+    ]);
+    assert!(raw.lines().any(|l| l == "kubelet_running_pods 1"), "{raw}");
 }

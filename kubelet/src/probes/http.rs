@@ -39,6 +39,36 @@ impl HttpTarget {
     }
 }
 
+impl HttpTarget {
+    /// An `httpGet` action (probe or lifecycle hook) resolved against its container (named
+    /// ports) with the pod's IP as the default host.
+    pub fn from_action(
+        h: &k8s_openapi::api::core::v1::HTTPGetAction,
+        container: &k8s_openapi::api::core::v1::Container,
+        pod_ip: &str,
+    ) -> Result<Self, super::ProbeSpecError> {
+        Ok(HttpTarget {
+            https: h
+                .scheme
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")),
+            host: h
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| pod_ip.to_string()),
+            port: super::resolve_port("httpGet.port", &h.port, container)?,
+            path: h.path.clone().unwrap_or_default(),
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        })
+    }
+}
+
 const MAX_REDIRECTS: usize = 10;
 
 /// Runs the probe; the whole exchange (redirects included) is bounded by `timeout`.

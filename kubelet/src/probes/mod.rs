@@ -140,29 +140,9 @@ impl ProbeAction {
             });
         }
         if let Some(h) = &probe.http_get {
-            let port = resolve_port("httpGet.port", &h.port, container)?;
-            let host = h
-                .host
-                .clone()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| pod_ip.to_string());
-            let https = h
-                .scheme
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
-            let headers = h
-                .http_headers
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
-            return Ok(ProbeAction::Http(http::HttpTarget {
-                https,
-                host,
-                port,
-                path: h.path.clone().unwrap_or_default(),
-                headers,
-            }));
+            return Ok(ProbeAction::Http(http::HttpTarget::from_action(
+                h, container, pod_ip,
+            )?));
         }
         if let Some(t) = &probe.tcp_socket {
             let port = resolve_port("tcpSocket.port", &t.port, container)?;
