@@ -61,9 +61,6 @@ pub fn decode(type_url: &str, value: &[u8]) -> Option<TaskEvent> {
     }
 }
 
-/// How long a resubscription must stay pending before it counts as accepted.
-const SETTLE: Duration = Duration::from_millis(300);
-
 /// The subscription filters for `namespace` (a list of filters is an OR in containerd).
 pub fn filters(namespace: &str) -> Vec<String> {
     ["/tasks/exit", "/tasks/oom"]
@@ -86,29 +83,12 @@ pub fn subscribe(containerd: Containerd) -> mpsc::Receiver<TaskEvent> {
                 None,
             );
             let mut client = EventsClient::new(containerd.channel());
-            let mut call = Box::pin(client.subscribe(req));
             let stream = tokio::select! {
-                r = &mut call => r,
-                // A call still pending after a moment was accepted by containerd, which holds the
-                // response until the first event: after a break, report the relist point now
-                // rather than at the next event, which may be long in coming.
-                _ = tokio::time::sleep(SETTLE), if broken => {
-                    broken = false;
-                    if tx.send(TaskEvent::Resubscribed).await.is_err() {
-                        return;
-                    }
-                    tokio::select! {
-                        r = &mut call => r,
-                        _ = tx.closed() => return,
-                    }
-                }
+                r = client.subscribe(req) => r,
                 _ = tx.closed() => return,
             };
             match stream {
                 Ok(stream) => {
-                    if std::mem::take(&mut broken) && tx.send(TaskEvent::Resubscribed).await.is_err() {
-                        return;
-                    }
                     let mut stream = stream.into_inner();
                     loop {
                         let msg = tokio::select! {
@@ -118,6 +98,12 @@ pub fn subscribe(containerd: Containerd) -> mpsc::Receiver<TaskEvent> {
                         match msg {
                             Ok(Some(env)) => {
                                 backoff = Duration::from_millis(100);
+                                if broken {
+                                    broken = false;
+                                    if tx.send(TaskEvent::Resubscribed).await.is_err() {
+                                        return;
+                                    }
+                                }
                                 let Some(any) = env.event else { continue };
                                 if let Some(ev) = decode(&any.type_url, &any.value)
                                     && tx.send(ev).await.is_err()
