@@ -45,6 +45,8 @@ pub enum ManagerMsg {
     /// The node is shutting down: hand the running workers to [`crate::shutdown`] and admit no
     /// new pods from now on.
     Shutdown(crate::shutdown::WorkersRequest),
+    /// The eviction manager asks for the pod workers (nothing else changes).
+    Workers(crate::shutdown::WorkersRequest),
 }
 
 /// Where a pod comes from.
@@ -75,6 +77,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("loading --kubeconfig {}", kubeconfig.display()))?;
     let client = kube::Client::try_from(cfg).context("building the API client")?;
     let c = &settings.config;
+    // Bad eviction thresholds fail the start, naming the field.
+    let eviction = crate::eviction::EvictionConfig::from_kubelet(c)?;
     let endpoint = c
         .container_runtime_endpoint
         .trim_start_matches("unix://")
@@ -154,6 +158,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let stats = Arc::new(crate::stats::collect::StatsProvider::new(ctx.clone()));
     crate::stats::collect::install(stats.clone());
     crate::stats::collect::spawn_sampler(stats.clone(), Duration::from_secs(10));
+    // Image GC every 5 min; dead-pod leftovers after each orphan cleanup; reclaim_disk for eviction.
+    crate::gc::start(ctx.clone(), c);
     tracing::info!(
         node = settings.node_name,
         runtime = runtime_version,
@@ -176,6 +182,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             authorization_mode: c.authorization.mode.clone(),
             node_name: settings.node_name.clone(),
             pod_logs_dir: PathBuf::from(&c.pod_logs_dir),
+            node_log_dir: c.enable_system_log_handler.then(|| PathBuf::from("/var/log")),
             webhook_authn: c.authentication.webhook.enabled,
             authn_cache_ttl: c.authentication.webhook.cache_ttl,
             authorized_ttl: c.authorization.webhook.cache_authorized_ttl,
@@ -221,6 +228,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The eviction manager (a NodeReclaimer frees node-level resources before disk evictions).
+    let eviction = crate::eviction::EvictionManager::new(eviction, Arc::new(crate::gc::DiskReclaimer));
+    let pressure = eviction.pressure();
     spawn_node_loops(
         agent.clone(),
         node_uid.clone(),
@@ -230,6 +240,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.config.node_lease_duration_seconds,
         containerd.clone(),
         ctx.cni.clone(),
+        pressure.clone(),
     );
     if let Some(net) = &ctx.cni {
         tokio::spawn(
@@ -239,6 +250,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let (mtx, mrx) = mpsc::channel::<ManagerMsg>(1024);
+    {
+        let host = crate::eviction::manager::NodeHost {
+            ctx: ctx.clone(),
+            stats: stats.clone(),
+            manager: mtx.clone(),
+            image_fs: crate::eviction::manager::snapshotter_root(&containerd).await,
+            memory_capacity: info.memory_bytes,
+        };
+        tokio::spawn(eviction.run(Arc::new(host)));
+    }
     // Container exits → the pod's worker.
     {
         let mtx = mtx.clone();
@@ -253,7 +274,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                             None => continue,
                         }
                     }
-                    TaskEvent::Resubscribed => ManagerMsg::PokeAll,
+                    // Exits before the subscription was live were not delivered: resync.
+                    TaskEvent::Subscribed | TaskEvent::Resubscribed => ManagerMsg::PokeAll,
                 };
                 if mtx.send(msg).await.is_err() {
                     return;
@@ -356,6 +378,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         mtx.clone(),
         allocatable,
         knode_systemd::Watchdog::from_env(&notifier),
+        pressure,
     );
     tokio::pin!(manager);
     tokio::select! {
@@ -445,6 +468,7 @@ fn spawn_node_loops(
     lease_seconds: i32,
     containerd: Containerd,
     network: Option<CniSetup>,
+    pressure: Arc<crate::eviction::Pressure>,
 ) {
     let status_agent = agent.clone();
     tokio::spawn(async move {
@@ -458,9 +482,9 @@ fn spawn_node_loops(
             let health = Health {
                 runtime_ready,
                 network_ready: network.as_ref().is_none_or(|n| n.is_ready()),
-                memory_pressure: false,
-                disk_pressure: false,
-                pid_pressure: false,
+                memory_pressure: pressure.conditions().memory,
+                disk_pressure: pressure.conditions().disk,
+                pid_pressure: pressure.conditions().pid,
             };
             let status = node::node_status(&info, health, last.as_ref(), Timestamp::now());
             let changed = last.as_ref().is_none_or(|l| node::status_differs(l, &status));
@@ -503,6 +527,7 @@ async fn manager(
     tx: mpsc::Sender<ManagerMsg>,
     allocatable: NodeCapacity,
     mut watchdog: Option<knode_systemd::Watchdog>,
+    pressure: Arc<crate::eviction::Pressure>,
 ) {
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let mut shutting_down = false;
@@ -528,17 +553,21 @@ async fn manager(
                 // Pods stopped by a node shutdown keep their containers and logs.
                 if started.elapsed() > Duration::from_secs(15) && !shutting_down {
                     cleanup_orphans(&ctx, &workers).await;
+                    crate::gc::pods_reported(workers.keys());
                 }
                 continue;
             }
         };
+        if matches!(msg, ManagerMsg::Shutdown(_)) {
+            shutting_down = true;
+        }
         match msg {
             ManagerMsg::Apply(..) if shutting_down => {
                 // Upstream rejects pods while the node shuts down; here they simply wait for the
                 // next kubelet, and workers being stopped keep their marked copy of the pod.
             }
-            ManagerMsg::Shutdown(reply) => {
-                shutting_down = true;
+            ManagerMsg::Shutdown(reply) | ManagerMsg::Workers(reply) => {
+                // (`shutting_down` is set above for a Shutdown.)
                 let refs = workers
                     .values()
                     .map(|w| crate::shutdown::WorkerRef {
@@ -564,8 +593,9 @@ async fn manager(
                     continue;
                 }
                 let active: Vec<Pod> = workers.values().map(|w| w.pod.clone()).collect();
-                let admission =
-                    pods::admit(&pod, &active, &allocatable).and_then(|()| ctx.security.admit(&pod));
+                let admission = pods::admit(&pod, &active, &allocatable)
+                    .and_then(|()| ctx.security.admit(&pod))
+                    .and_then(|()| pressure.admit(&pod));
                 let state = WorkerState::admitted(&admission);
                 let mut pod = pod;
                 if let Err(r) = &admission {

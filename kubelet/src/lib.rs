@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod cgroups;
 pub mod config;
+pub mod eviction;
+pub mod gc;
 pub mod hooks;
 pub mod inputs;
 pub mod metrics;

@@ -2,7 +2,8 @@
 //! kubelet_running_pods, kubelet_running_containers, kubelet_started_pods_total,
 //! kubelet_started_containers_total, kubelet_pod_start_sli_duration_seconds,
 //! kubelet_pod_start_duration_seconds, kubelet_pleg_relist_duration_seconds, kubelet_evictions) and
-//! `/metrics/resource` (the node/pod/container cpu and memory series metrics-server reads).
+//! `/metrics/resource` (the node/pod/container cpu and memory series metrics-server reads) and
+//! `/metrics/probes` (prober_probe_total, prober_probe_duration_seconds).
 //!
 //! The workers record into a process-wide registry ([`registry`]); rendering is pure
 //! ([`render_resource`], [`Registry::render`]) in Prometheus' text format 0.0.4.
@@ -12,7 +13,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
-use crate::stats::Summary;
+use crate::stats::{ContainerStats, CpuStats, MemoryStats, NodeStats, PodStats, Summary};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -56,12 +57,27 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series lines of one histogram; `labels` (`k="v",...`, may be empty) go before `le`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let (open, sep) = if labels.is_empty() {
+            ("", "")
+        } else {
+            (labels, ",")
+        };
         for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+            let _ = writeln!(out, "{name}_bucket{{{open}{sep}le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+        let _ = writeln!(out, "{name}_bucket{{{open}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
 }
 
@@ -76,6 +92,8 @@ pub struct Registry {
     pod_start: Mutex<Histogram>,
     relist: Mutex<Histogram>,
     evictions: Mutex<BTreeMap<String, u64>>,
+    /// Per (container ID, probe type): `/metrics/probes`.
+    probes: Mutex<BTreeMap<(String, String), ProbeSeries>>,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
@@ -87,6 +105,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
     pod_start: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
     relist: Mutex::new(Histogram::new(&DEFAULT_BUCKETS)),
     evictions: Mutex::new(BTreeMap::new()),
+    probes: Mutex::new(BTreeMap::new()),
 });
 
 /// The process-wide registry.
@@ -257,6 +276,114 @@ impl Registry {
     }
 }
 
+/// One probe run, for `prober_probe_total` and `prober_probe_duration_seconds`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeRun<'a> {
+    pub container_id: &'a str,
+    /// `Liveness`, `Readiness` or `Startup`, as upstream's probe type labels.
+    pub probe_type: &'a str,
+    /// `namespace/name`.
+    pub pod: &'a str,
+    pub pod_uid: &'a str,
+    pub container: &'a str,
+    pub success: bool,
+    pub seconds: f64,
+}
+
+/// The series of one probe of one container.
+#[derive(Debug, Clone)]
+struct ProbeSeries {
+    /// `probe_type`, `container`, `pod`, `namespace` label values.
+    labels: [String; 4],
+    pod_uid: String,
+    successful: u64,
+    failed: u64,
+    /// Upstream times successful probes only.
+    duration: Histogram,
+}
+
+impl Registry {
+    /// Records a probe run (upstream's worker: every run counts by result, successful ones are timed).
+    pub fn probe_ran(&self, run: ProbeRun<'_>) {
+        let mut probes = lock(&self.probes);
+        let s = probes
+            .entry((run.container_id.to_string(), run.probe_type.to_string()))
+            .or_insert_with(|| {
+                let (namespace, pod) = run.pod.split_once('/').unwrap_or(("", run.pod));
+                ProbeSeries {
+                    labels: [run.probe_type, run.container, pod, namespace].map(String::from),
+                    pod_uid: run.pod_uid.to_string(),
+                    successful: 0,
+                    failed: 0,
+                    duration: Histogram::new(&DEFAULT_BUCKETS),
+                }
+            });
+        if run.success {
+            s.successful += 1;
+            s.duration.observe(run.seconds.max(0.0));
+        } else {
+            s.failed += 1;
+        }
+    }
+
+    /// Drops the series of a container that is no longer probed (upstream deletes a stopped
+    /// worker's series).
+    pub fn forget_probes(&self, container_id: &str) {
+        lock(&self.probes).retain(|(id, _), _| id != container_id);
+    }
+
+    /// `/metrics/probes` in the text format.
+    pub fn render_probes(&self) -> String {
+        let probes = lock(&self.probes);
+        let mut series: Vec<&ProbeSeries> = probes.values().collect();
+        series.sort_by(|a, b| {
+            (&a.labels[3], &a.labels[2], &a.labels[1], &a.labels[0]).cmp(&(
+                &b.labels[3],
+                &b.labels[2],
+                &b.labels[1],
+                &b.labels[0],
+            ))
+        });
+        // Labels in Go's order (sorted by name), the pod UID only on the counter.
+        let labels = |s: &ProbeSeries, uid: bool| {
+            let [t, c, p, n] = s.labels.each_ref().map(|v| escape(v));
+            let uid = if uid {
+                format!("pod_uid=\"{}\",", escape(&s.pod_uid))
+            } else {
+                String::new()
+            };
+            format!("container=\"{c}\",namespace=\"{n}\",pod=\"{p}\",{uid}probe_type=\"{t}\"")
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP prober_probe_duration_seconds [ALPHA] Duration in seconds for a probe response.\n# TYPE prober_probe_duration_seconds histogram"
+        );
+        for s in &series {
+            if s.duration.count > 0 {
+                s.duration
+                    .render_series(&mut out, "prober_probe_duration_seconds", &labels(s, false));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP prober_probe_total [BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter"
+        );
+        for s in &series {
+            for (result, n) in [("failed", s.failed), ("successful", s.successful)] {
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "prober_probe_total{{{},result=\"{result}\"}} {n}",
+                        labels(s, true)
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Times one relist of a pod's containers; records when dropped.
 #[derive(Debug)]
 pub struct RelistTimer(std::time::Instant);
@@ -378,124 +505,30 @@ pub fn render_resource(s: &Summary, scrape_error: bool) -> String {
     };
     let plabels = |ns: &str, pod: &str| format!("{{namespace=\"{}\",pod=\"{}\"}}", escape(ns), escape(pod));
 
-    head(
-        &mut out,
-        "container_cpu_usage_seconds_total",
-        "counter",
-        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
-    );
-    for p in &s.pods {
-        for c in &p.containers {
-            if let Some(cpu) = &c.cpu
-                && let Some(u) = cpu.usage_core_nano_seconds
-            {
-                let l = clabels(&p.pod_ref.namespace, &p.pod_ref.name, &c.name);
-                sample(
-                    &mut out,
-                    "container_cpu_usage_seconds_total",
-                    &l,
-                    u as f64 / 1e9,
-                    &cpu.time,
-                );
+    for m in CONTAINER_SERIES {
+        head(&mut out, m.name, m.kind, m.help);
+        for p in &s.pods {
+            for c in &p.containers {
+                if let Some((v, t)) = (m.value)(c) {
+                    let l = clabels(&p.pod_ref.namespace, &p.pod_ref.name, &c.name);
+                    sample(&mut out, m.name, &l, v, t);
+                }
             }
         }
     }
-    head(
-        &mut out,
-        "container_memory_working_set_bytes",
-        "gauge",
-        "[STABLE] Current working set of the container in bytes",
-    );
-    for p in &s.pods {
-        for c in &p.containers {
-            if let Some(m) = &c.memory
-                && let Some(w) = m.working_set_bytes
-            {
-                let l = clabels(&p.pod_ref.namespace, &p.pod_ref.name, &c.name);
-                sample(
-                    &mut out,
-                    "container_memory_working_set_bytes",
-                    &l,
-                    w as f64,
-                    &m.time,
-                );
+    for m in NODE_SERIES {
+        head(&mut out, m.name, m.kind, m.help);
+        if let Some((v, t)) = (m.value)(&s.node) {
+            sample(&mut out, m.name, "", v, t);
+        }
+    }
+    for m in POD_SERIES {
+        head(&mut out, m.name, m.kind, m.help);
+        for p in &s.pods {
+            if let Some((v, t)) = (m.value)(p) {
+                let l = plabels(&p.pod_ref.namespace, &p.pod_ref.name);
+                sample(&mut out, m.name, &l, v, t);
             }
-        }
-    }
-    head(
-        &mut out,
-        "container_start_time_seconds",
-        "gauge",
-        "[STABLE] Start time of the container since unix epoch in seconds",
-    );
-    for p in &s.pods {
-        for c in &p.containers {
-            if let Some(start) = secs(&c.start_time) {
-                let l = clabels(&p.pod_ref.namespace, &p.pod_ref.name, &c.name);
-                sample(&mut out, "container_start_time_seconds", &l, start, &c.start_time);
-            }
-        }
-    }
-    head(
-        &mut out,
-        "node_cpu_usage_seconds_total",
-        "counter",
-        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
-    );
-    if let Some(cpu) = &s.node.cpu
-        && let Some(u) = cpu.usage_core_nano_seconds
-    {
-        sample(
-            &mut out,
-            "node_cpu_usage_seconds_total",
-            "",
-            u as f64 / 1e9,
-            &cpu.time,
-        );
-    }
-    head(
-        &mut out,
-        "node_memory_working_set_bytes",
-        "gauge",
-        "[STABLE] Current working set of the node in bytes",
-    );
-    if let Some(m) = &s.node.memory
-        && let Some(w) = m.working_set_bytes
-    {
-        sample(&mut out, "node_memory_working_set_bytes", "", w as f64, &m.time);
-    }
-    head(
-        &mut out,
-        "pod_cpu_usage_seconds_total",
-        "counter",
-        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
-    );
-    for p in &s.pods {
-        if let Some(cpu) = &p.cpu
-            && let Some(u) = cpu.usage_core_nano_seconds
-        {
-            let l = plabels(&p.pod_ref.namespace, &p.pod_ref.name);
-            sample(
-                &mut out,
-                "pod_cpu_usage_seconds_total",
-                &l,
-                u as f64 / 1e9,
-                &cpu.time,
-            );
-        }
-    }
-    head(
-        &mut out,
-        "pod_memory_working_set_bytes",
-        "gauge",
-        "[STABLE] Current working set of the pod in bytes",
-    );
-    for p in &s.pods {
-        if let Some(m) = &p.memory
-            && let Some(w) = m.working_set_bytes
-        {
-            let l = plabels(&p.pod_ref.namespace, &p.pod_ref.name);
-            sample(&mut out, "pod_memory_working_set_bytes", &l, w as f64, &m.time);
         }
     }
     let err = if scrape_error { 1 } else { 0 };
@@ -516,15 +549,91 @@ pub fn render_resource(s: &Summary, scrape_error: bool) -> String {
     out
 }
 
+/// One `/metrics/resource` series: its name, type and help, and how to read its value and sample
+/// time from a node, pod or container's stats.
+struct ResourceSeries<T: 'static> {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&T) -> Option<(f64, &str)>,
+}
+
+/// Cumulative cpu seconds and the sample time.
+fn cpu_seconds(cpu: &Option<CpuStats>) -> Option<(f64, &str)> {
+    let c = cpu.as_ref()?;
+    Some((c.usage_core_nano_seconds? as f64 / 1e9, &c.time))
+}
+
+/// Working set bytes and the sample time.
+fn working_set(memory: &Option<MemoryStats>) -> Option<(f64, &str)> {
+    let m = memory.as_ref()?;
+    Some((m.working_set_bytes? as f64, &m.time))
+}
+
+/// The container series, in upstream's order.
+const CONTAINER_SERIES: [ResourceSeries<ContainerStats>; 3] = [
+    ResourceSeries {
+        name: "container_cpu_usage_seconds_total",
+        kind: "counter",
+        help: "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+        value: |c| cpu_seconds(&c.cpu),
+    },
+    ResourceSeries {
+        name: "container_memory_working_set_bytes",
+        kind: "gauge",
+        help: "[STABLE] Current working set of the container in bytes",
+        value: |c| working_set(&c.memory),
+    },
+    ResourceSeries {
+        name: "container_start_time_seconds",
+        kind: "gauge",
+        help: "[STABLE] Start time of the container since unix epoch in seconds",
+        value: |c| secs(&c.start_time).map(|v| (v, c.start_time.as_str())),
+    },
+];
+
+const NODE_SERIES: [ResourceSeries<NodeStats>; 2] = [
+    ResourceSeries {
+        name: "node_cpu_usage_seconds_total",
+        kind: "counter",
+        help: "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+        value: |n| cpu_seconds(&n.cpu),
+    },
+    ResourceSeries {
+        name: "node_memory_working_set_bytes",
+        kind: "gauge",
+        help: "[STABLE] Current working set of the node in bytes",
+        value: |n| working_set(&n.memory),
+    },
+];
+
+const POD_SERIES: [ResourceSeries<PodStats>; 2] = [
+    ResourceSeries {
+        name: "pod_cpu_usage_seconds_total",
+        kind: "counter",
+        help: "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+        value: |p| cpu_seconds(&p.cpu),
+    },
+    ResourceSeries {
+        name: "pod_memory_working_set_bytes",
+        kind: "gauge",
+        help: "[STABLE] Current working set of the pod in bytes",
+        value: |p| working_set(&p.memory),
+    },
+];
+
 /// The body of a stats or metrics endpoint: `(status, content type, body)`, or `None` for a path
 /// that is not one of them. `/stats/summary`, `/metrics`, `/metrics/resource`.
 pub async fn respond(path: &str) -> Option<(u16, &'static str, String)> {
     let path = path.trim_end_matches('/');
     if !matches!(
         path,
-        "/stats/summary" | "/stats" | "/metrics" | "/metrics/resource"
+        "/stats/summary" | "/stats" | "/metrics" | "/metrics/resource" | "/metrics/probes"
     ) {
         return None;
+    }
+    if path == "/metrics/probes" {
+        return Some((200, CONTENT_TYPE, registry().render_probes()));
     }
     let Some(p) = crate::stats::collect::provider() else {
         return Some((503, "text/plain", "stats are not available yet".into()));
@@ -563,7 +672,7 @@ pub fn subresource(path: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats};
+    use crate::stats::PodReference;
 
     #[test]
     fn resource_metrics_have_upstream_names_and_labels() {
@@ -643,6 +752,7 @@ mod tests {
             pod_start: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
             relist: Mutex::new(Histogram::new(&DEFAULT_BUCKETS)),
             evictions: Mutex::new(BTreeMap::new()),
+            probes: Mutex::new(BTreeMap::new()),
         };
         r.container_started(false);
         r.container_started(true);
@@ -675,7 +785,54 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert_eq!(subresource("/metrics/resource"), Some("metrics"));
+        assert_eq!(subresource("/metrics/probes"), Some("metrics"));
         assert_eq!(subresource("/stats/summary"), Some("stats"));
         assert_eq!(subresource("/containerLogs/a/b/c"), None);
+    }
+
+    #[test]
+    fn probe_metrics_have_upstream_names_and_labels() {
+        let r = registry();
+        let run = ProbeRun {
+            container_id: "probe-metrics-test",
+            probe_type: "Readiness",
+            pod: "ns1/web",
+            pod_uid: "u-1",
+            container: "c",
+            success: true,
+            seconds: 0.02,
+        };
+        r.probe_ran(run);
+        r.probe_ran(ProbeRun {
+            success: false,
+            ..run
+        });
+        r.probe_ran(ProbeRun {
+            success: false,
+            ..run
+        });
+        let text = r.render_probes();
+        let series = "container=\"c\",namespace=\"ns1\",pod=\"web\"";
+        for line in [
+            "# TYPE prober_probe_total counter".to_string(),
+            "# TYPE prober_probe_duration_seconds histogram".to_string(),
+            format!(
+                "prober_probe_total{{{series},pod_uid=\"u-1\",probe_type=\"Readiness\",result=\"successful\"}} 1"
+            ),
+            format!(
+                "prober_probe_total{{{series},pod_uid=\"u-1\",probe_type=\"Readiness\",result=\"failed\"}} 2"
+            ),
+            format!(
+                "prober_probe_duration_seconds_bucket{{{series},probe_type=\"Readiness\",le=\"0.01\"}} 0"
+            ),
+            format!(
+                "prober_probe_duration_seconds_bucket{{{series},probe_type=\"Readiness\",le=\"0.025\"}} 1"
+            ),
+            format!("prober_probe_duration_seconds_count{{{series},probe_type=\"Readiness\"}} 1"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        r.forget_probes("probe-metrics-test");
+        assert!(!r.render_probes().contains("pod=\"web\""));
     }
 }

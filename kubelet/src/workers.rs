@@ -47,6 +47,9 @@ pub enum WorkerMsg {
     /// The node is shutting down: stop every container with at most this grace period, report
     /// the pod as terminated by the shutdown ([`crate::shutdown`]), keep its data, and end.
     Shutdown { grace_seconds: i64 },
+    /// The eviction manager evicts the pod ([`crate::eviction`]): stop it as a shutdown does,
+    /// report it `Failed`/`Evicted`, free its volumes, and keep the worker until the pod is deleted.
+    Evict(crate::eviction::manager::Eviction),
 }
 
 /// Pod networking through CNI (`None`: networking off, pods get loopback only).
@@ -704,6 +707,10 @@ async fn start_container(
         .as_ref()
         .and_then(|s| s.hostname.clone())
         .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+    // The image's /etc/passwd and /etc/group, for a named USER and the user's groups.
+    let users = crate::runtime::passwd::image_user_db(ctx.containers.containerd(), &info.top_chain_id)
+        .await
+        .map_err(|e| StartError::new("CreateContainerError", e.to_string()))?;
     let input = SpecInput {
         pod,
         container: &expanded,
@@ -712,8 +719,8 @@ async fn start_container(
         namespaces: sb.namespaces(),
         hostname,
         mounts,
-        passwd: None,
-        group: None,
+        passwd: users.passwd.clone(),
+        group: users.group.clone(),
         cgroups_path: cgroups_path.clone(),
         oom_score_adj,
         resources,
@@ -739,6 +746,11 @@ async fn start_container(
             log_dir: ctx.pod_log_dir(pod),
             fifo_dir: ctx.root_dir.join("fifo"),
             log_rotation: ctx.log_rotation,
+            stdin: crate::runtime::stdin::StdinConfig {
+                open: c.stdin.unwrap_or(false),
+                once: c.stdin_once.unwrap_or(false),
+                tty: c.tty.unwrap_or(false),
+            },
         })
         .await
         .map_err(|e| StartError::new("CreateContainerError", e.to_string()))?;
@@ -1013,6 +1025,8 @@ pub async fn run(
     let mut closed = false;
     let mut start_sli = crate::metrics::PodStartTracker::new(&pod);
     let mut shutdown: Option<i64> = None;
+    let mut evicted: Option<crate::eviction::manager::Eviction> = None;
+    let mut volumes_freed = false;
     tracing::info!(pod = %pod_name(&pod), uid, "pod worker started");
     loop {
         let now = Timestamp::now();
@@ -1239,6 +1253,10 @@ pub async fn run(
             Some(_) => crate::shutdown::terminated_status(status, Timestamp::now()),
             None => status,
         };
+        let status = match &evicted {
+            Some(e) => crate::eviction::evicted_status(status, &e.message, e.disruption, Timestamp::now()),
+            None => status,
+        };
         let old = pod.status.clone().unwrap_or_default();
         if pods::status_changed(&old, &status)
             && !orphaned
@@ -1255,6 +1273,11 @@ pub async fn run(
         if shutdown.is_some() && !matches!(state, WorkerState::Syncing) {
             tracing::info!(pod = %pod_name(&pod), uid, "pod stopped for the node shutdown");
             return;
+        }
+        if evicted.is_some() && !volumes_freed && !matches!(state, WorkerState::Syncing) {
+            // As upstream frees a terminated pod's volumes: an evicted pod gives its disk back.
+            ctx.volumes.teardown(&ctx.root_dir, &uid);
+            volumes_freed = true;
         }
         if matches!(state, WorkerState::Finished) {
             if removed
@@ -1321,6 +1344,10 @@ pub async fn run(
                         shutdown = Some(grace_seconds);
                         break;
                     }
+                    Some(WorkerMsg::Evict(e)) => {
+                        evicted = Some(e);
+                        break;
+                    }
                     Some(WorkerMsg::Removed) | None => {
                         closed = true;
                         orphaned = true;
@@ -1345,6 +1372,13 @@ pub async fn run(
             if let WorkerMsg::Shutdown { grace_seconds } = msg {
                 shutdown = Some(grace_seconds);
             }
+            let msg = match msg {
+                WorkerMsg::Evict(e) => {
+                    evicted = Some(e);
+                    continue;
+                }
+                other => other,
+            };
             if let WorkerMsg::Update(p) = msg {
                 let keep = pod.status.clone();
                 pod = *p;
@@ -1356,6 +1390,9 @@ pub async fn run(
         // Kept across pod updates: a shutdown stops the pod for good.
         if let Some(grace) = shutdown {
             crate::shutdown::mark_for_shutdown(&mut pod, grace);
+        }
+        if let Some(e) = &evicted {
+            crate::shutdown::mark_for_shutdown(&mut pod, e.grace_seconds);
         }
     }
 }

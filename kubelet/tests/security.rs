@@ -3,7 +3,8 @@
 //! conformance security cases: runAsUser/runAsGroup/supplementalGroups seen by `id`, fsGroup on
 //! volumes, container settings winning over the pod's, readOnlyRootFilesystem,
 //! allowPrivilegeEscalation=false (NoNewPrivs), capabilities (CapEff), privileged, runAsNonRoot
-//! with a root image refused, safe and unsafe sysctls (SysctlForbidden, `--allowed-unsafe-sysctls`),
+//! with a root image refused, a named image USER resolved from the image's /etc/passwd and
+//! /etc/group, safe and unsafe sysctls (SysctlForbidden, `--allowed-unsafe-sysctls`),
 //! seccomp RuntimeDefault / Unconfined / Localhost, hostPID / hostIPC / hostNetwork.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
@@ -144,6 +145,73 @@ async fn users_groups_fs_group_capabilities_and_privileges() {
     );
     let failed = node.event_messages("nonroot", "Failed");
     assert!(failed.contains("Error: container has runAsNonRoot"), "{failed}");
+}
+
+/// An image whose USER is a name (`app:app`): the container runs as the uid/gid from the image's
+/// own /etc/passwd (behind a symlink) with its /etc/group memberships, as containerd CRI does;
+/// runAsNonRoot cannot verify a name and refuses it as upstream does, unless runAsUser is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_image_user_resolved_from_the_images_passwd_and_group() {
+    use knode_harness::image::{NAMED_USER_IDS, push_named_user_image};
+    let node = Node::start("kl-sec-name").await;
+    let img = push_named_user_image(&node._registry.host())
+        .await
+        .unwrap()
+        .reference;
+    let (uid, gid, extra) = NAMED_USER_IDS;
+    let spec = json!({
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "containers": [
+            {"name": "named", "image": img, "command": ["sleep", "3600"]},
+            {"name": "by-uid", "image": img, "command": ["sleep", "3600"],
+                "securityContext": {"runAsUser": uid, "runAsNonRoot": true}}]
+    });
+    node.apply(&pod("named", spec));
+    node.wait_phase("named", "Running");
+    let want = format!("uid={uid}(app) gid={gid}(app) groups={gid}(app),{extra}(extra)");
+    for c in ["named", "by-uid"] {
+        let (ok, id) = node.exec("named", c, &["id"]);
+        assert!(ok, "{id}");
+        assert_eq!(id.trim(), want, "container {c}");
+    }
+    // The read-only view the files were read from is gone, and was never mounted on the host.
+    let snaps = std::process::Command::new("ctr")
+        .args([
+            "--address",
+            node.containerd.socket().to_str().unwrap(),
+            "-n",
+            &node.ns,
+        ])
+        .args(["snapshots", "--snapshotter", "overlayfs", "ls"])
+        .output()
+        .unwrap();
+    let snaps = String::from_utf8_lossy(&snaps.stdout);
+    assert!(!snaps.contains("knode-passwd"), "{snaps}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("knode-passwd"), "{mounts}");
+
+    let spec = json!({
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "securityContext": {"runAsNonRoot": true},
+        "containers": [{"name": "main", "image": img, "command": ["sleep", "3600"]}]
+    });
+    node.apply(&pod("named-nonroot", spec));
+    let w = waiting(&node, "named-nonroot");
+    let pod_uid = node.pod("named-nonroot")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(w["reason"], "CreateContainerConfigError");
+    assert_eq!(
+        w["message"],
+        format!(
+            "container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root (pod: \"named-nonroot_default({pod_uid})\", container: main)"
+        )
+    );
+    for p in ["named", "named-nonroot"] {
+        node.kubectl(&["delete", "pod", p, "--wait=false"]);
+    }
+    node.eventually("pods gone", || node.container_count() == 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

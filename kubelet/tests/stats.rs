@@ -8,33 +8,13 @@ mod common;
 
 use std::process::Command;
 
-use base64::Engine;
 use common::Node;
 use serde_json::Value;
 
 /// `GET path` on the kubelet API as a `system:masters` user, or without credentials when
 /// `anonymous`; returns (HTTP status, body).
 fn kubelet_get(node: &Node, path: &str, anonymous: bool) -> (u16, String) {
-    let cert = node.dir.path().join("admin-client.crt");
-    let key = node.dir.path().join("admin-client.key");
-    if !cert.exists() {
-        let kc = node
-            .cp
-            .issue_kubeconfig("kubelet-api-tester", &["system:masters"])
-            .unwrap();
-        let text = std::fs::read_to_string(kc).unwrap();
-        let field = |name: &str| -> Vec<u8> {
-            let i = text.find(name).unwrap() + name.len();
-            let v: String = text[i..]
-                .trim_start_matches(['"', ':', ' '])
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
-                .collect();
-            base64::engine::general_purpose::STANDARD.decode(v).unwrap()
-        };
-        std::fs::write(&cert, field("client-certificate-data")).unwrap();
-        std::fs::write(&key, field("client-key-data")).unwrap();
-    }
+    let (cert, key) = node.admin_client_cert();
     let cfg = std::fs::read_to_string(node.dir.path().join("kubelet-config.yaml")).unwrap();
     let port = cfg
         .lines()
@@ -43,7 +23,7 @@ fn kubelet_get(node: &Node, path: &str, anonymous: bool) -> (u16, String) {
         .trim()
         .to_string();
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "-w", "\n%{http_code}"]);
+    cmd.args(["-sk", "--path-as-is", "-w", "\n%{http_code}"]);
     if !anonymous {
         cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
     }
@@ -174,4 +154,95 @@ async fn summary_and_metrics_show_a_busy_container() {
         &format!("/api/v1/nodes/{}/proxy/metrics", node.name),
     ]);
     assert!(raw.lines().any(|l| l == "kubelet_running_pods 1"), "{raw}");
+}
+
+/// The value of the first series line starting with `prefix`.
+fn series_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_metrics_and_node_logs() {
+    let node = Node::start("kl-probem").await;
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {}\n    command: [\"/bin/sh\", \"-c\", \"sleep 100000\"]\n    readinessProbe:\n      exec: {{command: [\"true\"]}}\n      periodSeconds: 1\n",
+        node.image()
+    ));
+    node.wait_phase("probed", "Running");
+    let uid = node.pod("probed")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let probes = || {
+        node.kubectl(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{}/proxy/metrics/probes", node.name),
+        ])
+    };
+    let counter = format!(
+        "prober_probe_total{{container=\"c\",namespace=\"default\",pod=\"probed\",pod_uid=\"{uid}\",probe_type=\"Readiness\",result=\"successful\"}} "
+    );
+    let mut first = 0.0;
+    node.eventually("a successful readiness probe counted", || {
+        first = series_value(&probes(), &counter).unwrap_or(0.0);
+        first >= 1.0
+    });
+    node.eventually("the probe counter rises", || {
+        series_value(&probes(), &counter).unwrap_or(0.0) > first
+    });
+    let text = probes();
+    assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
+    assert!(
+        series_value(
+            &text,
+            "prober_probe_duration_seconds_count{container=\"c\",namespace=\"default\",pod=\"probed\",probe_type=\"Readiness\"} "
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(kubelet_get(&node, "/metrics/probes", true).0, 401);
+
+    // /logs/: the node's /var/log, listed and served, through the control plane's nodes/proxy.
+    let name = format!("knode-test-{}.log", node.ns);
+    let _file = RemoveOnDrop(std::path::Path::new("/var/log").join(&name));
+    std::fs::write(&_file.0, "a node log line\n").unwrap();
+    let listing = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/logs/", node.name),
+    ]);
+    assert!(
+        listing.contains(&format!("<a href=\"{name}\">{name}</a>")),
+        "{listing}"
+    );
+    let served = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/logs/{name}", node.name),
+    ]);
+    assert_eq!(served, "a node log line\n");
+    // Leaving /var/log is refused, however spelled; no credentials → 401.
+    for path in [
+        "/logs/../etc/shadow",
+        "/logs/%2e%2e/etc/shadow",
+        "/logs/x/../../etc/passwd",
+    ] {
+        let (code, body) = kubelet_get(&node, path, false);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(!body.contains("root:"), "{path}: {body}");
+    }
+    assert_eq!(kubelet_get(&node, "/logs/", true).0, 401);
 }

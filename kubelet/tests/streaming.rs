@@ -513,3 +513,255 @@ async fn bench_tail_of_a_100_mib_rotated_log() {
         );
     }
 }
+
+/// A pod whose container echoes each stdin line, with `stdin: true` (and `stdinOnce`, `tty`).
+fn reader_pod(name: &str, img: &str, once: bool, tty: bool, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: r\n    image: {img}\n    command: [\"/bin/sh\", \"-c\", \"{script}\"]\n    stdin: true\n    stdinOnce: {once}\n    tty: {tty}\n"
+    )
+}
+
+/// `kubectl attach -i` with `input` piped in, ended after `secs` by `timeout` unless it ends first.
+fn attach_with_input(node: &Node, v: &str, pod: &str, input: &[u8], secs: u32) -> Output {
+    let mut child = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(kubectl_bin(v))
+        .arg(format!("--kubeconfig={}", node.cp.kubeconfig.display()))
+        .args(["attach", "-i", pod])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_writes_to_stdin_with_1_27_and_1_33() {
+    let node = Node::start("st-attach").await;
+    let img = node.image().to_string();
+    let echo = "while read l; do echo got:$l; done; echo stdin-closed; sleep 100000";
+    let once = "while read l; do echo got:$l; done; echo stdin-closed";
+    node.apply(&reader_pod("keep", &img, false, false, echo));
+    node.apply(&reader_pod("once27", &img, true, false, once));
+    node.apply(&reader_pod("once33", &img, true, false, once));
+    // A terminal: the container prints its size whenever it changes.
+    let sizes = "s=; while true; do n=$(stty size); if [ \\\"$n\\\" != \\\"$s\\\" ]; then echo size:$n; s=$n; fi; sleep 0.2; done";
+    node.apply(&reader_pod("term", &img, false, true, sizes));
+    for p in ["keep", "once27", "once33", "term"] {
+        node.wait_phase(p, "Running");
+    }
+
+    // Without stdinOnce the container's stdin stays open across sessions (kubectl keeps the
+    // session until `timeout` ends it, as upstream: the container is still running).
+    for (v, line) in [("1.27", "one"), ("1.33", "two")] {
+        attach_with_input(&node, v, "keep", format!("{line}\n").as_bytes(), 5);
+        node.eventually(&format!("{v}: got:{line} in keep's log"), || {
+            node.kubectl(&["logs", "keep"]).contains(&format!("got:{line}"))
+        });
+    }
+    let logs = node.kubectl(&["logs", "keep"]);
+    assert_eq!(logs, "got:one\ngot:two\n", "stdin stayed open: {logs}");
+    assert_eq!(node.pod("keep")["status"]["phase"], "Running");
+
+    // With stdinOnce the end of the first session's input closes the container's stdin: the
+    // loop ends, the container exits and with it the attach session (kubectl ends by itself).
+    for (v, pod) in [("1.27", "once27"), ("1.33", "once33")] {
+        let o = attach_with_input(&node, v, pod, b"hi\nthere\n", 60);
+        assert!(
+            o.status.success(),
+            "{v} attach ended by itself: {:?} {}\n{}",
+            o.status,
+            err(&o),
+            node.log()
+        );
+        let p = node.wait_phase(pod, "Succeeded");
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            0
+        );
+        assert_eq!(
+            node.kubectl(&["logs", pod]),
+            "got:hi\ngot:there\nstdin-closed\n",
+            "{v}"
+        );
+    }
+
+    // A TTY container: `attach -t` (under `script` for a terminal of a known size) resizes it.
+    let term_log = || node.kubectl(&["logs", "term"]);
+    node.eventually("the terminal's first size", || term_log().contains("size:"));
+    for (v, rows, cols) in [("1.27", 31, 97), ("1.33", 33, 101)] {
+        let cmd = format!(
+            "stty rows {rows} cols {cols}; {} --kubeconfig={} attach -it term",
+            kubectl_bin(v).display(),
+            node.cp.kubeconfig.display()
+        );
+        let mut child = Command::new("timeout")
+            .args(["8", "script", "-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        node.eventually(&format!("{v}: size {rows} {cols} in term's log"), || {
+            term_log().contains(&format!("size:{rows} {cols}"))
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+async fn read_frame(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).await.unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            u64::from(u16::from_be_bytes(l))
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).await.unwrap();
+            u64::from_be_bytes(l)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    (h[0] & 0x0f, payload)
+}
+
+/// A masked binary client frame.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x82];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_websocket_port_forward_carries_an_http_request() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start("st-wspf").await;
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    args: [\"serve\", \"--http-port\", \"8080\"]\n",
+        node.image()
+    ));
+    node.wait_phase("web", "Running");
+    let url = kubelet_url(&node);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    // TLS with an authorized client certificate, the kubelet's self-signed certificate as root.
+    let (cert, key) = node.admin_client_cert();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(node.dir.path().join("root/pki/kubelet.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            CertificateDer::pem_file_iter(&cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect(),
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    // Port 8080 serves; nothing listens on port 9 (its error channel says so).
+    s.write_all(
+        b"GET /portForward/default/web?port=8080&port=9 HTTP/1.1\r\nHost: kubelet\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-protocol: v4.channel.k8s.io"),
+        "{head}"
+    );
+    // The first message on each channel is its port, little endian.
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(read_frame(&mut s).await);
+    }
+    for (ch, port) in [(0u8, 8080u16), (1, 8080), (2, 9), (3, 9)] {
+        let mut want = vec![ch];
+        want.extend_from_slice(&port.to_le_bytes());
+        assert!(first.contains(&(2, want.clone())), "{want:?} in {first:?}");
+    }
+    let mut req = vec![0u8];
+    req.extend_from_slice(b"GET /hostname HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(&client_frame(&req)).await.unwrap();
+    let (mut data, mut errors) = (Vec::new(), Vec::new());
+    loop {
+        let (op, p) = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s))
+            .await
+            .expect("the session ends when the connections have");
+        if op == 8 {
+            break;
+        }
+        match p.split_first() {
+            Some((0, d)) => data.extend_from_slice(d),
+            Some((3, d)) => errors.extend_from_slice(d),
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+    let data = String::from_utf8_lossy(&data);
+    assert!(data.starts_with("HTTP/1.1 200"), "{data}");
+    assert!(data.trim_end().ends_with("web"), "{data}");
+    let errors = String::from_utf8_lossy(&errors);
+    assert!(
+        errors.contains("error forwarding port 9 to pod default/web"),
+        "{errors}"
+    );
+    // Without ports the request is refused before upgrading.
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let (code, body) = curl(&[
+        "--cert",
+        &cert_s,
+        "--key",
+        &key_s,
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "-H",
+        "Sec-WebSocket-Protocol: v4.channel.k8s.io",
+        &format!("{url}/portForward/default/web"),
+    ]);
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("query parameter \"port\" is required"), "{body}");
+}

@@ -6,11 +6,13 @@
 //! - [`diff`]: desired vs. programmed → minimal element changes (pure).
 //! - [`nft`]: netlink encoding and one-batch apply.
 //! - [`conntrack`]: stale UDP conntrack entries, deleted over ctnetlink after a sync.
+//! - [`compact`]: watched objects trimmed to the fields the proxy reads (pure).
 //! - [`sync`]: watch events → what changed and when to sync (pure).
 //! - [`health`], [`metrics`]: `/healthz`, `/livez` and `/metrics` content (pure); [`http`] serves them.
 //! - [`service_health`]: the `healthCheckNodePort` listeners of Local-policy Services.
 //! - [`netif`]: the node's interface addresses (for `--nodeport-addresses` CIDRs).
 
+pub mod compact;
 pub mod config;
 pub mod conntrack;
 pub mod diff;

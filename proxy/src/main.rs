@@ -21,6 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use knode_systemd::{Notifier, Watchdog};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use kube_proxy::compact;
 use kube_proxy::config::{ProxyFlags, Settings};
 use kube_proxy::conntrack::{UdpTargets, clean_stale_udp};
 use kube_proxy::health::Health;
@@ -36,6 +37,8 @@ enum Update {
     Service(Box<watcher::Event<Service>>),
     Slice(Box<watcher::Event<EndpointSlice>>),
     Node(Box<watcher::Event<Node>>),
+    /// The interface addresses after an rtnetlink address event.
+    LocalAddrs(Vec<std::net::IpAddr>),
 }
 
 /// State shared with the HTTP endpoints.
@@ -163,6 +166,42 @@ fn forward<K, S>(
     });
 }
 
+/// Re-reads the interface addresses whenever rtnetlink reports an address added or removed (on a
+/// thread of its own: the wait blocks), so NodePorts follow `--nodeport-addresses` CIDRs onto
+/// addresses that appear after start-up. Subscribed before the first read, so no change between
+/// the two is missed.
+fn watch_local_addrs(tx: mpsc::UnboundedSender<Update>) {
+    let events = match kube_proxy::netif::AddressEvents::subscribe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to interface address changes; NodePort addresses stay as read at start-up");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("address-events".into())
+        .spawn(move || {
+            loop {
+                if let Err(e) = events.wait(Duration::from_millis(50)) {
+                    tracing::error!(error = %e, "reading interface address changes failed; NodePort addresses stay as they are");
+                    return;
+                }
+                match kube_proxy::netif::local_addrs() {
+                    Ok(addrs) => {
+                        tracing::debug!(addresses = ?addrs, "interface addresses changed");
+                        if tx.send(Update::LocalAddrs(addrs)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list interface addresses"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the address watcher");
+    }
+}
+
 /// Serves `handler` on `addr` (nothing when empty). A bind failure is logged and retried every
 /// 5 s, as upstream's health and metrics servers do: the proxy itself keeps working.
 fn spawn_server<F>(what: &'static str, addr: String, handler: Arc<F>)
@@ -253,6 +292,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let client = kube_client(&settings).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    watch_local_addrs(tx.clone());
     forward(
         "Service",
         watcher(
@@ -261,7 +301,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )
         .default_backoff(),
         tx.clone(),
-        |e| Update::Service(Box::new(e)),
+        // Trimmed before queueing: the initial list may wait in the channel as a whole.
+        |e| Update::Service(Box::new(compact::event(e, compact::service))),
     );
     forward(
         "EndpointSlice",
@@ -271,7 +312,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )
         .default_backoff(),
         tx.clone(),
-        |e| Update::Slice(Box::new(e)),
+        |e| Update::Slice(Box::new(compact::event(e, compact::endpoint_slice))),
     );
     forward(
         "Node",
@@ -284,7 +325,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         |e| Update::Node(Box::new(e)),
     );
 
-    let local_addrs = kube_proxy::netif::local_ipv4_addrs().unwrap_or_else(|e| {
+    let local_addrs = kube_proxy::netif::local_addrs().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot list interface addresses; --nodeport-addresses CIDRs match none");
         Vec::new()
     });
@@ -336,13 +377,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                         sh.metrics.last_queued_timestamp = unix_seconds(SystemTime::now());
                     }
                     sh.health.set_node_eligible(tracker.node_eligible());
-                    let c = tracker.counters();
-                    sh.metrics.service_changes_total = c.service_changes;
-                    sh.metrics.endpoint_changes_total = c.endpoint_changes;
+                    publish_counters(&tracker, &mut sh.metrics);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 if let Some(plan) = tracker.take_due(Instant::now()) {
+                    // The sync checks the pending changes out (upstream zeroes the gauges here).
+                    if let Ok(mut sh) = shared.lock() {
+                        publish_counters(&tracker, &mut sh.metrics);
+                    }
                     // Health checks follow the endpoints the sync programs.
                     let keys = match &plan.kind {
                         SyncKind::Services(changed) => changed.clone(),
@@ -384,11 +427,31 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Change counters and pending-change gauges into the metrics.
+fn publish_counters(tracker: &Tracker, metrics: &mut kube_proxy::metrics::Metrics) {
+    let c = tracker.counters();
+    metrics.service_changes_total = c.service_changes;
+    metrics.endpoint_changes_total = c.endpoint_changes;
+    metrics.service_changes_pending = c.service_changes_pending;
+    metrics.endpoint_changes_pending = c.endpoint_changes_pending;
+}
+
 fn apply(tracker: &mut Tracker, update: Update) {
     match update {
         Update::Service(e) => tracker.service_event(*e),
         Update::Slice(e) => tracker.slice_event(*e),
         Update::Node(e) => tracker.node_event(*e),
+        Update::LocalAddrs(a) => tracker.set_local_addrs(a),
+    }
+}
+
+/// Returns free heap pages to the kernel (glibc keeps freed memory of large, fragmented heaps
+/// mapped; the daemon's RSS would stay at its peak).
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory malloc no longer uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -416,7 +479,7 @@ async fn sync_once(
     let model_time = start.elapsed();
     let kind = plan.kind;
     let full = !matches!(kind, SyncKind::Services(_));
-    let (programmer, result, kind, elapsed) = tokio::task::spawn_blocking(move || {
+    let (programmer, result, kind, elapsed, wall) = tokio::task::spawn_blocking(move || {
         let r = match &kind {
             // Start-up and the periodic resync: adopt the table in the kernel when it has this
             // layout (elements diffed, dynamic affinity state kept), else replace it atomically.
@@ -425,6 +488,15 @@ async fn sync_once(
             SyncKind::Services(changed) => programmer.sync_services(&desired, changed),
         };
         let elapsed = start.elapsed();
+        // The rules are in: the end of network programming (the conntrack cleanup below is not
+        // part of it).
+        let programmed_at = SystemTime::now();
+        drop(desired);
+        if full {
+            // A full sync's transient copies of the whole ruleset are freed now; hand the pages
+            // back to the kernel instead of keeping them in the heap until the next one.
+            release_free_heap();
+        }
         // As upstream: after the rules, delete UDP conntrack entries that still point at an
         // endpoint the Service no longer has (or at no endpoint at all). A failure is logged;
         // the next sync of the Service retries.
@@ -440,11 +512,10 @@ async fn sync_once(
                 Err(e) => tracing::warn!(error = %e, "conntrack cleanup failed"),
             }
         }
-        (programmer, r, kind, elapsed)
+        (programmer, r, kind, elapsed, programmed_at)
     })
     .await
     .context("sync task panicked")?;
-    let wall = SystemTime::now();
     let Ok(mut sh) = shared.lock() else {
         anyhow::bail!("shared state poisoned");
     };

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub last_queued_timestamp: f64,
     pub service_changes_total: u64,
     pub endpoint_changes_total: u64,
+    pub service_changes_pending: u64,
+    pub endpoint_changes_pending: u64,
     pub sync_failures_total: u64,
     pub healthz_total: BTreeMap<u16, u64>,
     pub livez_total: BTreeMap<u16, u64>,
@@ -92,6 +94,8 @@ impl Default for Metrics {
             last_queued_timestamp: 0.0,
             service_changes_total: 0,
             endpoint_changes_total: 0,
+            service_changes_pending: 0,
+            endpoint_changes_pending: 0,
             sync_failures_total: 0,
             healthz_total: BTreeMap::new(),
             livez_total: BTreeMap::new(),
@@ -140,6 +144,18 @@ impl Metrics {
             "gauge",
             "The last time a sync of proxy rules was queued",
             self.last_queued_timestamp.to_string(),
+        );
+        scalar(
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "gauge",
+            "Pending proxy rules Service changes",
+            self.service_changes_pending.to_string(),
+        );
+        scalar(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "gauge",
+            "Pending proxy rules Endpoint changes",
+            self.endpoint_changes_pending.to_string(),
         );
         scalar(
             "kubeproxy_sync_proxy_rules_service_changes_total",
@@ -191,6 +207,7 @@ mod tests {
         m.sync_duration.observe(20.0);
         m.network_programming.observe(1.2);
         m.service_changes_total = 3;
+        m.endpoint_changes_pending = 4;
         m.healthz_total.insert(200, 2);
         let text = m.render();
         for line in [
@@ -205,6 +222,10 @@ mod tests {
             "kubeproxy_network_programming_duration_seconds_bucket{le=\"300\"} 1",
             "kubeproxy_sync_proxy_rules_service_changes_total 3",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
+            "# TYPE kubeproxy_sync_proxy_rules_service_changes_pending gauge",
+            "# HELP kubeproxy_sync_proxy_rules_endpoint_changes_pending [ALPHA] Pending proxy rules Endpoint changes",
+            "kubeproxy_sync_proxy_rules_service_changes_pending 0",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending 4",
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds 0",
             "kubeproxy_proxy_healthz_total{code=\"200\"} 2",
         ] {

@@ -62,52 +62,72 @@ pub fn nf_message(full_type: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]
 }
 
 /// A NETLINK_NETFILTER socket in the calling thread's network namespace.
+///
+/// Keep it open across requests: closing a netfilter netlink socket makes nf_tables wait for
+/// its pending transaction cleanup (`NETLINK_URELEASE` → flush of the commit-release work, which
+/// does `synchronize_rcu`), ≈ 4–16 ms after every commit on this machine.
+#[derive(Debug)]
 pub struct NetlinkSocket {
     fd: OwnedFd,
     seq: u32,
+    /// The network namespace it was opened in (inode of `/proc/thread-self/ns/net`).
+    netns: Option<u64>,
+    /// SO_SNDBUF/SO_RCVBUF asked for so far.
+    sndbuf: usize,
+    rcvbuf: usize,
+}
+
+/// A netlink socket of `protocol` in the calling thread's namespace, bound (kernel-assigned port
+/// id) to the multicast `groups` (0: none).
+pub fn bound_socket(protocol: i32, groups: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = groups;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// The inode of the calling thread's network namespace.
+pub fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+fn set_int_opt(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> bool {
+    // SAFETY: setsockopt with a pointer to a live i32 and its size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        ) == 0
+    }
 }
 
 impl NetlinkSocket {
     pub fn open() -> std::io::Result<Self> {
-        // SAFETY: plain socket syscalls on a descriptor we own.
+        let fd = bound_socket(libc::NETLINK_NETFILTER, 0)?;
+        // SAFETY: setsockopt calls on a descriptor we own, with pointers to live values.
         unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            );
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = OwnedFd::from_raw_fd(fd);
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            if libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            ) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Dumps of big tables arrive in many datagrams; a large buffer avoids ENOBUFS.
-            let rcv: i32 = 8 << 20;
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&rcv as *const i32).cast(),
-                std::mem::size_of::<i32>() as u32,
-            ) < 0
-            {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&rcv as *const i32).cast(),
-                    std::mem::size_of::<i32>() as u32,
-                );
-            }
             let tv = libc::timeval {
                 tv_sec: 10,
                 tv_usec: 0,
@@ -119,7 +139,64 @@ impl NetlinkSocket {
                 (&tv as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as u32,
             );
-            Ok(NetlinkSocket { fd, seq: 1 })
+            // Acks without the echoed request keep the receive side small.
+            set_int_opt(&fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
+            let mut sock = NetlinkSocket {
+                fd,
+                seq: 1,
+                netns: current_netns(),
+                sndbuf: 0,
+                rcvbuf: 0,
+            };
+            // Dumps of big tables arrive in many datagrams; a large buffer avoids ENOBUFS.
+            sock.reserve(0, 8 << 20);
+            Ok(sock)
+        }
+    }
+
+    /// True when the calling thread is in the namespace the socket was opened in.
+    pub fn in_current_netns(&self) -> bool {
+        self.netns.is_some() && self.netns == current_netns()
+    }
+
+    /// Raises the send/receive buffers to at least these sizes (SO_*BUFFORCE, else SO_*BUF).
+    pub fn reserve(&mut self, snd: usize, rcv: usize) {
+        for (want, have, force, plain) in [
+            (snd, &mut self.sndbuf, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+            (rcv, &mut self.rcvbuf, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        ] {
+            if want > *have {
+                let v = i32::try_from(want).unwrap_or(i32::MAX);
+                if !set_int_opt(&self.fd, libc::SOL_SOCKET, force, v) {
+                    set_int_opt(&self.fd, libc::SOL_SOCKET, plain, v);
+                }
+                *have = want;
+            }
+        }
+    }
+
+    /// The descriptor, for batch sends.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Discards whatever is queued for reading (acks left over from a failed batch), so the next
+    /// request reads only its own answers.
+    pub fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: `buf` is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if n <= 0 {
+                return;
+            }
         }
     }
 
@@ -130,6 +207,7 @@ impl NetlinkSocket {
         build: impl FnOnce(u32) -> Vec<u8>,
         mut each: impl FnMut(&[u8]),
     ) -> std::io::Result<()> {
+        self.drain();
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let msg = build(seq);

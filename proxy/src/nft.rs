@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString, c_void};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use nftnl::expr::Expression;
@@ -31,6 +30,7 @@ use crate::model::{
     NO_LOCAL_ENDPOINT_SERVICES, Ruleset, SERVICE_AFFINITY, SERVICE_AFFINITY_RECORD, SERVICE_ENDPOINTS,
     SERVICE_ENDPOINTS_LARGE, SERVICE_ENDPOINTS_LOCAL, SERVICE_IPS, ServiceKey,
 };
+use crate::netlink::NetlinkSocket;
 
 /// Upstream's table name (in family `ip`).
 pub const TABLE_NAME: &str = "kube-proxy";
@@ -99,13 +99,39 @@ impl Default for TableConfig {
 }
 
 /// What one sync sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncStats {
     /// True when the table was (re)created from scratch.
     pub full: bool,
     pub elements_added: usize,
     pub elements_deleted: usize,
     pub batch_bytes: usize,
+    /// Where the time went.
+    pub phases: SyncPhases,
+}
+
+/// Time spent per step of a sync (summed over families for [`DualStack`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncPhases {
+    /// Comparing the desired elements with the programmed ones.
+    pub diff: std::time::Duration,
+    /// Reference counts and encoding the netlink batch (libnftnl).
+    pub encode: std::time::Duration,
+    /// `sendmsg` of the batch: the kernel validates and commits it in the sending thread.
+    pub send: std::time::Duration,
+    /// Reading the acks.
+    pub acks: std::time::Duration,
+}
+
+impl SyncPhases {
+    fn add(self, o: SyncPhases) -> SyncPhases {
+        SyncPhases {
+            diff: self.diff + o.diff,
+            encode: self.encode + o.encode,
+            send: self.send + o.send,
+            acks: self.acks + o.acks,
+        }
+    }
 }
 
 /// Programs one table (`ip` or `ip6`, by [`TableConfig::family`]); remembers what it programmed so
@@ -119,6 +145,9 @@ pub struct NftProgrammer {
     affinity_classes: BTreeMap<u32, usize>,
     /// Reference counts of shared elements ([`Element::is_shared`]) programmed.
     shared: std::collections::HashMap<Element, usize>,
+    /// The netlink socket, kept open between syncs: closing one after a commit waits for the
+    /// kernel's transaction cleanup (see [`NetlinkSocket`]).
+    sock: Option<NetlinkSocket>,
 }
 
 impl NftProgrammer {
@@ -128,20 +157,36 @@ impl NftProgrammer {
             programmed: None,
             affinity_classes: BTreeMap::new(),
             shared: std::collections::HashMap::new(),
+            sock: None,
         }
+    }
+
+    /// The socket in the calling thread's network namespace: opened on first use, re-opened
+    /// when called from another namespace than last time.
+    fn socket(&mut self) -> Result<&mut NetlinkSocket, NftError> {
+        if self.sock.as_ref().is_none_or(|s| !s.in_current_netns()) {
+            self.sock = Some(NetlinkSocket::open().map_err(NftError::Socket)?);
+        }
+        self.sock
+            .as_mut()
+            .ok_or_else(|| NftError::Socket(std::io::Error::other("netlink socket missing")))
     }
 
     /// Brings the kernel to `desired` (a full resync: every Service is compared). The first call
     /// replaces any existing table atomically (add, delete, re-create in one transaction); later
     /// calls send only changed elements.
     pub fn sync(&mut self, desired: &Ruleset) -> Result<SyncStats, NftError> {
-        let desired = &desired.family(self.config.family, None);
+        // This family's elements, kept (moved, not copied) as what is programmed afterwards.
+        let desired = desired.family(self.config.family, None);
         match &self.programmed {
             None => self.full_sync(desired),
             Some(programmed) => {
-                let changes = diff(programmed, desired);
-                let stats = self.send_changes(&changes, false)?;
-                self.programmed = Some(desired.clone());
+                let t = std::time::Instant::now();
+                let changes = diff(programmed, &desired);
+                let diff_time = t.elapsed();
+                let mut stats = self.send_changes(&changes, false)?;
+                stats.phases.diff = diff_time;
+                self.programmed = Some(desired);
                 Ok(stats)
             }
         }
@@ -156,11 +201,14 @@ impl NftProgrammer {
         changed: &BTreeSet<ServiceKey>,
     ) -> Result<SyncStats, NftError> {
         let Some(programmed) = &self.programmed else {
-            return self.full_sync(&desired.family(self.config.family, None));
+            return self.full_sync(desired.family(self.config.family, None));
         };
+        let t = std::time::Instant::now();
         let desired = &desired.family(self.config.family, Some(changed));
         let changes = diff_services(programmed, desired, changed);
-        let stats = self.send_changes(&changes, false)?;
+        let diff_time = t.elapsed();
+        let mut stats = self.send_changes(&changes, false)?;
+        stats.phases.diff = diff_time;
         if let Some(programmed) = self.programmed.as_mut() {
             for key in changed {
                 match desired.by_service.get(key) {
@@ -176,7 +224,7 @@ impl NftProgrammer {
         Ok(stats)
     }
 
-    fn full_sync(&mut self, desired: &Ruleset) -> Result<SyncStats, NftError> {
+    fn full_sync(&mut self, desired: Ruleset) -> Result<SyncStats, NftError> {
         // A model/table bucket mismatch would leave some `numgen` results without a map element
         // (connections not load-balanced): refuse it. Checked on full syncs, which are O(n) anyway.
         let max_bucket = desired
@@ -196,11 +244,14 @@ impl NftProgrammer {
                 table: self.config.buckets.max(1),
             });
         }
-        let changes = diff(&Ruleset::default(), desired);
+        let t = std::time::Instant::now();
+        let changes = diff(&Ruleset::default(), &desired);
+        let diff_time = t.elapsed();
         self.affinity_classes.clear();
         self.shared.clear();
-        let stats = self.send_changes(&changes, true)?;
-        self.programmed = Some(desired.clone());
+        let mut stats = self.send_changes(&changes, true)?;
+        stats.phases.diff = diff_time;
+        self.programmed = Some(desired);
         Ok(stats)
     }
 
@@ -208,44 +259,46 @@ impl NftProgrammer {
     /// Affinity timeout classes that gain their first element are created before the elements,
     /// those that lose their last are removed after them.
     fn send_changes(&mut self, changes: &ChangeSet, full: bool) -> Result<SyncStats, NftError> {
-        // Shared elements: sent when their count goes 0 → 1 (add) or 1 → 0 (delete).
-        let mut shared = self.shared.clone();
+        let started = std::time::Instant::now();
+        // Shared elements: sent when their count goes 0 → 1 (add) or 1 → 0 (delete); one deleted
+        // and re-added in the same batch nets out. Only the touched counts are computed (no copy
+        // of the whole table's counts: a partial sync stays O(its changes)).
         let mut effective = ChangeSet::default();
+        let mut touched: BTreeMap<Element, (usize, usize)> = BTreeMap::new();
         for e in &changes.delete {
-            if !e.is_shared() {
+            if e.is_shared() {
+                touched.entry(*e).or_default().0 += 1;
+            } else {
                 effective.delete.push(*e);
-            } else if let Some(n) = shared.get_mut(e) {
-                *n -= 1;
-                if *n == 0 {
-                    shared.remove(e);
-                    effective.delete.push(*e);
-                }
             }
         }
         for e in &changes.add {
-            if !e.is_shared() {
-                effective.add.push(*e);
-                continue;
-            }
-            let n = shared.entry(*e).or_insert(0);
-            *n += 1;
-            if *n == 1 {
+            if e.is_shared() {
+                touched.entry(*e).or_default().1 += 1;
+            } else {
                 effective.add.push(*e);
             }
         }
-        // An element deleted and re-added in the same batch nets out.
-        let re_added: BTreeSet<Element> = effective.add.iter().filter(|e| e.is_shared()).copied().collect();
-        let re_deleted: BTreeSet<Element> = effective
-            .delete
-            .iter()
-            .filter(|e| re_added.contains(e))
-            .copied()
-            .collect();
-        effective.delete.retain(|e| !re_deleted.contains(e));
-        effective.add.retain(|e| !re_deleted.contains(e));
+        let mut counts = Vec::with_capacity(touched.len());
+        for (e, (dels, adds)) in touched {
+            let old = self.shared.get(&e).copied().unwrap_or(0);
+            let after_deletes = old.saturating_sub(dels);
+            if old > 0 && after_deletes == 0 && adds == 0 {
+                effective.delete.push(e);
+            } else if old == 0 && adds > 0 {
+                effective.add.push(e);
+            }
+            counts.push((e, after_deletes + adds));
+        }
         let changes = &effective;
-        let stats = self.send_effective(changes, full)?;
-        self.shared = shared;
+        let stats = self.send_effective(changes, full, started)?;
+        for (e, n) in counts {
+            if n == 0 {
+                self.shared.remove(&e);
+            } else {
+                self.shared.insert(e, n);
+            }
+        }
         // Affinity entries pointing at an endpoint their destination just lost: deleted now that
         // no new ones can be made (the batch is in), as upstream drops a gone endpoint's set.
         let re_added: BTreeSet<&Element> = changes
@@ -276,26 +329,27 @@ impl NftProgrammer {
     fn forget_affinity(&mut self, lost: &BTreeSet<(Destination, IpAddr, u16)>) -> Result<(), NftError> {
         let f = self.config.family;
         let al = f.addr_len();
-        let mut sock = crate::netlink::NetlinkSocket::open().map_err(NftError::Socket)?;
         let table = self.config.table_name.clone();
         let mut batch = Batch::new();
         let mut count = 0usize;
-        for t in self.affinity_classes.keys() {
-            let name = affinity_name(*t);
+        let classes: Vec<u32> = self.affinity_classes.keys().copied().collect();
+        for t in classes {
+            let name = affinity_name(t);
             let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            sock.request(
-                |seq| {
-                    nft_request(
-                        libc::NFT_MSG_GETSETELEM,
-                        true,
-                        seq,
-                        f,
-                        &[(1, table.as_str()), (2, name.as_str())],
-                    )
-                },
-                |a| raw_set_elements(a, &mut entries),
-            )
-            .map_err(NftError::Receive)?;
+            self.socket()?
+                .request(
+                    |seq| {
+                        nft_request(
+                            libc::NFT_MSG_GETSETELEM,
+                            true,
+                            seq,
+                            f,
+                            &[(1, table.as_str()), (2, name.as_str())],
+                        )
+                    },
+                    |a| raw_set_elements(a, &mut entries),
+                )
+                .map_err(NftError::Receive)?;
             let doomed: Vec<&Vec<u8>> = entries
                 .iter()
                 .filter(|(k, d)| {
@@ -310,12 +364,12 @@ impl NftProgrammer {
                 for k in chunk {
                     msg.add_element(k, None, None)?;
                 }
-                batch.add(&ElemsMsg(msg), MsgType::Del);
+                batch.add(&Msg(Op::Elements, &msg), MsgType::Del);
                 count += chunk.len();
             }
         }
         if count > 0 {
-            match send_batch(&batch.finalize()) {
+            match send_batch(self.socket()?, &batch.finalize()) {
                 // An entry that expired meanwhile is gone already.
                 Err(NftError::Rejected { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
                 r => {
@@ -327,13 +381,16 @@ impl NftProgrammer {
         Ok(())
     }
 
-    fn send_effective(&mut self, changes: &ChangeSet, full: bool) -> Result<SyncStats, NftError> {
+    fn send_effective(
+        &mut self,
+        changes: &ChangeSet,
+        full: bool,
+        started: std::time::Instant,
+    ) -> Result<SyncStats, NftError> {
         if !full && changes.is_empty() {
             return Ok(SyncStats {
                 full,
-                elements_added: 0,
-                elements_deleted: 0,
-                batch_bytes: 0,
+                ..SyncStats::default()
             });
         }
         let mut classes = self.affinity_classes.clone();
@@ -374,7 +431,7 @@ impl NftProgrammer {
             batch.add(&table, MsgType::Add);
             batch.add(&table, MsgType::Del);
             // Re-created with the layout tag the read-back checks before adopting the table.
-            batch.add(&TableMsg::new(&self.config)?, MsgType::Add);
+            batch.add(&Msg(Op::NewTable, &TableMsg::new(&self.config)?), MsgType::Add);
             build_skeleton(&mut batch, &table, &self.config)?;
         }
         for t in &created {
@@ -387,21 +444,28 @@ impl NftProgrammer {
             let chain = Chain::new(&cstring(&affinity_record_name(*t))?, &table);
             batch.add(&chain, MsgType::Del);
             batch.add(
-                &SetDel(SetMsg::named(
-                    &self.config.table_name,
-                    &affinity_name(*t),
-                    self.config.family,
-                )?),
+                &Msg(
+                    Op::DelSet,
+                    &SetMsg::named(&self.config.table_name, &affinity_name(*t), self.config.family)?,
+                ),
                 MsgType::Del,
             );
         }
-        let bytes = send_batch(&batch.finalize())?;
+        let batch = batch.finalize();
+        let encode = started.elapsed();
+        let sent = send_batch(self.socket()?, &batch)?;
         self.affinity_classes = classes;
         Ok(SyncStats {
             full,
             elements_added: changes.add.len(),
             elements_deleted: changes.delete.len(),
-            batch_bytes: bytes,
+            batch_bytes: sent.bytes,
+            phases: SyncPhases {
+                diff: std::time::Duration::ZERO,
+                encode,
+                send: sent.send,
+                acks: sent.acks,
+            },
         })
     }
 
@@ -429,8 +493,9 @@ impl NftProgrammer {
     /// exactly the rules this layout has.
     fn read_back(&mut self) -> Result<Option<Ruleset>, NftError> {
         let f = self.config.family;
-        let mut sock = crate::netlink::NetlinkSocket::open().map_err(NftError::Socket)?;
-        let name = &self.config.table_name;
+        let name = &self.config.table_name.clone();
+        let layout = layout_tag(&self.config);
+        let sock = self.socket()?;
         let mut tag = None;
         let r = sock.request(
             |seq| nft_request(libc::NFT_MSG_GETTABLE, false, seq, f, &[(1, name.as_str())]),
@@ -447,7 +512,7 @@ impl NftProgrammer {
             Err(e) => return Err(NftError::Receive(e)),
             Ok(()) => {}
         }
-        if tag.as_deref() != Some(layout_tag(&self.config).as_bytes()) {
+        if tag.as_deref() != Some(layout.as_bytes()) {
             tracing::info!("existing table has another layout; replacing it");
             return Ok(None);
         }
@@ -505,6 +570,13 @@ impl NftProgrammer {
         }))
     }
 
+    /// Closes the netlink socket (the next call opens a new one in the caller's namespace).
+    /// Closing waits for the kernel's cleanup of the last transaction; benchmarks use this to
+    /// show that cost.
+    pub fn release_socket(&mut self) {
+        self.sock = None;
+    }
+
     /// Buckets per service port of this table.
     pub fn buckets(&self) -> u32 {
         self.config.buckets
@@ -526,7 +598,7 @@ impl NftProgrammer {
         let mut batch = Batch::new();
         batch.add(&table, MsgType::Add);
         batch.add(&table, MsgType::Del);
-        send_batch(&batch.finalize())?;
+        send_batch(self.socket()?, &batch.finalize())?;
         self.programmed = None;
         Ok(())
     }
@@ -621,6 +693,7 @@ impl DualStack {
             elements_added: a.elements_added + b.elements_added,
             elements_deleted: a.elements_deleted + b.elements_deleted,
             batch_bytes: a.batch_bytes + b.batch_bytes,
+            phases: a.phases.add(b.phases),
         })
     }
 
@@ -933,19 +1006,67 @@ impl Drop for TableMsg {
     }
 }
 
-// SAFETY: `write` only serializes the owned nftnl_table into the batch buffer.
-unsafe impl NlMsg for TableMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
-        // SAFETY: the batch gives a buffer of nft_nlmsg_maxsize bytes.
+impl Payload for TableMsg {
+    fn family(&self) -> u16 {
+        self.family
+    }
+
+    unsafe fn build(&self, hdr: *mut libc::nlmsghdr, _op: Op) {
+        // SAFETY: the caller's header sits in a buffer of nft_nlmsg_maxsize bytes.
+        unsafe { sys::nftnl_table_nlmsg_build_payload(hdr, self.table.as_ptr()) };
+    }
+}
+
+// ---- batch messages --------------------------------------------------------------------------
+
+/// What a batch message does with its libnftnl object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    NewTable,
+    NewSet,
+    DelSet,
+    /// NEWSETELEM or DELSETELEM, by the batch's [`MsgType`].
+    Elements,
+}
+
+impl Op {
+    /// Message type and flags (every message is acked, so a rejected one is reported by seq).
+    fn header(self, msg_type: MsgType) -> (i32, i32) {
+        let (ty, flags) = match (self, msg_type) {
+            (Op::NewTable, _) => (libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE),
+            (Op::NewSet, _) => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE),
+            (Op::DelSet, _) => (libc::NFT_MSG_DELSET, 0),
+            (Op::Elements, MsgType::Add) => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE | libc::NLM_F_EXCL),
+            (Op::Elements, MsgType::Del) => (libc::NFT_MSG_DELSETELEM, 0),
+        };
+        (ty, flags | libc::NLM_F_ACK)
+    }
+}
+
+/// A libnftnl object that writes itself as a message payload.
+trait Payload {
+    /// The netfilter family for the message header.
+    fn family(&self) -> u16;
+    /// Appends the payload for `op` after `hdr`.
+    ///
+    /// # Safety
+    /// `hdr` must be a header nftnl_nlmsg_build_hdr wrote into a buffer of nft_nlmsg_maxsize
+    /// bytes, and the payload must fit in it.
+    unsafe fn build(&self, hdr: *mut libc::nlmsghdr, op: Op);
+}
+
+/// One batch message: `op` on an object (the header/payload pattern in one place).
+struct Msg<'a, P: Payload>(Op, &'a P);
+
+// SAFETY: `write` only serializes the borrowed libnftnl object into the buffer the batch gives.
+unsafe impl<P: Payload> NlMsg for Msg<'_, P> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = self.0.header(msg_type);
+        // SAFETY: the batch gives a buffer of nft_nlmsg_maxsize bytes; element messages carry at
+        // most ELEMENTS_PER_MESSAGE elements, which keeps them within it.
         unsafe {
-            let hdr = sys::nftnl_nlmsg_build_hdr(
-                buf.cast(),
-                libc::NFT_MSG_NEWTABLE as u16,
-                self.family,
-                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
-                seq,
-            );
-            sys::nftnl_table_nlmsg_build_payload(hdr, self.table.as_ptr());
+            let hdr = sys::nftnl_nlmsg_build_hdr(buf.cast(), ty as u16, self.1.family(), flags as u16, seq);
+            self.1.build(hdr, self.0);
         }
     }
 }
@@ -1282,40 +1403,20 @@ impl Drop for SetMsg {
     }
 }
 
-/// Writes NEWSET when used as a declaration; see [`ElemsMsg`] for elements.
-// SAFETY: `write` only serializes the owned nftnl_set into the batch buffer nftnl hands it.
-unsafe impl NlMsg for SetMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
-        // SAFETY: the batch gives a buffer of nft_nlmsg_maxsize bytes.
-        unsafe {
-            let hdr = sys::nftnl_nlmsg_build_hdr(
-                buf.cast(),
-                libc::NFT_MSG_NEWSET as u16,
-                self.family,
-                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
-                seq,
-            );
-            sys::nftnl_set_nlmsg_build_payload(hdr, self.set.as_ptr());
-        }
+/// The set itself (NEWSET/DELSET) or its elements (NEWSETELEM/DELSETELEM).
+impl Payload for SetMsg {
+    fn family(&self) -> u16 {
+        self.family
     }
-}
 
-/// A DELSET message.
-struct SetDel(SetMsg);
-
-// SAFETY: as for SetMsg.
-unsafe impl NlMsg for SetDel {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
-        // SAFETY: as for SetMsg.
+    unsafe fn build(&self, hdr: *mut libc::nlmsghdr, op: Op) {
+        // SAFETY: as the trait requires; the set owns its elements.
         unsafe {
-            let hdr = sys::nftnl_nlmsg_build_hdr(
-                buf.cast(),
-                libc::NFT_MSG_DELSET as u16,
-                self.0.family,
-                libc::NLM_F_ACK as u16,
-                seq,
-            );
-            sys::nftnl_set_nlmsg_build_payload(hdr, self.0.set.as_ptr());
+            if op == Op::Elements {
+                sys::nftnl_set_elems_nlmsg_build_payload(hdr, self.set.as_ptr());
+            } else {
+                sys::nftnl_set_nlmsg_build_payload(hdr, self.set.as_ptr());
+            }
         }
     }
 }
@@ -1346,27 +1447,6 @@ fn affinity_set(table: &str, timeout: u32, f: Family) -> Result<SetMsg, NftError
     Ok(set)
 }
 
-/// A NEWSETELEM / DELSETELEM message carrying a chunk of one set's elements.
-struct ElemsMsg(SetMsg);
-
-// SAFETY: as for SetMsg; at most ELEMENTS_PER_MESSAGE elements keep the payload within the buffer.
-unsafe impl NlMsg for ElemsMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (
-                libc::NFT_MSG_NEWSETELEM,
-                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
-            ),
-            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
-        };
-        // SAFETY: as for SetMsg; the chunk size keeps the payload under the buffer size.
-        unsafe {
-            let hdr = sys::nftnl_nlmsg_build_hdr(buf.cast(), ty as u16, self.0.family, flags as u16, seq);
-            sys::nftnl_set_elems_nlmsg_build_payload(hdr, self.0.set.as_ptr());
-        }
-    }
-}
-
 fn add_element_messages(
     batch: &mut Batch,
     table: &str,
@@ -1394,7 +1474,7 @@ fn add_element_messages(
                     let d = if matches!(msg_type, MsgType::Del) { None } else { d };
                     msg.add_element(&k, d.as_deref(), goto.as_deref())?;
                 }
-                batch.add(&ElemsMsg(msg), msg_type);
+                batch.add(&Msg(Op::Elements, &msg), msg_type);
             }
         }
     }
@@ -1779,7 +1859,10 @@ fn add_affinity_class(
 ) -> Result<(), NftError> {
     let f = config.family;
     let ep = endpoint_reg(f);
-    batch.add(&affinity_set(&config.table_name, timeout, f)?, MsgType::Add);
+    batch.add(
+        &Msg(Op::NewSet, &affinity_set(&config.table_name, timeout, f)?),
+        MsgType::Add,
+    );
     let name = affinity_name(timeout);
     let id = affinity_set_id(timeout);
     let chain = Chain::new(&cstring(&name)?, table);
@@ -1817,7 +1900,10 @@ fn add_affinity_class(
 fn build_skeleton(batch: &mut Batch, table: &Table, config: &TableConfig) -> Result<(), NftError> {
     let f = config.family;
     for spec in &SETS {
-        batch.add(&SetMsg::declaration(&config.table_name, spec, f)?, MsgType::Add);
+        batch.add(
+            &Msg(Op::NewSet, &SetMsg::declaration(&config.table_name, spec, f)?),
+            MsgType::Add,
+        );
     }
 
     // NAT: mark what must be masqueraded, then DNAT through the flat maps.
@@ -2040,67 +2126,30 @@ fn build_skeleton(batch: &mut Batch, table: &Table, config: &TableConfig) -> Res
 
 // ---- socket ----------------------------------------------------------------------------------
 
-/// Sends a finalized batch in one sendmsg and waits for every ack. Returns the bytes sent.
-fn send_batch(batch: &nftnl::FinalizedBatch) -> Result<usize, NftError> {
+/// What [`send_batch`] did.
+struct Sent {
+    bytes: usize,
+    send: std::time::Duration,
+    acks: std::time::Duration,
+}
+
+/// Sends a finalized batch in one sendmsg on `sock` and waits for every ack. After an error the socket may hold unread acks: [`NetlinkSocket::drain`] runs first.
+fn send_batch(sock: &mut NetlinkSocket, batch: &nftnl::FinalizedBatch) -> Result<Sent, NftError> {
     let pages: Vec<&[u8]> = batch.iter().collect();
     let bytes: usize = pages.iter().map(|p| p.len()).sum();
     let seqs = batch.sequence_numbers();
     let expected = seqs.len();
+    // Room for the whole batch and one (capped) ack per message.
+    sock.reserve(bytes + (1 << 20), expected * 64 + (1 << 20));
+    sock.drain();
+    let raw = sock.raw_fd();
+    let send;
+    let acks_started;
 
-    // SAFETY: plain socket syscalls on a descriptor we own; buffers outlive the calls.
+    // SAFETY: plain socket syscalls on a descriptor `sock` owns; buffers outlive the calls.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        );
-        if fd < 0 {
-            return Err(NftError::Socket(std::io::Error::last_os_error()));
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let raw = fd.as_raw_fd();
-        let set_int = |level: i32, opt: i32, v: i32| {
-            libc::setsockopt(
-                raw,
-                level,
-                opt,
-                (&v as *const i32).cast(),
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        // Room for the whole batch and one (capped) ack per message.
-        let snd = i32::try_from(bytes + (1 << 20)).unwrap_or(i32::MAX);
-        let rcv = i32::try_from(expected * 64 + (1 << 20)).unwrap_or(i32::MAX);
-        if set_int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, snd) < 0 {
-            set_int(libc::SOL_SOCKET, libc::SO_SNDBUF, snd);
-        }
-        if set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv) < 0 {
-            set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, rcv);
-        }
-        // Acks without the echoed request keep the receive side small.
-        set_int(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
-        let tv = libc::timeval {
-            tv_sec: 30,
-            tv_usec: 0,
-        };
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
         let mut addr: libc::sockaddr_nl = std::mem::zeroed();
         addr.nl_family = libc::AF_NETLINK as u16;
-        if libc::bind(
-            raw,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        ) < 0
-        {
-            return Err(NftError::Socket(std::io::Error::last_os_error()));
-        }
-
         let mut iov: Vec<libc::iovec> = pages
             .iter()
             .map(|p| libc::iovec {
@@ -2113,13 +2162,16 @@ fn send_batch(batch: &nftnl::FinalizedBatch) -> Result<usize, NftError> {
         msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = iov.len();
+        let t = std::time::Instant::now();
         if libc::sendmsg(raw, &msg, 0) < 0 {
             return Err(NftError::Send {
                 bytes,
                 source: std::io::Error::last_os_error(),
             });
         }
+        send = t.elapsed();
 
+        acks_started = std::time::Instant::now();
         let mut acked = 0usize;
         let mut buf = vec![0u8; 1 << 16];
         while acked < expected {
@@ -2136,7 +2188,10 @@ fn send_batch(batch: &nftnl::FinalizedBatch) -> Result<usize, NftError> {
                 if len < hdr_len || off + len > n {
                     break;
                 }
-                if hdr.nlmsg_type == libc::NLMSG_ERROR as u16 && len >= hdr_len + 4 {
+                if hdr.nlmsg_type == libc::NLMSG_ERROR as u16
+                    && len >= hdr_len + 4
+                    && seqs.contains(&hdr.nlmsg_seq)
+                {
                     let err: i32 = std::ptr::read_unaligned(buf.as_ptr().add(off + hdr_len).cast());
                     if err != 0 {
                         return Err(NftError::Rejected {
@@ -2150,7 +2205,11 @@ fn send_batch(batch: &nftnl::FinalizedBatch) -> Result<usize, NftError> {
             }
         }
     }
-    Ok(bytes)
+    Ok(Sent {
+        bytes,
+        send,
+        acks: acks_started.elapsed(),
+    })
 }
 
 #[cfg(test)]

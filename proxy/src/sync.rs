@@ -15,7 +15,7 @@
 //! of the node's NodePort addresses compares every Service.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -54,13 +54,14 @@ pub struct NodePortAddresses {
     pub primary: bool,
     /// CIDRs: the local interface addresses inside them.
     pub cidrs: Vec<Cidr>,
-    /// The node's interface addresses (read once at start-up).
-    pub local_addrs: Vec<Ipv4Addr>,
+    /// The node's interface addresses (both families; updated when they change, see
+    /// [`Tracker::set_local_addrs`]).
+    pub local_addrs: Vec<IpAddr>,
 }
 
 impl NodePortAddresses {
     /// From the configured list (`["primary"]`, CIDRs, or empty) and the local addresses.
-    pub fn new(configured: &[String], local_addrs: Vec<Ipv4Addr>) -> Self {
+    pub fn new(configured: &[String], local_addrs: Vec<IpAddr>) -> Self {
         let cidrs: Vec<Cidr> = configured.iter().filter_map(|c| c.parse().ok()).collect();
         NodePortAddresses {
             primary: configured.is_empty() || configured.iter().any(|c| c == "primary"),
@@ -95,23 +96,26 @@ impl NodePortAddresses {
         }
         for ip in &self.local_addrs {
             if self.cidrs.iter().any(|c| cidr_contains(c, *ip)) {
-                out.insert(IpAddr::V4(*ip));
+                out.insert(*ip);
             }
         }
         out.into_iter().collect()
     }
 }
 
-fn cidr_contains(c: &Cidr, ip: Ipv4Addr) -> bool {
-    let IpAddr::V4(net) = c.addr else {
-        return false;
+fn cidr_contains(c: &Cidr, ip: IpAddr) -> bool {
+    let (net, ip, bits) = match (c.addr, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => (u128::from(u32::from(n)), u128::from(u32::from(a)), 32),
+        (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
+        _ => return false,
     };
-    let mask = if c.prefix == 0 {
+    let prefix = u32::from(c.prefix).min(bits);
+    let mask = if prefix == 0 {
         0
     } else {
-        u32::MAX << (32 - u32::from(c.prefix.min(32)))
+        (u128::MAX >> (128 - bits)) & !((1u128 << (bits - prefix)) - 1)
     };
-    u32::from(net) & mask == u32::from(ip) & mask
+    net & mask == ip & mask
 }
 
 /// A watched collection: objects by namespace/name, with relists (`Init` … `InitDone`) buffered
@@ -205,11 +209,18 @@ pub struct SyncPlan {
     pub triggers: Vec<jiff::Timestamp>,
 }
 
-/// Change counters (upstream `kubeproxy_sync_proxy_rules_{service,endpoint}_changes_total`).
+/// Change counters (upstream `kubeproxy_sync_proxy_rules_{service,endpoint}_changes_total`) and
+/// the changes not yet synced (`…_changes_pending`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub service_changes: u64,
     pub endpoint_changes: u64,
+    /// Services changed by Service events since the last sync began (upstream: the entries of
+    /// the ServiceChangeTracker).
+    pub service_changes_pending: u64,
+    /// EndpointSlice changes since the last sync began (upstream: incremented per needed
+    /// EndpointSlice change, zeroed when a sync checks the changes out).
+    pub endpoint_changes_pending: u64,
 }
 
 /// The watched state and the sync schedule.
@@ -232,6 +243,8 @@ pub struct Tracker {
     last_sync: Option<Instant>,
     triggers: BTreeMap<ServiceKey, jiff::Timestamp>,
     counters: Counters,
+    /// Services changed by Service events since the last sync began.
+    services_pending: BTreeSet<ServiceKey>,
     /// This node's name: endpoints on it are local for the Local traffic policies.
     node_name: Option<String>,
 }
@@ -255,6 +268,7 @@ impl Tracker {
             last_sync: None,
             triggers: BTreeMap::new(),
             counters: Counters::default(),
+            services_pending: BTreeSet::new(),
             node_name: None,
         }
     }
@@ -266,20 +280,26 @@ impl Tracker {
         self
     }
 
-    /// A Services watch event.
+    /// A Services watch event (its object is kept in [`crate::compact`] form).
     pub fn service_event(&mut self, event: Event<Service>) {
+        let event = crate::compact::event(event, crate::compact::service);
         for (old, new) in self.services.apply(event) {
             self.counters.service_changes += 1;
             if let Some(s) = old.as_ref().or(new.as_ref()) {
-                self.dirty.insert(object_key(&s.metadata));
+                let key = object_key(&s.metadata);
+                self.dirty.insert(key.clone());
+                self.services_pending.insert(key);
             }
+            self.counters.service_changes_pending = self.services_pending.len() as u64;
         }
     }
 
-    /// An EndpointSlices watch event.
+    /// An EndpointSlices watch event (its object is kept in [`crate::compact`] form).
     pub fn slice_event(&mut self, event: Event<EndpointSlice>) {
+        let event = crate::compact::event(event, crate::compact::endpoint_slice);
         for (old, new) in self.slices.apply(event) {
             self.counters.endpoint_changes += 1;
+            self.counters.endpoint_changes_pending += 1;
             if let Some(old) = &old
                 && let Some(key) = slice_service(old)
             {
@@ -318,6 +338,22 @@ impl Tracker {
         let ips = self.nodeport.resolve(self.node());
         if ips != self.node_ips {
             tracing::info!(node_ips = ?ips, "NodePort addresses changed");
+            self.node_ips = ips;
+            self.need_all = true;
+        }
+    }
+
+    /// The node's interface addresses changed (read again after an rtnetlink address event):
+    /// NodePorts follow `--nodeport-addresses` CIDRs onto addresses that appear later and leave
+    /// those that go.
+    pub fn set_local_addrs(&mut self, addrs: Vec<IpAddr>) {
+        if addrs == self.nodeport.local_addrs {
+            return;
+        }
+        self.nodeport.local_addrs = addrs;
+        let ips = self.nodeport.resolve(self.node());
+        if ips != self.node_ips {
+            tracing::info!(node_ips = ?ips, "NodePort addresses changed (interface addresses)");
             self.node_ips = ips;
             self.need_all = true;
         }
@@ -395,6 +431,9 @@ impl Tracker {
             SyncKind::Services(self.dirty.clone())
         };
         self.dirty.clear();
+        self.services_pending.clear();
+        self.counters.service_changes_pending = 0;
+        self.counters.endpoint_changes_pending = 0;
         self.need_all = false;
         self.need_rebuild = false;
         let triggers = std::mem::take(&mut self.triggers).into_values().collect();

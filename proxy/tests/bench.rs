@@ -7,6 +7,8 @@
 //! with `--release` for numbers worth quoting (the debug build's encoding is several times slower).
 //! The daemon's RSS at many Services is in `bench_daemon.rs`.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -21,75 +23,16 @@ use kube_proxy::model::{
     Element, ModelConfig, Ruleset, SERVICE_NAME_LABEL, desired_ruleset, service_elements, service_key,
 };
 use kube_proxy::nft::{NftProgrammer, TableConfig};
+use support::{Netns, sh, wire};
 
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "kp-bench-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .unwrap()
-                .success()
-        );
-        Netns(name)
-    }
-
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                use std::os::fd::AsRawFd;
-                let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
-    /// Elements of a map whose key and value are both concatenations (nft -j prints two
-    /// `"concat"` objects per element).
-    fn count_map_elements(&self, map: &str) -> usize {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "nft",
-                "-j",
-                "list",
-                "map",
-                "ip",
-                "kube-proxy",
-                map,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).matches("\"concat\"").count() / 2
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Elements of a map of table `ip kube-proxy` in `ns` whose key and value are both
+/// concatenations (nft -j prints two `"concat"` objects per element).
+fn count_map_elements(ns: &Netns, map: &str) -> usize {
+    ns.nft_json(&["map", "ip", "kube-proxy", map])
+        .unwrap_or_default()
+        .matches("\"concat\"")
+        .count()
+        / 2
 }
 
 /// A TCP listener inside a namespace that accepts (and drops) connections until dropped.
@@ -270,46 +213,9 @@ fn nft_text(r: &Ruleset, buckets: u32) -> String {
     t += "}\n";
     let mut lines: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for e in &r.all() {
-        let s = match e {
-            Element::ServiceEndpoint {
-                dst,
-                bucket,
-                endpoint,
-                endpoint_port,
-            }
-            | Element::LargeServiceEndpoint {
-                dst,
-                bucket,
-                endpoint,
-                endpoint_port,
-            }
-            | Element::LocalServiceEndpoint {
-                dst,
-                bucket,
-                endpoint,
-                endpoint_port,
-            } => format!(
-                "{} . {} . {} . {bucket} : {endpoint} . {endpoint_port}",
-                dst.ip,
-                dst.protocol.nft_name(),
-                dst.port
-            ),
-            Element::ServiceIp(d)
-            | Element::ExternalService(d)
-            | Element::NoEndpointService(d)
-            | Element::ExternalLocalService(d)
-            | Element::NoLocalEndpointService(d) => {
-                format!("{} . {} . {}", d.ip, d.protocol.nft_name(), d.port)
-            }
-            Element::ClusterIp(ip) => ip.to_string(),
-            Element::HairpinEndpoint(ip) => format!("{ip} . {ip}"),
-            // The benchmark's Services have no session affinity and no source ranges.
-            Element::FirewallService(_) | Element::FirewallAllow { .. } => continue,
-            Element::AffinityService { .. }
-            | Element::AffinityRecord { .. }
-            | Element::AffinityEndpoint { .. } => continue,
-        };
-        lines.entry(e.set_name()).or_default().push(s);
+        if let Some(s) = element_text(e) {
+            lines.entry(e.set_name()).or_default().push(s);
+        }
     }
     for (set, els) in lines {
         for chunk in els.chunks(5000) {
@@ -317,6 +223,93 @@ fn nft_text(r: &Ruleset, buckets: u32) -> String {
         }
     }
     t
+}
+
+/// One element as `nft` text (None for kinds the benchmark's Services do not have).
+fn element_text(e: &Element) -> Option<String> {
+    Some(match e {
+        Element::ServiceEndpoint {
+            dst,
+            bucket,
+            endpoint,
+            endpoint_port,
+        }
+        | Element::LargeServiceEndpoint {
+            dst,
+            bucket,
+            endpoint,
+            endpoint_port,
+        }
+        | Element::LocalServiceEndpoint {
+            dst,
+            bucket,
+            endpoint,
+            endpoint_port,
+        } => format!(
+            "{} . {} . {} . {bucket} : {endpoint} . {endpoint_port}",
+            dst.ip,
+            dst.protocol.nft_name(),
+            dst.port
+        ),
+        Element::ServiceIp(d)
+        | Element::ExternalService(d)
+        | Element::NoEndpointService(d)
+        | Element::ExternalLocalService(d)
+        | Element::NoLocalEndpointService(d) => {
+            format!("{} . {} . {}", d.ip, d.protocol.nft_name(), d.port)
+        }
+        Element::ClusterIp(ip) => ip.to_string(),
+        Element::HairpinEndpoint(ip) => format!("{ip} . {ip}"),
+        // The benchmark's Services have no session affinity and no source ranges.
+        Element::FirewallService(_) | Element::FirewallAllow { .. } => return None,
+        Element::AffinityService { .. }
+        | Element::AffinityRecord { .. }
+        | Element::AffinityEndpoint { .. } => return None,
+    })
+}
+
+/// `nft -f` text that turns Service `key`'s elements from `from` into `to` (deletes name keys
+/// only, as the programmer's batch does).
+fn change_text(from: &Ruleset, to: &Ruleset, key: &kube_proxy::model::ServiceKey) -> String {
+    let changes = kube_proxy::diff::diff_services(from, to, &[key.clone()].into());
+    let mut t = String::new();
+    for (verb, els) in [("delete", &changes.delete), ("add", &changes.add)] {
+        for e in els {
+            let Some(text) = element_text(e) else { continue };
+            let text = if verb == "delete" {
+                text.split(" : ").next().unwrap_or_default().to_string()
+            } else {
+                text
+            };
+            let _ = writeln!(t, "{verb} element ip kube-proxy {} {{ {text} }}", e.set_name());
+        }
+    }
+    t
+}
+
+/// Runs `nft -f` on `text` in namespace `ns`; returns the wall time.
+fn nft_f(ns: &Netns, text: &str) -> Duration {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "kp-bench-{}-{}.nft",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&path, text).unwrap();
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nft -f {text}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
 }
 
 fn ms(d: Duration) -> f64 {
@@ -354,7 +347,7 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
     let t = Instant::now();
     let desired = desired_ruleset(&services, &slices, &config);
     let model_time = t.elapsed();
-    let ns = Netns::new();
+    let ns = Netns::new("kp-bench");
     let mut p = NftProgrammer::new(TableConfig::default());
     // Timed inside the namespace thread: entering the namespace is not part of a sync.
     let (stats, ours) = ns.run(|| {
@@ -364,12 +357,15 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
     });
     let stats = stats.unwrap();
     assert!(stats.full);
-    assert_eq!(ns.count_map_elements("service-endpoints"), big * buckets as usize);
+    assert_eq!(
+        count_map_elements(&ns, "service-endpoints"),
+        big * buckets as usize
+    );
 
     let text = nft_text(&desired, buckets);
     let path = std::env::temp_dir().join(format!("kp-bench-{}.nft", std::process::id()));
     std::fs::write(&path, &text).unwrap();
-    let ns2 = Netns::new();
+    let ns2 = Netns::new("kp-bench");
     let t = Instant::now();
     let status = Command::new("ip")
         .args(["netns", "exec", &ns2.0, "nft", "-f"])
@@ -394,7 +390,7 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
     let mut per_size = Vec::new();
     let mut per_size_delete = Vec::new();
     for &n in sizes {
-        let ns = Netns::new();
+        let ns = Netns::new("kp-bench");
         let mut p = NftProgrammer::new(TableConfig::default());
         let (services, slices) = cluster(n, 5, 0);
         let before = desired_ruleset(&services, &slices, &config);
@@ -405,9 +401,21 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
         let mut after = before.clone();
         let mut applies = Vec::new();
         let mut models = Vec::new();
+        let mut phases: [Vec<Duration>; 4] = Default::default();
+        let mut closes = Vec::new();
+        let mut nft_fs = Vec::new();
         let mut ops = 0;
+        let only_svc0 = |r: &Ruleset| Ruleset {
+            by_service: r
+                .by_service
+                .get(&key)
+                .map(|e| (key.clone(), e.clone()))
+                .into_iter()
+                .collect(),
+        };
         for generation in 1..=5 {
             let (_, slices2) = cluster(1, 5, generation);
+            let previous = only_svc0(&after);
             let t = Instant::now();
             let slice_refs: Vec<&EndpointSlice> = slices2.iter().collect();
             let els = service_elements(&services[0], &slice_refs, &config).unwrap();
@@ -425,15 +433,48 @@ fn bench_full_sync_vs_nft_and_one_service_change() {
             assert!(stats.elements_added > 0 && stats.elements_added <= buckets as usize + 1);
             ops = stats.elements_added + stats.elements_deleted;
             applies.push(apply);
+            let ph = stats.phases;
+            for (v, d) in phases.iter_mut().zip([ph.diff, ph.encode, ph.send, ph.acks]) {
+                v.push(d);
+            }
+            // What a socket per sync (the previous design) added: closing it waits for the
+            // kernel's commit cleanup (synchronize_rcu).
+            closes.push(ns.run(|| {
+                let t = Instant::now();
+                p.release_socket();
+                t.elapsed()
+            }));
+            // Baseline: the same one-Service change through `nft -f` (upstream kube-proxy's
+            // mechanism: knftables runs `nft -f -` per sync), there and back, so the table
+            // ends as the programmer left it.
+            let current = only_svc0(&after);
+            nft_fs.push(nft_f(&ns, &change_text(&current, &previous, &key)));
+            nft_fs.push(nft_f(&ns, &change_text(&previous, &current, &key)));
         }
         applies.sort();
         models.sort();
+        closes.sort();
+        nft_fs.sort();
+        for v in &mut phases {
+            v.sort();
+        }
         let apply = applies[2];
+        let nft_median = nft_fs[nft_fs.len() / 2];
         println!(
-            "one-service change at {n} services: {ops} element ops, apply min {:.2} ms median {:.2} ms (model update {:.3} ms)",
+            "one-service change at {n} services: {ops} element ops, apply min {:.2} ms median {:.2} ms \
+             (model update {:.3} ms; medians: diff {:.3} ms, encode {:.3} ms, sendmsg/commit {:.3} ms, acks {:.3} ms); \
+             closing the socket afterwards (old design) {:.2} ms; nft -f of the same change median {:.2} ms; \
+             ratio apply/nft -f {:.3}",
             ms(applies[0]),
             ms(apply),
-            ms(models[2])
+            ms(models[2]),
+            ms(phases[0][2]),
+            ms(phases[1][2]),
+            ms(phases[2][2]),
+            ms(phases[3][2]),
+            ms(closes[2]),
+            ms(nft_median),
+            apply.as_secs_f64() / nft_median.as_secs_f64()
         );
         per_size.push(apply);
 
@@ -585,9 +626,9 @@ fn bench_clusterip_connect_latency_few_vs_many_services() {
         node_ips: vec![],
         ..Default::default()
     };
-    let node = Netns::new();
-    let client = Netns::new();
-    let pod = Netns::new();
+    let node = Netns::new("kp-bench");
+    let client = Netns::new("kp-bench");
+    let pod = Netns::new("kp-bench");
     let backend_ip = Ipv4Addr::new(10, 244, 1, 10);
     sh(&["ip", "-n", &node.0, "link", "set", "lo", "up"]);
     sh(&[
@@ -603,17 +644,7 @@ fn bench_clusterip_connect_latency_few_vs_many_services() {
         (&client, "192.168.78.1/24", "192.168.78.2/24", "up0"),
         (&pod, "10.244.1.1/24", "10.244.1.10/24", "pod0"),
     ] {
-        sh(&[
-            "ip", "-n", &node.0, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns",
-            &peer.0,
-        ]);
-        sh(&["ip", "-n", &node.0, "addr", "add", node_addr, "dev", link]);
-        sh(&["ip", "-n", &node.0, "link", "set", link, "up"]);
-        sh(&["ip", "-n", &peer.0, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &peer.0, "addr", "add", peer_addr, "dev", "eth0"]);
-        sh(&["ip", "-n", &peer.0, "link", "set", "eth0", "up"]);
-        let gw = node_addr.split('/').next().unwrap();
-        sh(&["ip", "-n", &peer.0, "route", "add", "default", "via", gw]);
+        wire(&node.0, &peer.0, link, node_addr, peer_addr);
     }
     let _backend = Backend::start(&pod, SocketAddr::from((backend_ip, 8080)));
     let vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 5), 80));
@@ -631,7 +662,7 @@ fn bench_clusterip_connect_latency_few_vs_many_services() {
         stats.unwrap();
         sync_ms[i % 2] = ms(took);
         assert_eq!(
-            node.count_map_elements("service-endpoints"),
+            count_map_elements(&node, "service-endpoints"),
             n * config.buckets as usize
         );
         let round = client.run(|| {

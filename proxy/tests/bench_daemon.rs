@@ -7,9 +7,13 @@
 //! The control plane and kube-proxy both run inside one test-created network namespace (each has
 //! its own loopback there), so nothing is programmed in the host's namespace; the namespace, its
 //! table and both processes are removed by Drop guards, also on failure.
+//!
+//! `KNODE_BENCH_BASELINE_PROXY=/path/to/kube-proxy` first runs that build against the same
+//! objects (e.g. the previous commit's) and prints the ratio.
+
+mod support;
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,91 +23,24 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knode_harness::control_plane::ControlPlane;
+use knode_harness::netns::NodeNetns;
 use kube::api::{Api, PostParams};
 
 const NODE_IP: &str = "192.168.79.1";
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace, deleted (with the nftables table in it) on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let ns = Netns(format!("kp-benchd-{}", std::process::id()));
-        sh(&["ip", "netns", "add", &ns.0]);
-        sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        // An address for the node's InternalIP (NodePort addresses); nothing is routed anywhere.
-        // (a veth pair: this kernel has no dummy driver).
-        sh(&[
-            "ip", "-n", &ns.0, "link", "add", "node0", "type", "veth", "peer", "name", "node1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "node0",
-        ]);
-        sh(&["ip", "-n", &ns.0, "link", "set", "node0", "up"]);
-        ns
+/// Elements of set `set` in table `ip kube-proxy` of namespace `ns`, None while it is absent.
+fn set_len(ns: &NodeNetns, set: &str) -> Option<usize> {
+    let out = ns
+        .run(&["nft", "-j", "list", "set", "ip", "kube-proxy", set], &[])
+        .ok()?;
+    if !out.status.success() {
+        return None;
     }
-
-    /// Runs `f` on a thread that entered the namespace (its sockets are the namespace's).
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
-    /// Elements of set `set` in table `ip kube-proxy`, None while the set is absent.
-    fn set_len(&self, set: &str) -> Option<usize> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "nft",
-                "-j",
-                "list",
-                "set",
-                "ip",
-                "kube-proxy",
-                set,
-            ])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["nftables"].as_array()?.iter().find_map(|o| {
-            let s = o.get("set")?;
-            Some(s.get("elem").and_then(|e| e.as_array()).map_or(0, Vec::len))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["nftables"].as_array()?.iter().find_map(|o| {
+        let s = o.get("set")?;
+        Some(s.get("elem").and_then(|e| e.as_array()).map_or(0, Vec::len))
+    })
 }
 
 /// The kube-proxy process; killed on drop.
@@ -181,20 +118,102 @@ fn rss_hwm_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// What one kube-proxy run measured.
+struct Run {
+    synced: Duration,
+    rss: u64,
+    hwm: u64,
+    at_sync_rss: u64,
+    at_sync_hwm: u64,
+}
+
+/// Starts `binary` as kube-proxy in `ns`, waits until its table holds all `n` Services with
+/// endpoints, reads its memory, and stops it.
+fn run_proxy(
+    ns: &NodeNetns,
+    binary: &str,
+    kubeconfig: &std::path::Path,
+    node_name: &str,
+    n: usize,
+    full: bool,
+) -> Run {
+    let started = Instant::now();
+    let mut proxy = Proxy(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, binary])
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--hostname-override={node_name}"))
+            .arg("--healthz-bind-address=127.0.0.1:10256")
+            .arg("--metrics-bind-address=127.0.0.1:10249")
+            .arg("--cluster-cidr=10.244.0.0/16")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // `ip netns exec` execs the program: the child's pid is kube-proxy's.
+    let pid = proxy.0.id();
+    let deadline = Instant::now() + Duration::from_secs(if full { 600 } else { 120 });
+    loop {
+        let ips = set_len(ns, "cluster-ips");
+        let no_endpoints = set_len(ns, "no-endpoint-services");
+        // n plus the control plane's own `kubernetes` Service.
+        if ips.is_some_and(|c| c > n) && no_endpoints == Some(0) {
+            break;
+        }
+        assert!(
+            proxy.0.try_wait().unwrap().is_none(),
+            "{binary} exited before programming {n} Services"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{binary} did not program {n} Services with endpoints: cluster-ips {ips:?}, \
+             no-endpoint-services {no_endpoints:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let synced = started.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "kube-proxy"
+    );
+    let (at_sync_rss, at_sync_hwm) = rss_hwm_kib(pid);
+    // Settled: the watch caches and the programmed ruleset stay, list buffers are freed.
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, hwm) = rss_hwm_kib(pid);
+    drop(proxy);
+    Run {
+        synced,
+        rss,
+        hwm,
+        at_sync_rss,
+        at_sync_hwm,
+    }
+}
+
 #[test]
 fn bench_daemon_rss_with_many_services() {
     knode_harness::require_root().unwrap();
     knode_harness::install_crypto_provider();
     let full = std::env::var("KNODE_BENCH").as_deref() == Ok("full");
     let n = if full { 10_000 } else { 1_000 };
-    let ns = Netns::new();
-    let cp = ControlPlane::start_in(Some(&ns.0), &[]).unwrap();
+    // Another kube-proxy build to compare with in the same run (e.g. the previous commit's).
+    let baseline = std::env::var("KNODE_BENCH_BASELINE_PROXY").ok();
     let node_name = format!("kp-benchd-{}", std::process::id());
+    let ns = NodeNetns::create(&node_name, NODE_IP, false).unwrap();
+    // The control plane's SQLite store on tmpfs: 2n creates with an fsync each on this disk
+    // would dominate the run (the store's speed is not what this measures).
+    // SAFETY: set before any thread of this test binary reads the environment concurrently
+    // (one test; the harness reads TMPDIR only inside `start_in` below).
+    unsafe { std::env::set_var("TMPDIR", "/dev/shm") };
+    let cp = ControlPlane::start_in(Some(&ns.name), &[]).unwrap();
 
     // Create the objects from a thread inside the namespace (the API server listens on its
     // loopback), many requests in flight at once.
     let created = Instant::now();
-    ns.run(|| {
+    support::in_netns(&ns.name, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -248,61 +267,40 @@ fn bench_daemon_rss_with_many_services() {
     let kubeconfig = cp
         .issue_kubeconfig(&format!("system:node:{node_name}"), &["system:nodes"])
         .unwrap();
-    let started = Instant::now();
-    let mut proxy = Proxy(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_kube-proxy")])
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--hostname-override={node_name}"))
-            .arg("--healthz-bind-address=127.0.0.1:10256")
-            .arg("--metrics-bind-address=127.0.0.1:10249")
-            .arg("--cluster-cidr=10.244.0.0/16")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // `ip netns exec` execs the program: the child's pid is kube-proxy's.
-    let pid = proxy.0.id();
-    let deadline = Instant::now() + Duration::from_secs(if full { 600 } else { 120 });
-    loop {
-        let ips = ns.set_len("cluster-ips");
-        let no_endpoints = ns.set_len("no-endpoint-services");
-        // n plus the control plane's own `kubernetes` Service.
-        if ips.is_some_and(|c| c > n) && no_endpoints == Some(0) {
-            break;
-        }
-        assert!(
-            proxy.0.try_wait().unwrap().is_none(),
-            "kube-proxy exited before programming {n} Services"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "kube-proxy did not program {n} Services with endpoints: cluster-ips {ips:?}, \
-             no-endpoint-services {no_endpoints:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let synced = started.elapsed();
-    assert_eq!(
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap()
-            .trim(),
-        "kube-proxy"
-    );
-    let (after_sync_rss, after_sync_hwm) = rss_hwm_kib(pid);
-    // Settled: the informers' caches and the programmed ruleset stay, list buffers are freed.
-    std::thread::sleep(Duration::from_secs(2));
-    let (rss, hwm) = rss_hwm_kib(pid);
     let mib = |k: u64| k as f64 / 1024.0;
+    let base = baseline.as_deref().map(|bin| {
+        let r = run_proxy(&ns, bin, &kubeconfig, &node_name, n, full);
+        // The next proxy starts from an empty table, as this one did.
+        let _ = ns.run(&["nft", "delete", "table", "ip", "kube-proxy"], &[]);
+        r
+    });
+    let ours = run_proxy(
+        &ns,
+        env!("CARGO_BIN_EXE_kube-proxy"),
+        &kubeconfig,
+        &node_name,
+        n,
+        full,
+    );
     println!(
         "kube-proxy daemon at {n} services × 5 endpoints: objects created in {:.1} s; start → all \
          programmed in {:.1} s; VmRSS {:.1} MiB (at sync {:.1} MiB), VmHWM {:.1} MiB (at sync {:.1} MiB)",
         created.as_secs_f64(),
-        synced.as_secs_f64(),
-        mib(rss),
-        mib(after_sync_rss),
-        mib(hwm),
-        mib(after_sync_hwm)
+        ours.synced.as_secs_f64(),
+        mib(ours.rss),
+        mib(ours.at_sync_rss),
+        mib(ours.hwm),
+        mib(ours.at_sync_hwm)
     );
+    if let (Some(b), Some(bin)) = (base, baseline) {
+        println!(
+            "baseline {bin}: start → all programmed in {:.1} s; VmRSS {:.1} MiB, VmHWM {:.1} MiB; \
+             ratio ours/baseline: VmRSS {:.2}, VmHWM {:.2}",
+            b.synced.as_secs_f64(),
+            mib(b.rss),
+            mib(b.hwm),
+            ours.rss as f64 / b.rss as f64,
+            ours.hwm as f64 / b.hwm as f64
+        );
+    }
 }

@@ -18,12 +18,11 @@
 //! bound to the same 127.0.0.1:P the kubeconfig names, whose connections are copied to the host's
 //! 127.0.0.1:P. No host interface or address is added.
 
-use std::io::{Read, Write};
+mod support;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec};
@@ -32,38 +31,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knode_harness::control_plane::ControlPlane;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use support::{NODE_IP, Topology, http_get, http_get_full, in_netns, sh};
 
-const TESTIMG: &str = "/work/main/target/x86_64-unknown-linux-gnu/testimg/testimg";
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const HEALTHZ: &str = "127.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter(ns);
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-fn enter(ns: &str) {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
 
 /// Copies connections accepted on a listener inside a namespace to the same port on the host's
 /// loopback. Stops (and releases the namespace) on drop.
@@ -160,112 +131,33 @@ impl Drop for NotifyListener {
     }
 }
 
-/// The namespaces, backends and the kube-proxy process; all removed on drop.
+/// The namespaces, backends ([`support::Topology`]) and the kube-proxy process; all removed on
+/// drop.
 struct Lab {
-    id: String,
-    node: String,
-    client: String,
-    pods: Vec<(String, Ipv4Addr)>,
-    servers: Vec<Child>,
+    topo: Topology,
     proxy: Option<Child>,
     relay: Option<Relay>,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
+impl std::ops::Deref for Lab {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topo
+    }
+}
+
 impl Lab {
     fn new(pods: usize) -> Lab {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         let dir = tempfile::tempdir().unwrap();
-        let mut lab = Lab {
-            node: format!("kpd-node-{id}"),
-            client: format!("kpd-cli-{id}"),
-            id,
-            pods: Vec::new(),
-            servers: Vec::new(),
+        Lab {
+            topo: Topology::new("kpd", pods),
             proxy: None,
             relay: None,
             log: dir.path().join("kube-proxy.log"),
             _dir: dir,
-        };
-        sh(&["ip", "netns", "add", &lab.node]);
-        sh(&["ip", "netns", "add", &lab.client]);
-        let node = lab.node.clone();
-        let client = lab.client.clone();
-        let n = |args: &[&str]| {
-            let mut v = vec!["ip", "-n", &node];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        let c = |args: &[&str]| {
-            let mut v = vec!["ip", "-n", &client];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        n(&["link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        n(&["link", "add", "br0", "type", "bridge"]);
-        n(&["addr", "add", "10.244.0.1/24", "dev", "br0"]);
-        n(&["link", "set", "br0", "up"]);
-        // Service IPs need a route for packets that are not DNATed (no-endpoint rejects).
-        n(&["route", "add", "10.96.0.0/16", "dev", "br0"]);
-        n(&[
-            "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &client,
-        ]);
-        n(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "up0"]);
-        n(&["link", "set", "up0", "up"]);
-        c(&["link", "set", "lo", "up"]);
-        c(&["addr", "add", "192.168.77.2/24", "dev", "eth0"]);
-        c(&["link", "set", "eth0", "up"]);
-        c(&["route", "add", "default", "via", &NODE_IP.to_string()]);
-        for i in 0..pods {
-            let pod = format!("kpd-pod{i}-{}", lab.id);
-            let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
-            sh(&["ip", "netns", "add", &pod]);
-            lab.pods.push((pod.clone(), ip));
-            let veth = format!("p{i}");
-            n(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
-            ]);
-            n(&["link", "set", &veth, "master", "br0", "up"]);
-            let p = |args: &[&str]| {
-                let mut v = vec!["ip", "-n", &pod];
-                v.extend_from_slice(args);
-                sh(&v);
-            };
-            p(&["link", "set", "lo", "up"]);
-            p(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            p(&["link", "set", "eth0", "up"]);
-            p(&["route", "add", "default", "via", "10.244.0.1"]);
-            // A UTS namespace per pod so /hostname tells the pods apart.
-            let child = Command::new("ip")
-                .args(["netns", "exec", &pod, "unshare", "--uts", "sh", "-c"])
-                .arg(format!("hostname pod{i}; exec {TESTIMG} serve --http-port 8080"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            lab.servers.push(child);
         }
-        for (_, ip) in lab.pods.clone() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            in_netns(&node, || {
-                while http_get(SocketAddr::from((ip, 8080)), "/hostname").is_err() {
-                    assert!(Instant::now() < deadline, "server on {ip} never came up");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
-        }
-        lab
     }
 
     fn node_name(&self) -> String {
@@ -343,49 +235,8 @@ impl Drop for Lab {
             let _ = p.wait();
         }
         self.relay.take();
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The unshare'd servers are children of `ip netns exec`; kill whatever still runs inside.
-        for ns in self.pods.iter().map(|p| p.0.clone()).chain([self.node.clone()]) {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
-        }
-        // Deleting the node namespace deletes its nftables table with it.
-        for ns in self
-            .pods
-            .iter()
-            .map(|p| p.0.clone())
-            .chain([self.node.clone(), self.client.clone()])
-        {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
+        // Then `topo` drops: servers, namespaces and the table in the node namespace go.
     }
-}
-
-fn http_get_full(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
-    Ok((status, body))
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    http_get_full(addr, path).map(|(_, b)| b.trim().to_string())
 }
 
 /// Polls `f` every 20 ms until it returns Some, or panics after `secs` with `what` and the log.
@@ -505,11 +356,8 @@ fn hosts(lab: &Lab, target: SocketAddr, n: usize) -> std::collections::BTreeMap<
     m
 }
 
-#[test]
-fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
-    knode_harness::require_root().unwrap();
-    knode_harness::install_crypto_provider();
-    let cp = ControlPlane::start(&[]).unwrap();
+/// A runtime and an admin client of the control plane (from the host's namespace).
+fn admin_client(cp: &ControlPlane) -> (tokio::runtime::Runtime, kube::Client) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -521,6 +369,15 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
             Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
         })
         .unwrap();
+    (rt, client)
+}
+
+#[test]
+fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
+    knode_harness::require_root().unwrap();
+    knode_harness::install_crypto_provider();
+    let cp = ControlPlane::start(&[]).unwrap();
+    let (rt, client) = admin_client(&cp);
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -702,6 +559,18 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
     assert!(metric(&text, "kubeproxy_sync_proxy_rules_service_changes_total") >= 3.0);
     assert!(metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2.0);
     assert!(metric(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 1.6e9);
+    // Pending-change gauges (upstream names): present, and back to 0 once the changes above
+    // (the Service deletion and its EndpointSlice's) have been synced.
+    for gauge in [
+        "kubeproxy_sync_proxy_rules_service_changes_pending",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+    ] {
+        assert!(text.contains(&format!("# TYPE {gauge} gauge")), "{text}");
+        wait_for(&lab, 10, gauge, || {
+            let (_, text) = lab.get(METRICS, "/metrics").ok()?;
+            (metric(&text, gauge) == 0.0).then_some(())
+        });
+    }
     assert!(
         text.contains("kubeproxy_proxy_healthz_total{code=\"200\"}"),
         "{text}"
@@ -814,17 +683,7 @@ fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health
     knode_harness::require_root().unwrap();
     knode_harness::install_crypto_provider();
     let cp = ControlPlane::start(&[]).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt
-        .block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig)?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
-        })
-        .unwrap();
+    let (rt, client) = admin_client(&cp);
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -932,4 +791,79 @@ fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health
             .map(|(_, b)| b)
     });
     assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+}
+
+/// `--nodeport-addresses` CIDRs follow the node's interface addresses after start-up: an address
+/// added inside the CIDR serves the NodePort as soon as rtnetlink reports it, one removed stops
+/// serving it, and the node's other addresses never serve it.
+#[test]
+fn node_ports_follow_interface_addresses_added_after_start() {
+    knode_harness::require_root().unwrap();
+    knode_harness::install_crypto_provider();
+    let cp = ControlPlane::start(&[]).unwrap();
+    let (rt, client) = admin_client(&cp);
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let mut lab = Lab::new(1);
+    let kubeconfig = cp
+        .issue_kubeconfig(&format!("system:node:{}", lab.node_name()), &["system:nodes"])
+        .unwrap();
+    lab.start_proxy(
+        &cp,
+        &kubeconfig,
+        true,
+        None,
+        &["--nodeport-addresses=10.99.0.0/24"],
+    );
+    let web = rt
+        .block_on(services.create(&PostParams::default(), &service("late", "NodePort")))
+        .unwrap();
+    rt.block_on(slices.create(&PostParams::default(), &slice("late", &[lab.pods[0].1])))
+        .unwrap();
+    let spec = web.spec.unwrap();
+    let vip = SocketAddr::from((spec.cluster_ip.unwrap().parse::<Ipv4Addr>().unwrap(), 80));
+    let node_port = spec.ports.unwrap()[0].node_port.unwrap() as u16;
+    wait_for(&lab, 30, "the ClusterIP to answer", || {
+        in_netns(&lab.client, || http_get(vip, "/hostname").ok())
+    });
+    // Only addresses inside the CIDR serve NodePorts: not the node's 192.168.77.1.
+    let late_ip = Ipv4Addr::new(10, 99, 0, 1);
+    let json = lab.nft_json().unwrap();
+    assert!(!json.contains(&late_ip.to_string()), "{json}");
+    assert!(
+        in_netns(&lab.client, || http_get(
+            SocketAddr::from((NODE_IP, node_port)),
+            "/hostname"
+        ))
+        .is_err(),
+        "the NodePort must not answer outside --nodeport-addresses"
+    );
+
+    // The address appears on the node's uplink after start-up (the client reaches it via its
+    // default route through the node).
+    let added = Instant::now();
+    sh(&["ip", "-n", &lab.node, "addr", "add", "10.99.0.1/24", "dev", "up0"]);
+    let target = SocketAddr::from((late_ip, node_port));
+    let answer = wait_for(&lab, 20, "the NodePort on the added address", || {
+        in_netns(&lab.client, || http_get(target, "/hostname").ok())
+    });
+    assert_eq!(answer, "pod0");
+    println!(
+        "NodePort {target} answered {:.0} ms after the address was added",
+        added.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(
+        lab.proxy_log().contains("NodePort addresses changed"),
+        "{}",
+        lab.proxy_log()
+    );
+
+    // The address goes: its NodePort elements go too.
+    sh(&["ip", "-n", &lab.node, "addr", "del", "10.99.0.1/24", "dev", "up0"]);
+    wait_for(
+        &lab,
+        20,
+        "the NodePort elements of the removed address to go",
+        || (!lab.nft_json()?.contains(&late_ip.to_string())).then_some(()),
+    );
 }

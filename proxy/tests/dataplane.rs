@@ -5,11 +5,13 @@
 //! Nothing touches the host's namespace; every namespace (and with it the table) is removed by a
 //! Drop guard, also on failure.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -19,154 +21,26 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_proxy::model::{ModelConfig, SERVICE_NAME_LABEL, desired_ruleset};
 use kube_proxy::nft::{NftProgrammer, TableConfig};
+use support::{CLIENT_IP, NODE_IP, Topology, http_get, in_netns, kill_all_in, sh, unique};
 
-const TESTIMG: &str = "/work/main/target/x86_64-unknown-linux-gnu/testimg/testimg";
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
-const CLIENT_IP: &str = "192.168.77.2";
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            use std::os::fd::AsRawFd;
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-/// A node namespace with `pods` pod namespaces (servers on 8080/tcp and 8081/udp) and a client
-/// namespace. Removed on drop.
+/// The IPv4 lab ([`support::Topology`]: node, `pods` pod namespaces with servers on 8080/tcp
+/// and 8081/udp, client). Removed on drop.
 struct Lab {
-    node: String,
-    client: String,
-    pods: Vec<(String, Ipv4Addr)>,
-    servers: Vec<Child>,
+    topo: Topology,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topo
+    }
 }
 
 impl Lab {
     fn new(pods: usize) -> Lab {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let mut lab = Lab {
-            node: format!("kp-node-{id}"),
-            client: format!("kp-cli-{id}"),
-            pods: Vec::new(),
-            servers: Vec::new(),
-        };
-        // Registered before creation so a half-built lab is still removed.
-        sh(&["ip", "netns", "add", &lab.node]);
-        sh(&["ip", "netns", "add", &lab.client]);
-        let node = lab.node.clone();
-        let client = lab.client.clone();
-        let n = |args: &[&str]| {
-            let mut v = vec!["ip", "-n", &node];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        n(&["link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        n(&["link", "add", "br0", "type", "bridge"]);
-        n(&["addr", "add", "10.244.0.1/24", "dev", "br0"]);
-        n(&["link", "set", "br0", "up"]);
-        // Service IPs need a route for packets that are not DNATed (no-endpoint rejects).
-        n(&["route", "add", "10.96.0.0/16", "dev", "br0"]);
-        n(&[
-            "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &client,
-        ]);
-        n(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "up0"]);
-        n(&["link", "set", "up0", "up"]);
-        sh(&["ip", "-n", &client, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &client,
-            "addr",
-            "add",
-            &format!("{CLIENT_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &client, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &client,
-            "route",
-            "add",
-            "default",
-            "via",
-            &NODE_IP.to_string(),
-        ]);
-        for i in 0..pods {
-            let pod = format!("kp-pod{i}-{id}");
-            let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
-            sh(&["ip", "netns", "add", &pod]);
-            lab.pods.push((pod.clone(), ip));
-            let veth = format!("p{i}");
-            n(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
-            ]);
-            n(&["link", "set", &veth, "master", "br0", "up"]);
-            // As the CNI bridge plugin's hairpinMode: a frame DNATed back to its own port may
-            // leave through it (br_netfilter bridges it back), which hairpin traffic needs.
-            n(&["link", "set", &veth, "type", "bridge_slave", "hairpin", "on"]);
-            sh(&["ip", "-n", &pod, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &pod,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &pod, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", &pod, "route", "add", "default", "via", "10.244.0.1"]);
-            // A UTS namespace per pod so /hostname tells the pods apart.
-            let child = Command::new("ip")
-                .args(["netns", "exec", &pod, "unshare", "--uts", "sh", "-c"])
-                .arg(format!(
-                    "hostname pod{i}; exec {TESTIMG} serve --http-port 8080 --udp-port 8081"
-                ))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            lab.servers.push(child);
+        Lab {
+            topo: Topology::new("kp", pods),
         }
-        for (_, ip) in lab.pods.clone() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            in_netns(&node, || {
-                while http_get(SocketAddr::from((ip, 8080)), "/hostname").is_err() {
-                    assert!(Instant::now() < deadline, "server on {ip} never came up");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
-        }
-        lab
     }
 
     fn endpoints(&self, service: &str, pods: &[usize]) -> EndpointSlice {
@@ -259,33 +133,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The unshare'd server is a child of `ip netns exec`; kill whatever still runs in the pods.
-        for (pod, _) in &self.pods {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", pod]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
-        }
-        for ns in self
-            .pods
-            .iter()
-            .map(|p| p.0.clone())
-            .chain([self.node.clone(), self.client.clone()])
-        {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-}
-
 fn service(name: &str, type_: &str, ip: &str, node_port: Option<i32>) -> Service {
     Service {
         metadata: ObjectMeta {
@@ -315,15 +162,6 @@ fn service(name: &str, type_: &str, ip: &str, node_port: Option<i32>) -> Service
         }),
         status: None,
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string())
 }
 
 fn udp_query(addr: SocketAddr) -> std::io::Result<String> {
@@ -869,7 +707,7 @@ fn local_traffic_policies_keep_source_ip_short_circuit_pods_and_drop_without_loc
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["pod0"], "{target}: {m:?}");
         let seen = in_netns(&lab.client, || http_get(target, "/clientip").unwrap());
         assert!(
-            seen.starts_with(CLIENT_IP),
+            seen.starts_with(&CLIENT_IP.to_string()),
             "{target}: source seen by pod: {seen}"
         );
     }
@@ -1224,8 +1062,7 @@ struct Lab6 {
 
 impl Lab6 {
     fn new() -> Lab6 {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let id = unique("6").trim_start_matches("6-").to_string();
         let mut lab = Lab6 {
             node: format!("kp6-node-{id}"),
             client: format!("kp6-cli-{id}"),
@@ -1363,13 +1200,7 @@ impl Drop for Lab6 {
             let _ = c.wait();
         }
         for pod in &self.pods {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", pod]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
+            kill_all_in(pod);
         }
         for ns in self.pods.iter().chain([&self.node, &self.client]) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();

@@ -7,7 +7,8 @@
 //! resource settings of every level ([`pod_config`], [`container_config`], [`qos_configs`],
 //! [`node_config`]), `oom_score_adj` by QoS ([`oom_score_adj`]), node allocatable
 //! ([`allocatable`]) and the files those settings become on cgroup v1 and v2 ([`files`]).
-//! [`fs`] writes and removes the directories; [`manager`] keeps the hierarchy in line with the pods.
+//! [`fs`] is the adapter over the cgroups-rs crate (creates, configures, removes, reads cgroups);
+//! [`manager`] keeps the hierarchy in line with the pods.
 
 pub mod fs;
 pub mod manager;
@@ -19,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::pods::resources::parse_quantity;
 
-pub use fs::CgroupFs;
+pub use fs::{CgroupFs, MemoryReading};
 pub use manager::CgroupManager;
 
 /// Upstream's `MinShares`: the cpu.shares of BestEffort (and of a pod or container requesting 0).
@@ -43,6 +44,12 @@ pub enum CgroupError {
     BadDriver(String),
     #[error("{field}: {message}")]
     BadReservation { field: String, message: String },
+    #[error("cgroup {path}: {action}: {source}")]
+    Cgroup {
+        path: String,
+        action: String,
+        source: cgroups_rs::error::Error,
+    },
     #[error("cgroup {path}: {action}: {source}")]
     Io {
         path: String,
@@ -599,7 +606,8 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.saturating_sub(2) * 9999) / 262_142
 }
 
-/// The files a [`ResourceConfig`] writes, in a safe order (the CFS period before the quota).
+/// The files a [`ResourceConfig`] becomes, in a safe order (the CFS period before the quota): what
+/// the cgroups-rs adapter ([`CgroupFs::ensure`]) writes; its unit tests check it against this list.
 pub fn files(cfg: &ResourceConfig, version: Version) -> Vec<CgroupFile> {
     let f = |controller, file, value: String| CgroupFile {
         controller,

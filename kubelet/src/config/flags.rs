@@ -81,6 +81,15 @@ pub struct KubeletFlags {
     /// overrides the file's `allowedUnsafeSysctls`.
     #[arg(long, value_delimiter = ',')]
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// Minimum age of an unused image before it is garbage collected (`imageMinimumGCAge`).
+    #[arg(long, value_parser = knode_config::duration::parse)]
+    pub minimum_image_gc_age: Option<std::time::Duration>,
+    /// Disk usage percent that starts image garbage collection (`imageGCHighThresholdPercent`).
+    #[arg(long)]
+    pub image_gc_high_threshold: Option<i32>,
+    /// Disk usage percent image garbage collection frees down to (`imageGCLowThresholdPercent`).
+    #[arg(long)]
+    pub image_gc_low_threshold: Option<i32>,
     /// knode: registries reached over plain HTTP (e.g. a local `127.0.0.1:5000`); repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -156,6 +165,15 @@ impl KubeletFlags {
         }
         if let Some(v) = self.pod_max_pids {
             config.pod_pids_limit = v;
+        }
+        if let Some(v) = self.minimum_image_gc_age {
+            config.image_minimum_gc_age = v;
+        }
+        if let Some(v) = self.image_gc_high_threshold {
+            config.image_gc_high_threshold_percent = v;
+        }
+        if let Some(v) = self.image_gc_low_threshold {
+            config.image_gc_low_threshold_percent = v;
         }
         let map_flag = |flag: &str, v: &str, sep: char| -> Result<BTreeMap<String, String>, ConfigError> {
             crate::cgroups::parse_map_flag(v, sep).map_err(|message| ConfigError::Flag {
@@ -242,6 +260,9 @@ fn flag_for_field(field: &str) -> Option<&'static str> {
         "maxPods" => "--max-pods",
         "cgroupDriver" => "--cgroup-driver",
         "containerRuntimeEndpoint" => "--container-runtime-endpoint",
+        "imageMinimumGCAge" => "--minimum-image-gc-age",
+        "imageGCHighThresholdPercent" => "--image-gc-high-threshold",
+        "imageGCLowThresholdPercent" => "--image-gc-low-threshold",
         _ => return None,
     })
 }

@@ -27,6 +27,8 @@ pub struct KubeletConfiguration {
     pub api_version: String,
     pub kind: String,
     pub enable_server: bool,
+    /// Serve `/var/log` under the kubelet API's `/logs/`.
+    pub enable_system_log_handler: bool,
     pub static_pod_path: String,
     pub pod_logs_dir: String,
     #[serde(with = "go_duration")]
@@ -56,6 +58,9 @@ pub struct KubeletConfiguration {
     pub node_lease_duration_seconds: i32,
     #[serde(rename = "imageMinimumGCAge", with = "go_duration")]
     pub image_minimum_gc_age: Duration,
+    /// Unused images older than this are removed whatever the disk usage (0: off).
+    #[serde(rename = "imageMaximumGCAge", with = "go_duration")]
+    pub image_maximum_gc_age: Duration,
     #[serde(rename = "imageGCHighThresholdPercent")]
     pub image_gc_high_threshold_percent: i32,
     #[serde(rename = "imageGCLowThresholdPercent")]
@@ -208,6 +213,7 @@ impl Default for KubeletConfiguration {
             api_version: API_VERSION.into(),
             kind: KIND.into(),
             enable_server: true,
+            enable_system_log_handler: true,
             static_pod_path: String::new(),
             pod_logs_dir: "/var/log/pods".into(),
             sync_frequency: Duration::from_secs(60),
@@ -230,6 +236,7 @@ impl Default for KubeletConfiguration {
             node_status_report_frequency: Duration::from_secs(300),
             node_lease_duration_seconds: 40,
             image_minimum_gc_age: Duration::from_secs(120),
+            image_maximum_gc_age: Duration::ZERO,
             image_gc_high_threshold_percent: 85,
             image_gc_low_threshold_percent: 80,
             cgroups_per_qos: true,
@@ -288,7 +295,6 @@ const UPSTREAM_NOT_IMPLEMENTED: &[&str] = &[
     "enableDebugFlagsHandler",
     "enableDebuggingHandlers",
     "enableProfilingHandler",
-    "enableSystemLogHandler",
     "enableSystemLogQuery",
     "eventBurst",
     "eventRecordQPS",
@@ -296,7 +302,6 @@ const UPSTREAM_NOT_IMPLEMENTED: &[&str] = &[
     "failCgroupV1",
     "failSwapOn",
     "hairpinMode",
-    "imageMaximumGCAge",
     "imageServiceEndpoint",
     "iptablesDropBit",
     "iptablesMasqueradeBit",
@@ -412,6 +417,16 @@ impl KubeletConfiguration {
                 format!(
                     "must be less than imageGCHighThresholdPercent ({} >= {})",
                     self.image_gc_low_threshold_percent, self.image_gc_high_threshold_percent
+                ),
+            );
+        }
+        if !self.image_maximum_gc_age.is_zero() && self.image_maximum_gc_age <= self.image_minimum_gc_age {
+            return bad(
+                "imageMaximumGCAge",
+                format!(
+                    "{} must be greater than imageMinimumGCAge {}",
+                    knode_config::duration::format(self.image_maximum_gc_age),
+                    knode_config::duration::format(self.image_minimum_gc_age)
                 ),
             );
         }

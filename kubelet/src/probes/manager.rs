@@ -160,6 +160,7 @@ impl ProbeManager {
         if let Some(entry) = self.inner.containers().remove(container_id) {
             entry.task.abort();
         }
+        crate::metrics::registry().forget_probes(container_id);
     }
 
     /// The current results of `container_id` (all `None` when it is not probed).
@@ -255,6 +256,7 @@ async fn run(inner: Weak<Inner>, target: Target, mut probes: ContainerProbes) {
                 continue;
             };
             let timeout = worker.timing.timeout;
+            let begun = Instant::now();
             let outcome = match target.action(kind) {
                 Some(Ok(action)) => {
                     let Some(inner) = inner.upgrade() else { return };
@@ -263,6 +265,15 @@ async fn run(inner: Weak<Inner>, target: Target, mut probes: ContainerProbes) {
                 Some(Err(message)) => ProbeOutcome::Failure(message.clone()),
                 None => continue,
             };
+            crate::metrics::registry().probe_ran(crate::metrics::ProbeRun {
+                container_id: &target.container_id,
+                probe_type: kind.as_str(),
+                pod: &target.pod_name,
+                pod_uid: &target.pod_uid,
+                container: &target.container,
+                success: outcome.is_success(),
+                seconds: begun.elapsed().as_secs_f64(),
+            });
             if let ProbeOutcome::Failure(message) = &outcome {
                 tracing::info!(
                     pod = %target.pod_name, container = %target.container, probe = kind.as_str(),

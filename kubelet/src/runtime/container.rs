@@ -118,6 +118,8 @@ pub struct CreateContainer {
     pub fifo_dir: PathBuf,
     /// When the log file is rotated (`containerLogMaxSize` / `containerLogMaxFiles`).
     pub log_rotation: LogRotation,
+    /// The container's stdin (`stdin`, `stdinOnce`, `tty`); see [`super::stdin`].
+    pub stdin: super::stdin::StdinConfig,
 }
 
 /// Log rotation as upstream's `containerLogMaxSize` / `containerLogMaxFiles` (10 MiB, 5 files).
@@ -556,7 +558,19 @@ impl ContainerService {
         ));
         let mut threads = Vec::new();
         let mut fifos = Vec::new();
-        for stream in ["stdout", "stderr"] {
+        // A terminal has one output stream (the shim copies the pty to stdout).
+        let terminal = req
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let streams: &[&'static str] = if terminal {
+            &["stdout"]
+        } else {
+            &["stdout", "stderr"]
+        };
+        for &stream in streams {
             let fifo = fifo_dir.join(stream);
             match nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
@@ -574,20 +588,32 @@ impl ContainerService {
             threads.push(t);
             fifos.push(fifo);
         }
+        let stdin = fifo_dir.join("stdin");
+        if req.stdin.open {
+            super::stdin::open(id, &stdin, req.stdin).map_err(io_err("creating the stdin FIFO"))?;
+        }
+        let path_of = |i: usize| fifos.get(i).map(|f: &PathBuf| f.display().to_string());
         let c = &self.containerd;
         let res = TasksClient::new(c.channel())
             .create(c.request(
                 CreateTaskRequest {
                     container_id: id.clone(),
                     rootfs,
-                    stdout: fifos[0].display().to_string(),
-                    stderr: fifos[1].display().to_string(),
+                    stdin: if req.stdin.open {
+                        stdin.display().to_string()
+                    } else {
+                        String::new()
+                    },
+                    stdout: path_of(0).unwrap_or_default(),
+                    stderr: path_of(1).unwrap_or_default(),
+                    terminal,
                     ..Default::default()
                 },
                 None,
             ))
             .await;
         if let Err(e) = res {
+            super::stdin::close(id);
             for f in &fifos {
                 release_fifo(f);
             }
@@ -822,6 +848,7 @@ impl ContainerService {
             Err(s) => return Err(Self::err(id)(RuntimeError::grpc("Containers.Delete")(s))),
         }
         self.remove_snapshot(id).await;
+        super::stdin::close(id);
         tracing::info!(container = %id, "container deleted");
         Ok(())
     }

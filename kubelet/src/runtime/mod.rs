@@ -10,6 +10,8 @@ pub mod container;
 pub mod events;
 pub mod exec;
 pub mod image;
+pub mod passwd;
+pub mod stdin;
 
 use tonic::Request;
 use tonic::metadata::MetadataValue;

@@ -1,5 +1,6 @@
 //! The kubelet API on `address:port` (default 0.0.0.0:10250), HTTPS only, with upstream's
 //! authentication and authorization ([`auth`]): `/healthz`, `/containerLogs/...` ([`logs`]),
+//! `/logs/` (node logs, [`node_logs`]),
 //! `/pods`, `/runningpods/`, and the streaming endpoints `/exec`, `/attach`, `/portForward`
 //! ([`streaming`], over SPDY/3.1 ([`spdy`]) or WebSocket ([`websocket`])). Plus the plain
 //! healthz on `healthzBindAddress:healthzPort` (127.0.0.1:10248). The read-only port is not served.
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod logs;
+pub mod node_logs;
 pub mod spdy;
 pub mod streaming;
 pub mod websocket;
@@ -49,6 +51,8 @@ pub struct ServerConfig {
     pub authorization_mode: String,
     pub node_name: String,
     pub pod_logs_dir: PathBuf,
+    /// The directory `/logs/` serves (`/var/log` with `enableSystemLogHandler`; none: 404).
+    pub node_log_dir: Option<PathBuf>,
     /// `authentication.webhook.enabled`: bearer tokens through TokenReview.
     pub webhook_authn: bool,
     /// `authentication.webhook.cacheTTL`.
@@ -301,6 +305,13 @@ async fn route(st: &State, req: Request<hyper::body::Incoming>) -> Response<Body
     match segs.as_slice() {
         ["containerLogs", ns, pod, container] if req.method() == Method::GET => {
             container_logs(st, &req, ns, pod, container)
+        }
+        ["logs", ..] if req.method() == Method::GET => {
+            let rest = path.strip_prefix("/logs").unwrap_or("").trim_start_matches('/');
+            match &st.cfg.node_log_dir {
+                Some(dir) => node_logs::serve(dir, rest, &path).await,
+                None => text(StatusCode::NOT_FOUND, "404 page not found"),
+            }
         }
         ["pods"] if req.method() == Method::GET => pods(st).await,
         ["runningpods"] if req.method() == Method::GET => running_pods(st).await,
@@ -639,7 +650,8 @@ async fn remote_command(
     resp
 }
 
-/// `/portForward/{ns}/{pod}`: SPDY, or SPDY tunnelled in WebSocket.
+/// `/portForward/{ns}/{pod}`: SPDY, SPDY tunnelled in WebSocket, or native WebSocket channels
+/// (`v4.channel.k8s.io`, ports in the `port` query parameter).
 async fn port_forward(
     st: &State,
     req: Request<hyper::body::Incoming>,
@@ -668,10 +680,23 @@ async fn port_forward(
     let up = match negotiate(
         &req,
         &[streaming::PORT_FORWARD_PROTOCOL],
-        &[streaming::PORT_FORWARD_TUNNEL],
+        &[streaming::PORT_FORWARD_TUNNEL, streaming::PORT_FORWARD_WS],
     ) {
         Ok(u) => u,
         Err(r) => return *r,
+    };
+    // Native WebSocket port-forward names its ports in the query.
+    let native = matches!(up, Upgrade::WebSocket { protocol, .. } if protocol == streaming::PORT_FORWARD_WS);
+    let ports = if native {
+        let q: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        match streaming::forward_ports(&q) {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        }
+    } else {
+        Vec::new()
     };
     let resp = switching(&up);
     let name = format!("{ns}/{pod}");
@@ -680,6 +705,11 @@ async fn port_forward(
         let Some(io) = upgraded(req).await else { return };
         let session = match up {
             Upgrade::Spdy { .. } => spdy::start(io),
+            Upgrade::WebSocket { .. } if native => {
+                let (incoming, out) = websocket::start(io);
+                streaming::port_forward_ws(incoming, out, netns, name, ports).await;
+                return;
+            }
             Upgrade::WebSocket { .. } => {
                 let (incoming, out) = websocket::start(io);
                 spdy::start(websocket::byte_stream(incoming, out))

@@ -12,8 +12,9 @@
 //! Attach: containerd 1.6 has no way to join an existing task's stdio from another client, and the
 //! kubelet owns the task's output FIFOs through its log writer. So attach streams the container's
 //! output by following its CRI log file from the moment of attaching (records demultiplexed back
-//! into stdout and stderr), and ends when the task exits. Containers are created without a stdin
-//! FIFO, so attach takes no input (the client's stdin is read and discarded).
+//! into stdout and stderr), and ends when the task exits. Input goes into the container's stdin
+//! FIFO (`stdin: true`, see `crate::runtime::stdin`), and a TTY attach resizes the container's
+//! terminal through Tasks.ResizePty.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -38,6 +39,8 @@ pub const WS_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// The port-forward tunnel subprotocol (SPDY inside WebSocket).
 pub const PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+/// Native WebSocket port-forward (upstream's `portforward/websocket.go`, binary channels).
+pub const PORT_FORWARD_WS: &str = "v4.channel.k8s.io";
 /// How long the client has to open its streams (upstream's streamCreationTimeout default).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -340,11 +343,22 @@ pub async fn run_remote_command(rt: Runtime, ch: Channels, opts: StreamOptions, 
             container_id,
             log_path,
         } => {
-            // Input cannot reach the task (no stdin FIFO): drain it so the client never blocks.
-            if let Some(mut s) = stdin {
-                tokio::spawn(async move { while s.recv().await.is_some() {} });
+            if let Some(s) = stdin {
+                tokio::spawn(attach_stdin(rt.containerd.clone(), container_id.clone(), s));
             }
-            attach(&rt, &container_id, log_path, out_tx, err_tx).await
+            let resizer = match (opts.tty, resize) {
+                (true, Some(r)) => Some(tokio::spawn(resize_task(
+                    rt.containerd.clone(),
+                    container_id.clone(),
+                    resize_events(r),
+                ))),
+                _ => None,
+            };
+            let r = attach(&rt, &container_id, log_path, out_tx, err_tx).await;
+            if let Some(h) = resizer {
+                h.abort();
+            }
+            r
         }
     };
     let _ = out_done.await;
@@ -353,6 +367,62 @@ pub async fn run_remote_command(rt: Runtime, ch: Channels, opts: StreamOptions, 
         let status = exit_status(&opts.command, &result);
         e.send(Bytes::from(status.to_string())).await;
         e.close().await;
+    }
+}
+
+/// Feeds an attach session's input into the container's stdin FIFO; without one (no `stdin: true`,
+/// or adopted after a kubelet restart) the input is read and dropped so the client never blocks.
+/// With `stdinOnce` (no TTY) the end of the input closes the container's stdin, as CRI does.
+async fn attach_stdin(c: Containerd, container_id: String, mut input: mpsc::Receiver<Bytes>) {
+    let Some(pipe) = crate::runtime::stdin::get(&container_id) else {
+        while input.recv().await.is_some() {}
+        return;
+    };
+    while let Some(b) = input.recv().await {
+        let p = pipe.clone();
+        match tokio::task::spawn_blocking(move || p.write(&b)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::info!(container = %container_id, error = %e, "writing to the container's stdin failed");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if pipe.config().closes_after_first_attach() {
+        drop(pipe);
+        crate::runtime::stdin::close(&container_id);
+        // Also tell the shim, which closes the process's end (CRI's CloseStdin does the same).
+        use containerd_client::services::v1::CloseIoRequest;
+        use containerd_client::services::v1::tasks_client::TasksClient;
+        let req = CloseIoRequest {
+            container_id: container_id.clone(),
+            exec_id: String::new(),
+            stdin: true,
+        };
+        if let Err(e) = TasksClient::new(c.channel()).close_io(c.request(req, None)).await {
+            tracing::debug!(container = %container_id, error = %e, "closing the task's stdin failed");
+        }
+    }
+}
+
+/// Resizes the container's terminal (an attach with `tty`) through Tasks.ResizePty.
+async fn resize_task(c: Containerd, container_id: String, mut sizes: mpsc::Receiver<TermSize>) {
+    use containerd_client::services::v1::ResizePtyRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    while let Some(sz) = sizes.recv().await {
+        let req = ResizePtyRequest {
+            container_id: container_id.clone(),
+            exec_id: String::new(),
+            width: u32::from(sz.width),
+            height: u32::from(sz.height),
+        };
+        if let Err(e) = TasksClient::new(c.channel())
+            .resize_pty(c.request(req, None))
+            .await
+        {
+            tracing::debug!(container = %container_id, error = %e, "resizing the terminal failed");
+        }
     }
 }
 
@@ -467,24 +537,118 @@ async fn forward_connection(
     port: u16,
     pod: String,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = match connect_in_netns(netns, port).await {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
-            tracing::info!(%pod, port, error = %e, "port-forward connect failed");
-            if let Some(er) = &err {
-                er.send(Bytes::from(msg)).await;
-                er.close().await;
-            }
-            s.writer.close().await;
-            return;
+    let spdy::Stream { data, writer, .. } = s;
+    let sink = Sink::Spdy(writer);
+    if let Err(e) = forward_tcp(&netns, port, data, &sink, true).await {
+        let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+        tracing::info!(%pod, port, error = %e, "port-forward connect failed");
+        if let Some(er) = &err {
+            er.send(Bytes::from(msg)).await;
         }
-    };
+    }
+    sink.close().await;
+    if let Some(e) = err {
+        e.close().await;
+    }
+}
+
+/// The ports of a WebSocket port-forward: every `port` query value (comma-separated lists too;
+/// `ports` is accepted as well), each in 1..=65535, as upstream's `NewV4Options`.
+pub fn forward_ports(q: &[(String, String)]) -> Result<Vec<u16>, String> {
+    let values: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "port" || k == "ports")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if values.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    let mut ports = Vec::new();
+    for v in values {
+        if v.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in v.split(',') {
+            let port: u16 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("unable to parse \"{p}\" as a port: not a number in 1-65535"))?;
+            if port == 0 {
+                return Err(format!("port \"{p}\" must be > 0"));
+            }
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// Native WebSocket port-forward: for the i-th requested port, channel 2i carries its data and
+/// 2i+1 its errors; the first message the server sends on each is the port (2 bytes, little
+/// endian). One TCP connection per port; the session ends when all of them have ended.
+pub async fn port_forward_ws(
+    mut incoming: mpsc::Receiver<websocket::Message>,
+    out: websocket::WsWriter,
+    netns: PathBuf,
+    pod: String,
+    ports: Vec<u16>,
+) {
+    let mut inputs = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        out.send_channel(data_ch, &port.to_le_bytes()).await;
+        out.send_channel(err_ch, &port.to_le_bytes()).await;
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        inputs.push(tx);
+        let (out, netns, pod) = (out.clone(), netns.clone(), pod.clone());
+        tasks.push(tokio::spawn(async move {
+            let data = Sink::Ws(out.clone(), data_ch);
+            if let Err(e) = forward_tcp(&netns, port, rx, &data, false).await {
+                let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+                tracing::info!(%pod, port, error = %e, "port-forward failed");
+                out.send_channel(err_ch, msg.as_bytes()).await;
+            }
+        }));
+    }
+    let dispatch = tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            let websocket::Message::Binary(b) = m else {
+                continue;
+            };
+            let Some((&ch, data)) = b.split_first() else {
+                continue;
+            };
+            // Data channels are even; what a client writes on an error channel is ignored.
+            if ch % 2 == 0
+                && !data.is_empty()
+                && let Some(tx) = inputs.get(usize::from(ch / 2))
+            {
+                let _ = tx.send(b.slice(1..)).await;
+            }
+        }
+    });
+    for t in tasks {
+        let _ = t.await;
+    }
+    dispatch.abort();
+    out.close().await;
+}
+
+/// Copies `input` to a TCP connection to `port` in `netns` and the connection's data to `output`:
+/// with `half_close` (SPDY streams) until both directions ended, else until the connection's
+/// output ends (v4 WebSocket channels cannot be half-closed). Errors only when connecting fails.
+async fn forward_tcp(
+    netns: &std::path::Path,
+    port: u16,
+    mut input: mpsc::Receiver<Bytes>,
+    output: &Sink,
+    half_close: bool,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = connect_in_netns(netns.to_path_buf(), port).await?;
     let (mut rd, mut wr) = tcp.into_split();
-    let spdy::Stream { mut data, writer, .. } = s;
     let upstream = async move {
-        while let Some(b) = data.recv().await {
+        while let Some(b) = input.recv().await {
             if wr.write_all(&b).await.is_err() {
                 break;
             }
@@ -497,18 +661,22 @@ async fn forward_connection(
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if !writer.send(Bytes::copy_from_slice(&buf[..n])).await {
+                    if !output.send(Bytes::copy_from_slice(&buf[..n])).await {
                         break;
                     }
                 }
             }
         }
-        writer.close().await;
     };
-    tokio::join!(upstream, downstream);
-    if let Some(e) = err {
-        e.close().await;
+    if half_close {
+        tokio::join!(upstream, downstream);
+    } else {
+        tokio::select! {
+            _ = downstream => {}
+            _ = async { upstream.await; std::future::pending::<()>().await } => {}
+        }
     }
+    Ok(())
 }
 
 /// Connects to 127.0.0.1:`port` inside the network namespace at `netns`: the socket is created on
@@ -563,6 +731,23 @@ mod tests {
         // A terminal drops stderr; the API's names work too.
         let t = StreamOptions::from_query(&q(&[("stdout", "true"), ("stderr", "true"), ("tty", "true")]));
         assert!(t.stdout && !t.stderr && t.tty && !t.stdin);
+    }
+
+    #[test]
+    fn websocket_port_forward_ports_from_the_query() {
+        assert_eq!(forward_ports(&q(&[("port", "8080")])), Ok(vec![8080]));
+        assert_eq!(
+            forward_ports(&q(&[("port", "80,443"), ("ports", "9000")])),
+            Ok(vec![80, 443, 9000])
+        );
+        assert!(forward_ports(&q(&[])).unwrap_err().contains("is required"));
+        assert!(forward_ports(&q(&[("port", "")])).is_err());
+        assert!(
+            forward_ports(&q(&[("port", "0")]))
+                .unwrap_err()
+                .contains("must be > 0")
+        );
+        assert!(forward_ports(&q(&[("port", "70000")])).is_err());
     }
 
     #[test]

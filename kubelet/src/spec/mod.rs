@@ -25,8 +25,13 @@ pub enum SpecError {
     NoCommand { container: String },
     #[error("container {container}: unknown capability {capability:?}")]
     BadCapability { container: String, capability: String },
-    #[error("container {container}: image user {user:?} not found in the image's /etc/passwd")]
-    UnknownUser { container: String, user: String },
+    /// containerd's `WithUsername` failing: upstream reports it from CreateContainer.
+    #[error("container {container}: user {user:?} of image {image} not found in the image's /etc/passwd")]
+    UnknownUser {
+        container: String,
+        image: String,
+        user: String,
+    },
     #[error("container {container}: invalid image user {user:?}")]
     BadUser { container: String, user: String },
     /// Upstream's `verifyRunAsNonRoot` message (`pod` is `name_namespace(uid)`).
@@ -34,6 +39,15 @@ pub enum SpecError {
     RunAsRoot { pod: String, container: String },
     #[error("container's runAsUser breaks non-root policy (pod: {pod:?}, container: {container})")]
     RunAsUserRoot { pod: String, container: String },
+    /// Upstream's `verifyRunAsNonRoot` for an image USER given by name.
+    #[error(
+        "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {pod:?}, container: {container})"
+    )]
+    NonNumericUser {
+        user: String,
+        pod: String,
+        container: String,
+    },
     #[error("container {container}: building the OCI spec: {message}")]
     Build { container: String, message: String },
 }
@@ -41,7 +55,11 @@ pub enum SpecError {
 impl SpecError {
     /// The container waiting reason upstream reports.
     pub fn reason(&self) -> &'static str {
-        "CreateContainerConfigError"
+        match self {
+            // Upstream resolves user names inside containerd's CreateContainer.
+            SpecError::UnknownUser { .. } => "CreateContainerError",
+            _ => "CreateContainerConfigError",
+        }
     }
 }
 
@@ -250,97 +268,7 @@ fn pick<T: Clone>(
     c.and_then(cf).or_else(|| p.and_then(pf))
 }
 
-/// gid of a named group in an /etc/group text (`name:x:gid:members`).
-fn lookup_group(db: Option<&str>, name: &str) -> Option<u32> {
-    db?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
-    })
-}
-
-/// Primary gid of the /etc/passwd entry with this uid.
-fn lookup_uid(db: Option<&str>, uid: u32) -> Option<u32> {
-    db?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok())?
-    })
-}
-
-/// uid and primary gid of a named user in an /etc/passwd text (`name:x:uid:gid:...`).
-fn lookup(db: Option<&str>, name: &str) -> Option<(u32, u32)> {
-    db?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-/// Resolves uid, gid and additional gids as containerd CRI does.
-pub fn resolve_user(input: &SpecInput) -> Result<(u32, u32, Vec<u32>), SpecError> {
-    let name = &input.container.name;
-    let csc = input.container.security_context.as_ref();
-    let psc = input.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let run_as_user = pick(csc, psc, |c| c.run_as_user, |p| p.run_as_user);
-    let run_as_group = pick(csc, psc, |c| c.run_as_group, |p| p.run_as_group);
-
-    // Image USER: "uid", "uid:gid", "name", "name:group".
-    let (img_user, img_group) = match input.image.user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (input.image.user.as_str(), None),
-    };
-    let (mut uid, mut gid) = if img_user.is_empty() {
-        (0, 0)
-    } else if let Ok(u) = img_user.parse::<u32>() {
-        // containerd's WithUserID: the gid of that uid's /etc/passwd entry, else 0.
-        (u, lookup_uid(input.passwd.as_deref(), u).unwrap_or(0))
-    } else {
-        lookup(input.passwd.as_deref(), img_user).ok_or_else(|| SpecError::UnknownUser {
-            container: name.clone(),
-            user: input.image.user.clone(),
-        })?
-    };
-    if let Some(g) = img_group.filter(|g| !g.is_empty()) {
-        gid = match g.parse::<u32>() {
-            Ok(g) => g,
-            Err(_) => lookup_group(input.group.as_deref(), g).ok_or_else(|| SpecError::BadUser {
-                container: name.clone(),
-                user: input.image.user.clone(),
-            })?,
-        };
-    }
-    if let Some(u) = run_as_user {
-        uid = u32::try_from(u).map_err(|_| SpecError::BadUser {
-            container: name.clone(),
-            user: u.to_string(),
-        })?;
-        // A runAsUser without runAsGroup keeps the image's group only if the image named this user.
-        if run_as_group.is_none() && img_user.parse::<u32>().ok() != Some(uid) {
-            gid = 0;
-        }
-    }
-    if let Some(g) = run_as_group {
-        gid = u32::try_from(g).map_err(|_| SpecError::BadUser {
-            container: name.clone(),
-            user: g.to_string(),
-        })?;
-    }
-    if pick(csc, psc, |c| c.run_as_non_root, |p| p.run_as_non_root).unwrap_or(false) && uid == 0 {
-        let pod = crate::pods::pod_display(input.pod);
-        let container = name.clone();
-        return Err(if run_as_user.is_some() {
-            SpecError::RunAsUserRoot { pod, container }
-        } else {
-            SpecError::RunAsRoot { pod, container }
-        });
-    }
-    let mut extra: Vec<u32> = psc
-        .into_iter()
-        .flat_map(|p| p.supplemental_groups.iter().flatten().copied().chain(p.fs_group))
-        .filter_map(|g| u32::try_from(g).ok())
-        .collect();
-    extra.sort_unstable();
-    extra.dedup();
-    Ok((uid, gid, extra))
-}
+pub use user::resolve_user;
 
 /// The capability set after the container's add/drop ("ALL" allowed in both), or all for privileged.
 pub fn capabilities(container: &Container) -> Result<Vec<Capability>, SpecError> {
@@ -582,6 +510,7 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
 }
 
 pub mod security;
+pub mod user;
 
 #[cfg(test)]
 mod tests;

@@ -50,7 +50,7 @@ fn input<'a>(pod: &'a Pod, c: &'a Container, img: &'a ImageConfig) -> SpecInput<
         hostname: "web-0".into(),
         mounts: vec![],
         passwd: Some("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".into()),
-        group: Some("root:x:0:\napp:x:1001:\nstaff:x:50:\n".into()),
+        group: Some("root:x:0:\nwheel:x:10:app\napp:x:1001:app\nstaff:x:50:\n".into()),
         cgroups_path: "/kubepods/besteffort/podu/c1".into(),
         oom_score_adj: 1000,
         resources: None,
@@ -150,32 +150,60 @@ fn uid_gid(i: &SpecInput) -> (u32, u32, Vec<u32>) {
 }
 
 #[test]
-fn users_resolve_like_containerd_cri() {
+fn users_resolve_like_kubelet_and_containerd_cri() {
     let c = container("c");
     let p = pod(None);
     let mut img = image();
-    assert_eq!(uid_gid(&input(&p, &c, &img)), (0, 0, vec![]), "no USER → root");
+    assert_eq!(
+        uid_gid(&input(&p, &c, &img)),
+        (0, 0, vec![0]),
+        "no USER → root; the primary gid is always an additional gid"
+    );
     img.user = "app".into();
     assert_eq!(
         uid_gid(&input(&p, &c, &img)),
-        (1000, 1001, vec![]),
-        "named user from /etc/passwd"
+        (1000, 1001, vec![10, 1001]),
+        "named user from /etc/passwd, memberships from /etc/group"
     );
     img.user = "1000".into();
     assert_eq!(
         uid_gid(&input(&p, &c, &img)),
-        (1000, 1001, vec![]),
+        (1000, 1001, vec![10, 1001]),
         "numeric user known to passwd"
     );
+    img.user = "app:staff".into();
+    assert_eq!(
+        uid_gid(&input(&p, &c, &img)),
+        (1000, 1001, vec![10, 1001]),
+        "name:group — CRI's image status drops the group, so the passwd group applies"
+    );
     img.user = "4242:staff".into();
-    assert_eq!(uid_gid(&input(&p, &c, &img)), (4242, 50, vec![]), "uid:groupname");
+    assert_eq!(
+        uid_gid(&input(&p, &c, &img)),
+        (4242, 0, vec![0]),
+        "uid:name, uid unknown to passwd → gid 0 (WithUserID)"
+    );
     img.user = "nobody-here".into();
+    let e = container_spec(&input(&p, &c, &img)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "container c: user \"nobody-here\" of image img not found in the image's /etc/passwd"
+    );
+    assert_eq!(e.reason(), "CreateContainerError");
+    let mut no_files = input(&p, &c, &img);
+    no_files.passwd = None;
+    no_files.group = None;
     assert!(matches!(
-        container_spec(&input(&p, &c, &img)),
+        container_spec(&no_files),
         Err(SpecError::UnknownUser { .. })
     ));
+    img.user = "1234".into();
+    let mut no_files = input(&p, &c, &img);
+    no_files.passwd = None;
+    no_files.group = None;
+    assert_eq!(uid_gid(&no_files), (1234, 0, vec![0]), "no /etc/passwd");
 
-    // runAsUser/runAsGroup: container wins over pod; supplemental groups and fsGroup appended.
+    // runAsUser/runAsGroup: container wins over pod; supplemental groups and fsGroup merged.
     let p = pod(Some(PodSecurityContext {
         run_as_user: Some(2000),
         run_as_group: Some(3000),
@@ -183,14 +211,55 @@ fn users_resolve_like_containerd_cri() {
         fs_group: Some(7),
         ..Default::default()
     }));
-    let img = image();
-    assert_eq!(uid_gid(&input(&p, &c, &img)), (2000, 3000, vec![5, 6, 7]));
+    let mut img = image();
+    img.user = "app".into();
+    assert_eq!(uid_gid(&input(&p, &c, &img)), (2000, 3000, vec![5, 6, 7, 3000]));
     let mut c2 = container("c2");
     c2.security_context = Some(SecurityContext {
-        run_as_user: Some(65534),
+        run_as_user: Some(1000),
         ..Default::default()
     });
-    assert_eq!(uid_gid(&input(&p, &c2, &img)).0, 65534);
+    assert_eq!(
+        uid_gid(&input(&p, &c2, &img)),
+        (1000, 3000, vec![5, 6, 7, 10, 3000]),
+        "runAsUser looked up in passwd for its memberships (not its own-named group), runAsGroup wins"
+    );
+    let p = pod(None);
+    assert_eq!(
+        uid_gid(&input(&p, &c2, &img)),
+        (1000, 1001, vec![10, 1001]),
+        "runAsUser without runAsGroup: the passwd gid of that uid"
+    );
+}
+
+#[test]
+fn run_as_non_root_cannot_verify_a_named_image_user() {
+    let mut c = container("c");
+    c.security_context = Some(SecurityContext {
+        run_as_non_root: Some(true),
+        ..Default::default()
+    });
+    let p = pod(None);
+    let mut img = image();
+    img.user = "app".into();
+    let e = container_spec(&input(&p, &c, &img)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root (pod: \"_()\", container: c)"
+    );
+    assert_eq!(e.reason(), "CreateContainerConfigError");
+    img.user = "1000:root".into();
+    assert!(container_spec(&input(&p, &c, &img)).is_ok(), "numeric non-root");
+    img.user = "app".into();
+    c.security_context = Some(SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(1000),
+        ..Default::default()
+    });
+    assert!(
+        container_spec(&input(&p, &c, &img)).is_ok(),
+        "runAsUser makes it verifiable"
+    );
 }
 
 #[test]

@@ -14,10 +14,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{
     ContainerStats, CpuRates, CpuStats, FsStats, NodeStats, PodReference, PodStats, ProcessStats,
-    RlimitStats, RuntimeStats, Summary, VolumeStats, cgroup_cpu_ns, cgroup_memory, memory_stats,
-    network_stats, node_memory, parse_net_dev, proc_stat_cpu_ns,
+    RlimitStats, RuntimeStats, Summary, VolumeStats, cgroup_memory, memory_stats, network_stats, node_memory,
+    parse_net_dev, proc_stat_cpu_ns,
 };
-use crate::cgroups::{CgroupFs, Version};
+use crate::cgroups::CgroupFs;
 use crate::runtime::container::{ListedContainer, TaskState};
 use crate::workers::NodeContext;
 
@@ -102,24 +102,10 @@ fn dir_fs(path: &Path, time: &str) -> Option<FsStats> {
     Some(fs)
 }
 
-fn cpu_usage(fs: &CgroupFs, cg: &str) -> Option<u64> {
-    match fs.version() {
-        Version::V1 => cgroup_cpu_ns(Version::V1, &fs.read("cpuacct", cg, "cpuacct.usage")?),
-        Version::V2 => cgroup_cpu_ns(Version::V2, &fs.read("", cg, "cpu.stat")?),
-    }
-}
-
 fn memory(fs: &CgroupFs, cg: &str) -> Option<super::CgroupMemory> {
-    let (usage, limit) = match fs.version() {
-        Version::V1 => ("memory.usage_in_bytes", "memory.limit_in_bytes"),
-        Version::V2 => ("memory.current", "memory.max"),
-    };
-    cgroup_memory(
-        fs.version(),
-        &fs.read("memory", cg, usage)?,
-        &fs.read("memory", cg, "memory.stat").unwrap_or_default(),
-        &fs.read("memory", cg, limit).unwrap_or_default(),
-    )
+    let m = fs.memory(cg)?;
+    let limit = m.limit.map(|l| l.to_string()).unwrap_or_default();
+    cgroup_memory(fs.version(), &m.usage.to_string(), &m.stat, &limit)
 }
 
 /// The parent of a cgroup path (the pod's cgroup for a container's).
@@ -157,7 +143,7 @@ impl StatsProvider {
     }
 
     fn cpu(&self, key: &str, cg: &str, time: &str, at_ns: u64) -> Option<CpuStats> {
-        let usage = cpu_usage(self.ctx.cgroups.fs(), cg)?;
+        let usage = self.ctx.cgroups.fs().cpu_usage_ns(cg)?;
         Some(CpuStats {
             time: time.to_string(),
             usage_nano_cores: self.rates.observe(key, at_ns, usage),
@@ -287,9 +273,7 @@ impl StatsProvider {
             let mut ephemeral = statvfs_fs(&self.ctx.root_dir, &time).unwrap_or_default();
             ephemeral.used_bytes = Some(ephemeral_used);
             ephemeral.inodes_used = Some(ephemeral_inodes);
-            let procs = fs
-                .read("pids", &pod_cg, "pids.current")
-                .and_then(|v| v.trim().parse().ok());
+            let procs = fs.pids_current(&pod_cg);
             pods.push(PodStats {
                 pod_ref,
                 start_time: pod_start.unwrap_or_default(),

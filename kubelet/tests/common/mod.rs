@@ -37,6 +37,11 @@ impl Node {
     /// knode-bridge as its CNI network, images pre-pulled (the registry stays on the host's
     /// loopback).
     pub async fn start_with(prefix: &str, networked: bool) -> Node {
+        Node::start_with_control_plane_flags(prefix, networked, &[]).await
+    }
+
+    /// Like [`Node::start_with`], starting the control plane with `cp_flags` added.
+    pub async fn start_with_control_plane_flags(prefix: &str, networked: bool, cp_flags: &[&str]) -> Node {
         knode_harness::require_root().unwrap();
         let registry = PrivateRegistry::start().unwrap();
         let images = push_test_images(&registry.host()).await.unwrap();
@@ -58,7 +63,7 @@ impl Node {
             .await
             .unwrap();
         }
-        let cp = ControlPlane::start_in(netns.as_ref().map(|n| n.name.as_str()), &[]).unwrap();
+        let cp = ControlPlane::start_in(netns.as_ref().map(|n| n.name.as_str()), cp_flags).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let name = format!("node-{}", &ns[ns.len().saturating_sub(6)..]).to_lowercase();
         let kubeconfig = cp
@@ -80,7 +85,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\npodLogsDir: {}\nstaticPodPath: {}\ncrashLoopBackOff:\n  maxContainerRestartPeriod: 40s\naddress: {node_ip}\nport: {api_port}\nauthentication:\n  x509:\n    clientCAFile: {}\nauthorization:\n  mode: Webhook\n",
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\npodLogsDir: {}\nstaticPodPath: {}\ncrashLoopBackOff:\n  maxContainerRestartPeriod: 40s\naddress: {node_ip}\nport: {api_port}\nauthentication:\n  x509:\n    clientCAFile: {}\nauthorization:\n  mode: Webhook\n{HOST_DISK_INDEPENDENT}",
                 dir.path().join("logs").display(),
                 manifests.display(),
                 cp.ca_file().display()
@@ -377,8 +382,8 @@ impl Node {
     pub fn reconfigure(&mut self, extra_yaml: &str, args: &[&str]) {
         self.kill_kubelet();
         let config = self.dir.path().join("kubelet-config.yaml");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(extra_yaml);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let mut text = replace_top_level_keys(&text, extra_yaml);
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -480,4 +485,63 @@ impl Node {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+impl Node {
+    /// PEM files of a client certificate and key for a `system:masters` user (for calling the
+    /// kubelet API directly), written once into the node's directory: (cert path, key path).
+    pub fn admin_client_cert(&self) -> (PathBuf, PathBuf) {
+        use base64::Engine;
+        let cert = self.dir.path().join("admin-client.crt");
+        let key = self.dir.path().join("admin-client.key");
+        if !cert.exists() {
+            let kc = self
+                .cp
+                .issue_kubeconfig("kubelet-api-tester", &["system:masters"])
+                .unwrap();
+            let text = std::fs::read_to_string(kc).unwrap();
+            let field = |name: &str| -> Vec<u8> {
+                let i = text.find(name).unwrap() + name.len();
+                let v: String = text[i..]
+                    .trim_start_matches(['"', ':', ' '])
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+                    .collect();
+                base64::engine::general_purpose::STANDARD.decode(v).unwrap()
+            };
+            std::fs::write(&cert, field("client-certificate-data")).unwrap();
+            std::fs::write(&key, field("client-key-data")).unwrap();
+        }
+        (cert, key)
+    }
+}
+
+/// Eviction thresholds and image GC that do not depend on how full the host's disk is (upstream's
+/// defaults would put a test node under DiskPressure, or collect its images, on a machine with
+/// less than 15 % free). Tests of eviction and image GC set their own through `reconfigure`.
+const HOST_DISK_INDEPENDENT: &str = "evictionHard:\n  memory.available: 100Mi\n  nodefs.available: 100Mi\n  imagefs.available: 100Mi\nimageGCHighThresholdPercent: 100\n";
+
+/// `base` with `extra` appended, minus the top-level keys of `base` that `extra` sets again (a
+/// strict decoder refuses duplicate keys; `extra` wins, like a later flag).
+pub fn replace_top_level_keys(base: &str, extra: &str) -> String {
+    let key = |l: &str| -> Option<String> {
+        (!l.starts_with([' ', '\t', '#', '-']) && l.contains(':'))
+            .then(|| l.split(':').next().unwrap_or("").trim().to_string())
+    };
+    let replaced: std::collections::BTreeSet<String> = extra.lines().filter_map(key).collect();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in base.lines() {
+        if let Some(k) = key(line) {
+            skipping = replaced.contains(&k);
+        } else if !line.starts_with([' ', '\t']) {
+            skipping = false;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    out
 }

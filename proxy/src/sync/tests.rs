@@ -2,6 +2,7 @@ use super::*;
 use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::net::Ipv4Addr;
 
 const MIN: Duration = Duration::from_secs(1);
 const PERIOD: Duration = Duration::from_secs(30);
@@ -150,6 +151,24 @@ fn changes_within_min_sync_period_are_coalesced_into_one_partial_sync() {
     t.service_event(Event::Apply(svc("b", "10.96.0.2", "2")));
     t.slice_event(Event::Apply(slice("a-1", "a", &["10.244.0.5"], None)));
     assert!(t.pending());
+    assert_eq!(
+        t.counters(),
+        Counters {
+            service_changes: 2,
+            endpoint_changes: 1,
+            service_changes_pending: 1,
+            endpoint_changes_pending: 1,
+        },
+        "Service b and one slice wait for the sync (a's list entry was synced)"
+    );
+    t.slice_event(Event::Apply(slice("a-1", "a", &["10.244.0.6"], None)));
+    assert_eq!(
+        t.counters().endpoint_changes_pending,
+        2,
+        "each slice change counts"
+    );
+    t.service_event(Event::Apply(svc("b", "10.96.0.3", "3")));
+    assert_eq!(t.counters().service_changes_pending, 1, "a Service counts once");
     assert_eq!(t.next_sync(t1), Some(t0 + MIN));
     assert_eq!(t.take_due(t1), None, "not before minSyncPeriod");
     let t2 = t0 + MIN;
@@ -159,9 +178,12 @@ fn changes_within_min_sync_period_are_coalesced_into_one_partial_sync() {
     assert_eq!(
         t.counters(),
         Counters {
-            service_changes: 2,
-            endpoint_changes: 1
-        }
+            service_changes: 3,
+            endpoint_changes: 2,
+            service_changes_pending: 0,
+            endpoint_changes_pending: 0,
+        },
+        "a sync checks the pending changes out"
     );
 
     // After a quiet period a change is applied at once.
@@ -293,7 +315,11 @@ fn node_addresses_feed_node_ports_and_their_change_compares_every_service() {
 
 #[test]
 fn node_port_addresses_primary_and_cidrs() {
-    let local = vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(172, 16, 1, 1)];
+    let local: Vec<IpAddr> = vec![
+        Ipv4Addr::new(10, 0, 0, 5).into(),
+        Ipv4Addr::new(172, 16, 1, 1).into(),
+        "fd00:1::5".parse().unwrap(),
+    ];
     let n = node(&[("ExternalIP", "203.0.113.1")]);
     // No InternalIP: primary falls back to ExternalIP.
     let p = NodePortAddresses::new(&["primary".into()], local.clone());
@@ -301,8 +327,48 @@ fn node_port_addresses_primary_and_cidrs() {
     let c = NodePortAddresses::new(&["10.0.0.0/8".into()], local.clone());
     assert!(!c.primary);
     assert_eq!(c.resolve(Some(&n)), vec![Ipv4Addr::new(10, 0, 0, 5)]);
-    let all = NodePortAddresses::new(&["0.0.0.0/0".into(), "primary".into()], local);
-    assert_eq!(all.resolve(None).len(), 2);
+    let all = NodePortAddresses::new(&["0.0.0.0/0".into(), "primary".into()], local.clone());
+    assert_eq!(all.resolve(None).len(), 2, "IPv4 CIDRs match IPv4 addresses only");
+    let v6 = NodePortAddresses::new(&["fd00:1::/64".into(), "10.0.0.0/31".into()], local);
+    assert_eq!(
+        v6.resolve(None),
+        vec!["fd00:1::5".parse::<IpAddr>().unwrap()],
+        "IPv6 CIDRs match IPv6 addresses; 10.0.0.5 is outside 10.0.0.0/31"
+    );
+}
+
+#[test]
+fn interface_addresses_appearing_later_serve_node_ports() {
+    let mut t = Tracker::new(
+        Timing {
+            min_sync_period: MIN,
+            sync_period: Duration::from_secs(30),
+        },
+        NodePortAddresses::new(&["10.99.0.0/24".into()], vec![Ipv4Addr::LOCALHOST.into()]),
+        16,
+    );
+    let t0 = Instant::now();
+    initial_lists(&mut t, vec![], vec![]);
+    t.take_due(t0).unwrap();
+    t.finished(t0, true);
+    assert!(t.node_ips().is_empty());
+    let added: IpAddr = Ipv4Addr::new(10, 99, 0, 5).into();
+    t.set_local_addrs(vec![Ipv4Addr::LOCALHOST.into(), added]);
+    assert_eq!(t.node_ips(), &[added]);
+    assert!(t.pending());
+    let plan = t.take_due(t0 + MIN).unwrap();
+    assert_eq!(plan.kind, SyncKind::All, "every Service's NodePorts move");
+    t.finished(t0 + MIN, true);
+    // An address outside the CIDRs changes nothing.
+    t.set_local_addrs(vec![
+        Ipv4Addr::LOCALHOST.into(),
+        added,
+        Ipv4Addr::new(192, 0, 2, 1).into(),
+    ]);
+    assert!(!t.pending());
+    // The address goes: so do its NodePorts.
+    t.set_local_addrs(vec![Ipv4Addr::LOCALHOST.into()]);
+    assert!(t.node_ips().is_empty() && t.pending());
 }
 
 #[test]

@@ -52,6 +52,9 @@ pub struct Config {
     pub node_monitor_grace: Duration,
     /// Changes retained for resuming watches.
     pub watch_history: usize,
+    /// `--service-account-min-token-expiration` (test-only, knode's): the shortest
+    /// `expirationSeconds` a TokenRequest may ask for. kube-apiserver hard-codes 10 minutes.
+    pub min_token_expiration: Duration,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             disabled_admission: Vec::new(),
             node_monitor_grace: Duration::from_secs(40),
             watch_history: store::DEFAULT_HISTORY,
+            min_token_expiration: Duration::from_secs(600),
         }
     }
 

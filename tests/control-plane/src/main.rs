@@ -69,6 +69,10 @@ struct ServeArgs {
     /// How many changes are kept for watches to resume from (older resourceVersions get 410 Gone).
     #[arg(long, default_value_t = knode_control_plane::store::DEFAULT_HISTORY)]
     watch_history: usize,
+    /// TEST ONLY (not a kube-apiserver flag): the shortest expirationSeconds a TokenRequest may
+    /// ask for, so token refresh can be tested in seconds. Upstream's fixed minimum is 10m.
+    #[arg(long, default_value = "10m")]
+    service_account_min_token_expiration: String,
     /// Log verbosity (0-5), as upstream's -v.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     verbosity: u8,
@@ -177,6 +181,8 @@ fn config(a: &ServeArgs) -> anyhow::Result<Config> {
     c.watch_history = a.watch_history;
     c.node_monitor_grace = knode_config::duration::parse(&a.node_monitor_grace_period)
         .map_err(|e| anyhow::anyhow!("--node-monitor-grace-period: {e}"))?;
+    c.min_token_expiration = knode_config::duration::parse(&a.service_account_min_token_expiration)
+        .map_err(|e| anyhow::anyhow!("--service-account-min-token-expiration: {e}"))?;
     Ok(c)
 }
 

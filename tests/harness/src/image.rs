@@ -368,6 +368,55 @@ pub async fn push_test_images_as(registry: &str, auth: &RegistryAuth) -> Result<
     })
 }
 
+/// User and group names of [`push_named_user_image`]'s image.
+pub const NAMED_USER: &str = "app";
+/// uid, primary gid and supplementary group (member `app` in /etc/group) of [`NAMED_USER`].
+pub const NAMED_USER_IDS: (u32, u32, u32) = (1234, 2345, 3456);
+
+/// Pushes `knode/named-user:latest`: busybox whose config says `USER app:app` (names only), with
+/// `app` defined in its /etc/passwd (reached through an absolute symlink to /usr/lib/passwd, so
+/// the file must be resolved inside the image root) and /etc/group (`app` and a supplementary
+/// group `extra` listing `app`). Command `sh`.
+pub async fn push_named_user_image(registry: &str) -> Result<PushedImage> {
+    let (uid, gid, extra) = NAMED_USER_IDS;
+    let users = build_layer(&[
+        Entry::Symlink {
+            path: "etc/passwd".into(),
+            target: "/usr/lib/passwd".into(),
+        },
+        Entry::File {
+            path: "usr/lib/passwd".into(),
+            mode: 0o644,
+            data: format!("root:x:0:0:root:/root:/bin/sh\n{NAMED_USER}:x:{uid}:{gid}:app:/tmp:/bin/sh\n")
+                .into_bytes(),
+        },
+        Entry::File {
+            path: "etc/group".into(),
+            mode: 0o644,
+            data: format!("root:x:0:\n{NAMED_USER}:x:{gid}:\nextra:x:{extra}:root,{NAMED_USER}\n")
+                .into_bytes(),
+        },
+    ])?;
+    let image = build_image(
+        vec![busybox_layer()?, users],
+        &ImageConfig {
+            cmd: vec!["sh".into()],
+            env: vec![PATH_ENV.into()],
+            working_dir: "/".into(),
+            user: format!("{NAMED_USER}:{NAMED_USER}"),
+            ..Default::default()
+        },
+    );
+    push(
+        registry,
+        "knode/named-user",
+        "latest",
+        &image,
+        &RegistryAuth::Anonymous,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
