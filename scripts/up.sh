@@ -123,7 +123,8 @@ EOF
 docker-registry serve "$DIR/registry/config.yml" > "$DIR/registry.log" 2>&1 &
 echo $! > "$DIR/registry.pid"
 wait_for "the registry" 20 curl -sf "http://127.0.0.1:$REG_PORT/v2/"
-IMAGE=$("$BIN/knode-push-test-images" "127.0.0.1:$REG_PORT" | head -1)
+# sed, not head: head exits after one line and the pusher's second line would hit a closed pipe.
+IMAGE=$("$BIN/knode-push-test-images" "127.0.0.1:$REG_PORT" | sed -n 1p)
 log "pushed $IMAGE"
 
 # 2. A private containerd (its own root and socket; the CRI plugin is not used by knode).

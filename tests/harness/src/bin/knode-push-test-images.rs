@@ -18,8 +18,11 @@ fn main() {
     };
     match rt.block_on(knode_harness::image::push_test_images(&registry)) {
         Ok(images) => {
-            println!("{}", images.testimg.reference);
-            println!("{}", images.busybox.reference);
+            // A reader that stops early (`| head -1`) is not an error: no panic on a closed pipe.
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{}", images.testimg.reference)
+                .and_then(|()| writeln!(out, "{}", images.busybox.reference));
         }
         Err(e) => {
             eprintln!("knode-push-test-images: pushing to {registry}: {e}");
