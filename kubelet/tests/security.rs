@@ -125,24 +125,7 @@ async fn users_groups_fs_group_capabilities_and_privileges() {
     assert_eq!(status_field(&node, "ids", "privileged", "Seccomp"), "0");
 
     // runAsNonRoot with an image that runs as root: refused with upstream's reason and message.
-    let spec = json!({
-        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-        "securityContext": {"runAsNonRoot": true},
-        "containers": [{"name": "main", "image": img, "command": ["sleep", "3600"]}]
-    });
-    node.apply(&pod("nonroot", spec));
-    let w = waiting(&node, "nonroot");
-    let uid = node.pod("nonroot")["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(w["reason"], "CreateContainerConfigError");
-    assert_eq!(
-        w["message"],
-        format!(
-            "container has runAsNonRoot and image will run as root (pod: \"nonroot_default({uid})\", container: main)"
-        )
-    );
+    assert_non_root_refused(&node, "nonroot", img, "image will run as root");
     let failed = node.event_messages("nonroot", "Failed");
     assert!(failed.contains("Error: container has runAsNonRoot"), "{failed}");
 }
@@ -190,23 +173,11 @@ async fn named_image_user_resolved_from_the_images_passwd_and_group() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("knode-passwd"), "{mounts}");
 
-    let spec = json!({
-        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-        "securityContext": {"runAsNonRoot": true},
-        "containers": [{"name": "main", "image": img, "command": ["sleep", "3600"]}]
-    });
-    node.apply(&pod("named-nonroot", spec));
-    let w = waiting(&node, "named-nonroot");
-    let pod_uid = node.pod("named-nonroot")["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(w["reason"], "CreateContainerConfigError");
-    assert_eq!(
-        w["message"],
-        format!(
-            "container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root (pod: \"named-nonroot_default({pod_uid})\", container: main)"
-        )
+    assert_non_root_refused(
+        &node,
+        "named-nonroot",
+        &img,
+        "image has non-numeric user (app), cannot verify user is non-root",
     );
     for p in ["named", "named-nonroot"] {
         node.kubectl(&["delete", "pod", p, "--wait=false"]);
@@ -333,4 +304,22 @@ async fn sysctls_seccomp_and_host_namespaces() {
     node.wait_phase("unsafe-allowed", "Running");
     let (_, v) = node.exec("unsafe-allowed", "main", &["cat", "/proc/sys/kernel/msgmax"]);
     assert_eq!(v.trim(), "12345");
+}
+
+/// A `runAsNonRoot` pod named `name` on `img` waits with CreateContainerConfigError and upstream's
+/// message ("container has runAsNonRoot and <why> (pod: ..., container: main)").
+fn assert_non_root_refused(node: &Node, name: &str, img: &str, why: &str) {
+    let spec = json!({
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "securityContext": {"runAsNonRoot": true},
+        "containers": [{"name": "main", "image": img, "command": ["sleep", "3600"]}]
+    });
+    node.apply(&pod(name, spec));
+    let w = waiting(node, name);
+    let uid = node.pod(name)["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(w["reason"], "CreateContainerConfigError");
+    assert_eq!(
+        w["message"],
+        format!("container has runAsNonRoot and {why} (pod: \"{name}_default({uid})\", container: main)")
+    );
 }
