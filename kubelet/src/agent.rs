@@ -159,7 +159,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crate::stats::collect::install(stats.clone());
     crate::stats::collect::spawn_sampler(stats.clone(), Duration::from_secs(10));
     // Image GC every 5 min; dead-pod leftovers after each orphan cleanup; reclaim_disk for eviction.
-    crate::gc::start(ctx.clone(), c);
+    let gc = crate::gc::start(ctx.clone(), c);
     tracing::info!(
         node = settings.node_name,
         runtime = runtime_version,
@@ -229,7 +229,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None
     };
     // The eviction manager (a NodeReclaimer frees node-level resources before disk evictions).
-    let eviction = crate::eviction::EvictionManager::new(eviction, Arc::new(crate::gc::DiskReclaimer));
+    let eviction =
+        crate::eviction::EvictionManager::new(eviction, Arc::new(crate::gc::DiskReclaimer(gc.clone())));
     let pressure = eviction.pressure();
     spawn_node_loops(
         agent.clone(),
@@ -379,6 +380,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         allocatable,
         knode_systemd::Watchdog::from_env(&notifier),
         pressure,
+        gc,
     );
     tokio::pin!(manager);
     tokio::select! {
@@ -528,6 +530,7 @@ async fn manager(
     allocatable: NodeCapacity,
     mut watchdog: Option<knode_systemd::Watchdog>,
     pressure: Arc<crate::eviction::Pressure>,
+    gc: Arc<crate::gc::GarbageCollector>,
 ) {
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let mut shutting_down = false;
@@ -553,7 +556,7 @@ async fn manager(
                 // Pods stopped by a node shutdown keep their containers and logs.
                 if started.elapsed() > Duration::from_secs(15) && !shutting_down {
                     cleanup_orphans(&ctx, &workers).await;
-                    crate::gc::pods_reported(workers.keys());
+                    gc.pods_reported(workers.keys());
                 }
                 continue;
             }

@@ -573,7 +573,14 @@ async fn task_exit_and_oom_events_arrive() {
         )
         .build()
         .unwrap();
-    let hog = container("hog", &[], &["alloc-mem", "64", "--hold", "30"]);
+    // The shim watches the cgroup for OOM only once the process has started (containerd 1.6
+    // runc shim: `ep.Add` after Start); allocating at once could OOM before that and send no
+    // event on a loaded machine, so the hog waits a moment first.
+    let hog = container(
+        "hog",
+        &[],
+        &["alloc-mem", "64", "--hold", "30", "--delay-ms", "1000"],
+    );
     let created = env
         .create_with(&pod, &hog, sb.namespaces(), "hog-1", Some(resources))
         .await;

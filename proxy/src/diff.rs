@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Element, Ruleset, ServiceKey};
+use crate::model::{Element, ElementSet, Ruleset, ServiceKey};
 
 /// What to send to the kernel to turn `programmed` into `desired`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,8 +30,8 @@ impl ChangeSet {
         self.delete.len() + self.add.len()
     }
 
-    fn push_service(&mut self, old: Option<&BTreeSet<Element>>, new: Option<&BTreeSet<Element>>) {
-        let empty = BTreeSet::new();
+    fn push_service(&mut self, old: Option<&ElementSet>, new: Option<&ElementSet>) {
+        let empty = ElementSet::default();
         let old = old.unwrap_or(&empty);
         let new = new.unwrap_or(&empty);
         if old == new {

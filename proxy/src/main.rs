@@ -21,7 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use knode_systemd::{Notifier, Watchdog};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use kube_proxy::compact;
+use kube_proxy::compact::{self, ProjectedService, ProjectedSlice};
 use kube_proxy::config::{ProxyFlags, Settings};
 use kube_proxy::conntrack::{UdpTargets, clean_stale_udp};
 use kube_proxy::health::Health;
@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 
 /// A watch event of one of the three watched kinds (boxed: Node objects are large).
 enum Update {
-    Service(Box<watcher::Event<Service>>),
-    Slice(Box<watcher::Event<EndpointSlice>>),
+    Service(Box<watcher::Event<ProjectedService>>),
+    Slice(Box<watcher::Event<ProjectedSlice>>),
     Node(Box<watcher::Event<Node>>),
     /// The interface addresses after an rtnetlink address event.
     LocalAddrs(Vec<std::net::IpAddr>),
@@ -302,7 +302,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .default_backoff(),
         tx.clone(),
         // Trimmed before queueing: the initial list may wait in the channel as a whole.
-        |e| Update::Service(Box::new(compact::event(e, compact::service))),
+        |e| Update::Service(Box::new(compact::event(e, ProjectedService::from))),
     );
     forward(
         "EndpointSlice",
@@ -312,7 +312,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )
         .default_backoff(),
         tx.clone(),
-        |e| Update::Slice(Box::new(compact::event(e, compact::endpoint_slice))),
+        |e| Update::Slice(Box::new(compact::event(e, ProjectedSlice::from))),
     );
     forward(
         "Node",

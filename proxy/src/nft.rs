@@ -134,6 +134,46 @@ impl SyncPhases {
     }
 }
 
+/// How a sync writes the table's chains and rules besides the element changes.
+///
+/// A table is never deleted and re-created while it has this layout: in that one transaction the
+/// kernel would hold two copies of every set and NAT chain, and a new connection whose first
+/// packet is evaluated across the commit (old rules, but the generation already switched when
+/// the old set is looked up — lookups check element activity against the current generation)
+/// finds no endpoint, is not DNATed, and its conntrack entry keeps it so until it times out.
+/// Sets and base chains that stay make the commit atomic for packets too.
+#[derive(Debug)]
+enum Rebuild {
+    /// There is no table: create it.
+    Create,
+    /// The table has another layout (an upgrade or a configuration change): delete and re-create
+    /// it in one transaction (with the brief race above, on that occasion only).
+    Replace,
+    /// The table has this layout but its rules were changed: flush and rewrite every rule in
+    /// one transaction, delete chains and sets the layout does not have; sets, their elements
+    /// and the chains' hooks stay.
+    Repair(Existing),
+}
+
+/// The chains and named sets of an existing table.
+#[derive(Debug, Default)]
+struct Existing {
+    chains: Vec<String>,
+    sets: Vec<String>,
+}
+
+/// What [`NftProgrammer::read_back`] found in a table with this layout.
+struct Adopted {
+    /// Every element, under one pseudo-Service (the first diff hands them to their Services).
+    elements: Ruleset,
+    /// Affinity timeout classes with their `service-affinity` element counts.
+    classes: BTreeMap<u32, usize>,
+    /// Shared elements, each counted once.
+    shared: std::collections::HashMap<Element, usize>,
+    /// The chains hold exactly the layout's rules.
+    rules_match: bool,
+}
+
 /// Programs one table (`ip` or `ip6`, by [`TableConfig::family`]); remembers what it programmed so
 /// later syncs send only the difference.
 #[derive(Debug)]
@@ -173,18 +213,19 @@ impl NftProgrammer {
     }
 
     /// Brings the kernel to `desired` (a full resync: every Service is compared). The first call
-    /// replaces any existing table atomically (add, delete, re-create in one transaction); later
-    /// calls send only changed elements.
+    /// adopts a table with this layout (its elements are read back and only the difference is
+    /// sent; rules changed by hand are rewritten in the same transaction), and creates or
+    /// replaces any other; later calls send only changed elements.
     pub fn sync(&mut self, desired: &Ruleset) -> Result<SyncStats, NftError> {
         // This family's elements, kept (moved, not copied) as what is programmed afterwards.
         let desired = desired.family(self.config.family, None);
         match &self.programmed {
-            None => self.full_sync(desired),
+            None => self.adopt_or_build(desired),
             Some(programmed) => {
                 let t = std::time::Instant::now();
                 let changes = diff(programmed, &desired);
                 let diff_time = t.elapsed();
-                let mut stats = self.send_changes(&changes, false)?;
+                let mut stats = self.send_changes(&changes, None)?;
                 stats.phases.diff = diff_time;
                 self.programmed = Some(desired);
                 Ok(stats)
@@ -207,7 +248,7 @@ impl NftProgrammer {
         let desired = &desired.family(self.config.family, Some(changed));
         let changes = diff_services(programmed, desired, changed);
         let diff_time = t.elapsed();
-        let mut stats = self.send_changes(&changes, false)?;
+        let mut stats = self.send_changes(&changes, None)?;
         stats.phases.diff = diff_time;
         if let Some(programmed) = self.programmed.as_mut() {
             for key in changed {
@@ -249,16 +290,120 @@ impl NftProgrammer {
         let diff_time = t.elapsed();
         self.affinity_classes.clear();
         self.shared.clear();
-        let mut stats = self.send_changes(&changes, true)?;
+        let rebuild = match self.table_tag()? {
+            None => Rebuild::Create,
+            Some(_) => Rebuild::Replace,
+        };
+        let mut stats = self.send_changes(&changes, Some(&rebuild))?;
         stats.phases.diff = diff_time;
         self.programmed = Some(desired);
         Ok(stats)
     }
 
+    /// The first sync of this programmer: adopts the table in the kernel when it has this layout
+    /// (its elements are read back and only the difference to `desired` is sent, so dynamic
+    /// state such as session-affinity entries survives; rules changed by hand are rewritten in
+    /// the same transaction), else creates or replaces it.
+    fn adopt_or_build(&mut self, desired: Ruleset) -> Result<SyncStats, NftError> {
+        let Some(adopted) = self.read_back()? else {
+            return self.full_sync(desired);
+        };
+        tracing::debug!(
+            elements = adopted.elements.len(),
+            rules_match = adopted.rules_match,
+            "adopted the programmed table"
+        );
+        self.affinity_classes = adopted.classes;
+        self.shared = adopted.shared;
+        let t = std::time::Instant::now();
+        let changes = diff(&adopted.elements, &desired);
+        let diff_time = t.elapsed();
+        let repair = match adopted.rules_match {
+            true => None,
+            false => {
+                tracing::info!("table rules differ from the layout; rewriting them");
+                Some(Rebuild::Repair(self.existing_objects()?))
+            }
+        };
+        let mut stats = self.send_changes(&changes, repair.as_ref())?;
+        stats.phases.diff = diff_time;
+        self.programmed = Some(desired);
+        Ok(stats)
+    }
+
+    /// The table's chains and named sets as they are in the kernel.
+    fn existing_objects(&mut self) -> Result<Existing, NftError> {
+        let f = self.config.family;
+        let name = self.config.table_name.clone();
+        let sock = self.socket()?;
+        let mut existing = Existing::default();
+        sock.request(
+            |seq| nft_request(libc::NFT_MSG_GETCHAIN, true, seq, f, &[(1, name.as_str())]),
+            |a| {
+                let (mut table, mut chain) = (String::new(), String::new());
+                for (ty, p) in crate::netlink::attrs(a) {
+                    match ty {
+                        NFTA_CHAIN_TABLE => table = c_str(p),
+                        NFTA_CHAIN_NAME => chain = c_str(p),
+                        _ => {}
+                    }
+                }
+                if table == name {
+                    existing.chains.push(chain);
+                }
+            },
+        )
+        .map_err(NftError::Receive)?;
+        sock.request(
+            |seq| nft_request(libc::NFT_MSG_GETSET, true, seq, f, &[(1, name.as_str())]),
+            |a| {
+                let (mut table, mut set, mut flags) = (String::new(), String::new(), 0u32);
+                for (ty, p) in crate::netlink::attrs(a) {
+                    match ty {
+                        NFTA_SET_TABLE => table = c_str(p),
+                        NFTA_SET_NAME => set = c_str(p),
+                        NFTA_SET_FLAGS if p.len() >= 4 => {
+                            flags = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+                        }
+                        _ => {}
+                    }
+                }
+                // Anonymous sets belong to their rules and go with them.
+                if table == name && flags & NFT_SET_ANONYMOUS == 0 {
+                    existing.sets.push(set);
+                }
+            },
+        )
+        .map_err(NftError::Receive)?;
+        Ok(existing)
+    }
+
+    /// The table's layout tag: None when the table does not exist, Some(None) when it has none.
+    fn table_tag(&mut self) -> Result<Option<Option<Vec<u8>>>, NftError> {
+        let f = self.config.family;
+        let name = self.config.table_name.clone();
+        let mut tag = None;
+        let r = self.socket()?.request(
+            |seq| nft_request(libc::NFT_MSG_GETTABLE, false, seq, f, &[(1, name.as_str())]),
+            |a| {
+                for (ty, p) in crate::netlink::attrs(a) {
+                    if ty == NFTA_TABLE_USERDATA {
+                        tag = Some(p.to_vec());
+                    }
+                }
+            },
+        );
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(NftError::Receive(e)),
+            Ok(()) => Ok(Some(tag)),
+        }
+    }
+
     /// Sends `changes` in one batch; with `full`, the batch first replaces the whole table.
     /// Affinity timeout classes that gain their first element are created before the elements,
     /// those that lose their last are removed after them.
-    fn send_changes(&mut self, changes: &ChangeSet, full: bool) -> Result<SyncStats, NftError> {
+    fn send_changes(&mut self, changes: &ChangeSet, full: Option<&Rebuild>) -> Result<SyncStats, NftError> {
         let started = std::time::Instant::now();
         // Shared elements: sent when their count goes 0 → 1 (add) or 1 → 0 (delete); one deleted
         // and re-added in the same batch nets out. Only the touched counts are computed (no copy
@@ -319,7 +464,7 @@ impl NftProgrammer {
                 _ => None,
             })
             .collect();
-        if !full && !lost.is_empty() {
+        if !matches!(full, Some(Rebuild::Create | Rebuild::Replace)) && !lost.is_empty() {
             self.forget_affinity(&lost)?;
         }
         Ok(stats)
@@ -384,10 +529,14 @@ impl NftProgrammer {
     fn send_effective(
         &mut self,
         changes: &ChangeSet,
-        full: bool,
+        rebuild: Option<&Rebuild>,
         started: std::time::Instant,
     ) -> Result<SyncStats, NftError> {
-        if !full && changes.is_empty() {
+        // Created or replaced: everything is written anew. A repair rewrites the rules (those of
+        // every affinity class too) but keeps sets, elements and classes.
+        let full = matches!(rebuild, Some(Rebuild::Create | Rebuild::Replace));
+        let rewrite_rules = rebuild.is_some();
+        if !rewrite_rules && changes.is_empty() {
             return Ok(SyncStats {
                 full,
                 ..SyncStats::default()
@@ -408,7 +557,7 @@ impl NftProgrammer {
         }
         let created: Vec<u32> = classes
             .iter()
-            .filter(|(t, n)| **n > 0 && (full || !self.affinity_classes.contains_key(t)))
+            .filter(|(t, n)| **n > 0 && (rewrite_rules || !self.affinity_classes.contains_key(t)))
             .map(|(t, _)| *t)
             .collect();
         let removed: Vec<u32> = if full {
@@ -427,11 +576,50 @@ impl NftProgrammer {
             proto_family(self.config.family),
         );
         let mut batch = Batch::new();
-        if full {
-            batch.add(&table, MsgType::Add);
-            batch.add(&table, MsgType::Del);
-            // Re-created with the layout tag the read-back checks before adopting the table.
-            batch.add(&Msg(Op::NewTable, &TableMsg::new(&self.config)?), MsgType::Add);
+        match rebuild {
+            None => {}
+            Some(Rebuild::Create) => {
+                // Created with the layout tag the read-back checks before adopting the table.
+                batch.add(&Msg(Op::NewTable, &TableMsg::new(&self.config)?), MsgType::Add);
+            }
+            Some(Rebuild::Replace) => {
+                batch.add(&table, MsgType::Add);
+                batch.add(&table, MsgType::Del);
+                batch.add(&Msg(Op::NewTable, &TableMsg::new(&self.config)?), MsgType::Add);
+            }
+            Some(Rebuild::Repair(existing)) => {
+                // Every rule first (they reference the sets and chains), then what is not part
+                // of the layout. The layout's sets and chains stay, with their elements and
+                // hooks: a packet in flight during the commit meets either the old rules or the
+                // new ones, over the same sets (see [`Rebuild`]).
+                for name in &existing.chains {
+                    batch.add(&Rule::new(&Chain::new(&cstring(name)?, &table)), MsgType::Del);
+                }
+                let chains = expected_rule_counts(&self.config);
+                let ours = |n: &str| n.starts_with("affinity-");
+                for set in existing
+                    .sets
+                    .iter()
+                    .filter(|n| !ours(n) && !SETS.iter().any(|s| s.name == n.as_str()))
+                {
+                    batch.add(
+                        &Msg(
+                            Op::DelSet,
+                            &SetMsg::named(&self.config.table_name, set, self.config.family)?,
+                        ),
+                        MsgType::Del,
+                    );
+                }
+                for name in existing
+                    .chains
+                    .iter()
+                    .filter(|n| !ours(n) && !chains.contains_key(n.as_str()))
+                {
+                    batch.add(&Chain::new(&cstring(name)?, &table), MsgType::Del);
+                }
+            }
+        }
+        if rebuild.is_some() {
             build_skeleton(&mut batch, &table, &self.config)?;
         }
         for t in &created {
@@ -469,53 +657,29 @@ impl NftProgrammer {
         })
     }
 
-    /// A full resync that keeps what is right in the kernel: when the table exists with this
-    /// configuration's layout (tag and rule counts), its elements are read back and only the
-    /// difference to `desired` is sent, so dynamic state (session affinity entries) and
-    /// everything else survives; a table that is absent, from another layout or with rules
-    /// missing is replaced atomically instead. Used at start-up (adopting a previous run's
-    /// table) and for the periodic resync (repairs elements and rules changed by hand).
+    /// A full resync that keeps what is right in the kernel: what this programmer remembers is
+    /// dropped and the table is adopted again as on a first sync (see [`Self::sync`]), so
+    /// elements and rules changed by hand are repaired. Used at start-up (adopting a previous
+    /// run's table) and for the periodic resync.
     pub fn resync(&mut self, desired: &Ruleset) -> Result<SyncStats, NftError> {
-        match self.read_back()? {
-            Some(adopted) => {
-                tracing::debug!(elements = adopted.len(), "adopted the programmed table");
-                self.programmed = Some(adopted);
-                self.sync(desired)
-            }
-            None => {
-                self.invalidate();
-                self.sync(desired)
-            }
-        }
+        self.invalidate();
+        self.sync(desired)
     }
 
     /// Reads the table back: None unless it exists with this configuration's layout tag and
-    /// exactly the rules this layout has.
-    fn read_back(&mut self) -> Result<Option<Ruleset>, NftError> {
+    /// every set of the layout.
+    fn read_back(&mut self) -> Result<Option<Adopted>, NftError> {
         let f = self.config.family;
         let name = &self.config.table_name.clone();
         let layout = layout_tag(&self.config);
-        let sock = self.socket()?;
-        let mut tag = None;
-        let r = sock.request(
-            |seq| nft_request(libc::NFT_MSG_GETTABLE, false, seq, f, &[(1, name.as_str())]),
-            |a| {
-                for (ty, p) in crate::netlink::attrs(a) {
-                    if ty == NFTA_TABLE_USERDATA {
-                        tag = Some(p.to_vec());
-                    }
-                }
-            },
-        );
-        match r {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(NftError::Receive(e)),
-            Ok(()) => {}
-        }
+        let Some(tag) = self.table_tag()? else {
+            return Ok(None);
+        };
         if tag.as_deref() != Some(layout.as_bytes()) {
             tracing::info!("existing table has another layout; replacing it");
             return Ok(None);
         }
+        let sock = self.socket()?;
         let mut rules: BTreeMap<String, usize> = BTreeMap::new();
         sock.request(
             |seq| nft_request(libc::NFT_MSG_GETRULE, true, seq, f, &[(1, name.as_str())]),
@@ -530,7 +694,7 @@ impl NftProgrammer {
         .map_err(NftError::Receive)?;
         let mut by_service = BTreeSet::new();
         for spec in &SETS {
-            sock.request(
+            let r = sock.request(
                 |seq| {
                     nft_request(
                         libc::NFT_MSG_GETSETELEM,
@@ -541,8 +705,17 @@ impl NftProgrammer {
                     )
                 },
                 |a| parse_set_elements(spec.name, f, a, &mut by_service),
-            )
-            .map_err(NftError::Receive)?;
+            );
+            match r {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    tracing::info!(
+                        set = spec.name,
+                        "a set of the layout is missing; replacing the table"
+                    );
+                    return Ok(None);
+                }
+                r => r.map_err(NftError::Receive)?,
+            }
         }
         let mut classes: BTreeMap<u32, usize> = BTreeMap::new();
         for e in &by_service {
@@ -556,17 +729,20 @@ impl NftProgrammer {
             expected.insert(affinity_record_name(*t), 1);
         }
         if rules != expected {
-            tracing::info!(found = ?rules, expected = ?expected, "table rules differ from the layout; replacing it");
-            return Ok(None);
+            tracing::debug!(found = ?rules, expected = ?expected, "table rules differ from the layout");
         }
-        self.affinity_classes = classes;
-        self.shared = by_service
+        let shared = by_service
             .iter()
             .filter(|e| e.is_shared())
             .map(|e| (*e, 1))
             .collect();
-        Ok(Some(Ruleset {
-            by_service: [(ADOPTED.clone(), by_service)].into(),
+        Ok(Some(Adopted {
+            elements: Ruleset {
+                by_service: [(ADOPTED.clone(), by_service.into_iter().collect())].into(),
+            },
+            classes,
+            shared,
+            rules_match: rules == expected,
         }))
     }
 
@@ -734,6 +910,12 @@ static ADOPTED: std::sync::LazyLock<ServiceKey> =
     std::sync::LazyLock::new(|| (String::new(), "(adopted from the kernel)".to_string()));
 
 const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFT_SET_ANONYMOUS: u32 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;

@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
+use crate::compact::{self, Projected, ProjectedService, ProjectedSlice, ServiceInfo, SliceInfo};
 use crate::config::Cidr;
 use crate::model::{
-    HealthCheck, ModelConfig, Ruleset, SERVICE_NAME_LABEL, ServiceKey, desired_ruleset, health_check,
-    service_elements,
+    HealthCheck, ModelConfig, Ruleset, ServiceError, ServiceKey, assemble, elements, service_health,
 };
 
 /// Upstream's annotation on EndpointSlices: when the change that produced this slice happened;
@@ -118,16 +117,16 @@ fn cidr_contains(c: &Cidr, ip: IpAddr) -> bool {
     net & mask == ip & mask
 }
 
-/// A watched collection: objects by namespace/name, with relists (`Init` … `InitDone`) buffered
-/// and swapped in atomically.
+/// A watched collection: projected objects by namespace/name, with relists (`Init` … `InitDone`)
+/// buffered and swapped in atomically.
 #[derive(Debug)]
-struct Store<K> {
-    items: BTreeMap<(String, String), K>,
-    relist: Option<BTreeMap<(String, String), K>>,
+struct Store<T> {
+    items: BTreeMap<ServiceKey, T>,
+    relist: Option<BTreeMap<ServiceKey, T>>,
     synced: bool,
 }
 
-impl<K> Default for Store<K> {
+impl<T> Default for Store<T> {
     fn default() -> Self {
         Store {
             items: BTreeMap::new(),
@@ -137,50 +136,41 @@ impl<K> Default for Store<K> {
     }
 }
 
-fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
+/// One object that changed: its key, the old and the new value.
+type Change<T> = (ServiceKey, Option<T>, Option<T>);
 
-impl<K: kube::Resource + Clone + PartialEq> Store<K> {
-    /// Applies one event; returns the (old, new) pairs that actually changed.
-    fn apply(&mut self, event: Event<K>) -> Vec<(Option<K>, Option<K>)> {
+impl<T: Clone + PartialEq> Store<T> {
+    /// Applies one event; returns the objects that actually changed.
+    fn apply(&mut self, event: Event<Projected<T>>) -> Vec<Change<T>> {
         match event {
-            Event::Apply(obj) => {
-                let key = object_key(obj.meta());
-                let old = self.items.insert(key, obj.clone());
-                if old.as_ref() == Some(&obj) {
+            Event::Apply(Projected { key, value }) => {
+                let old = self.items.insert(key.clone(), value.clone());
+                if old.as_ref() == Some(&value) {
                     return Vec::new();
                 }
-                vec![(old, Some(obj))]
+                vec![(key, old, Some(value))]
             }
-            Event::Delete(obj) => {
-                let key = object_key(obj.meta());
-                match self.items.remove(&key) {
-                    Some(old) => vec![(Some(old), None)],
-                    None => Vec::new(),
-                }
-            }
+            Event::Delete(Projected { key, .. }) => match self.items.remove(&key) {
+                Some(old) => vec![(key, Some(old), None)],
+                None => Vec::new(),
+            },
             Event::Init => {
                 self.relist = Some(BTreeMap::new());
                 Vec::new()
             }
-            Event::InitApply(obj) => {
-                let key = object_key(obj.meta());
-                self.relist.get_or_insert_default().insert(key, obj);
+            Event::InitApply(Projected { key, value }) => {
+                self.relist.get_or_insert_default().insert(key, value);
                 Vec::new()
             }
             Event::InitDone => {
                 let new = self.relist.take().unwrap_or_default();
                 let old = std::mem::replace(&mut self.items, new);
                 self.synced = true;
-                let keys: BTreeSet<&(String, String)> = old.keys().chain(self.items.keys()).collect();
+                let keys: BTreeSet<&ServiceKey> = old.keys().chain(self.items.keys()).collect();
                 keys.into_iter()
                     .filter_map(|k| {
                         let (o, n) = (old.get(k), self.items.get(k));
-                        (o != n).then(|| (o.cloned(), n.cloned()))
+                        (o != n).then(|| (k.clone(), o.cloned(), n.cloned()))
                     })
                     .collect()
             }
@@ -229,11 +219,12 @@ pub struct Tracker {
     timing: Timing,
     nodeport: NodePortAddresses,
     buckets: u32,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Store<Result<ServiceInfo, ServiceError>>,
+    slices: Store<SliceInfo>,
     /// EndpointSlice keys by the Service they belong to, so a partial sync reads only the
-    /// changed Services' slices.
-    slice_index: BTreeMap<ServiceKey, BTreeSet<(String, String)>>,
+    /// changed Services' slices. A Vec: most Services have one slice, and a one-element
+    /// `BTreeSet` allocates a whole node (~0.5 KB).
+    slice_index: BTreeMap<ServiceKey, Vec<ServiceKey>>,
     node: Store<Node>,
     node_ips: Vec<IpAddr>,
     dirty: BTreeSet<ServiceKey>,
@@ -280,31 +271,26 @@ impl Tracker {
         self
     }
 
-    /// A Services watch event (its object is kept in [`crate::compact`] form).
-    pub fn service_event(&mut self, event: Event<Service>) {
-        let event = crate::compact::event(event, crate::compact::service);
-        for (old, new) in self.services.apply(event) {
+    /// A Services watch event (objects are kept in [`crate::compact`] form; already projected
+    /// ones are taken as they are).
+    pub fn service_event<S: Into<ProjectedService>>(&mut self, event: Event<S>) {
+        for (key, _, _) in self.services.apply(compact::event(event, Into::into)) {
             self.counters.service_changes += 1;
-            if let Some(s) = old.as_ref().or(new.as_ref()) {
-                let key = object_key(&s.metadata);
-                self.dirty.insert(key.clone());
-                self.services_pending.insert(key);
-            }
+            self.dirty.insert(key.clone());
+            self.services_pending.insert(key);
             self.counters.service_changes_pending = self.services_pending.len() as u64;
         }
     }
 
-    /// An EndpointSlices watch event (its object is kept in [`crate::compact`] form).
-    pub fn slice_event(&mut self, event: Event<EndpointSlice>) {
-        let event = crate::compact::event(event, crate::compact::endpoint_slice);
-        for (old, new) in self.slices.apply(event) {
+    /// An EndpointSlices watch event (objects are kept in [`crate::compact`] form; already
+    /// projected ones are taken as they are).
+    pub fn slice_event<S: Into<ProjectedSlice>>(&mut self, event: Event<S>) {
+        for (slice_key, old, new) in self.slices.apply(compact::event(event, Into::into)) {
             self.counters.endpoint_changes += 1;
             self.counters.endpoint_changes_pending += 1;
-            if let Some(old) = &old
-                && let Some(key) = slice_service(old)
-            {
+            if let Some(key) = old.as_ref().and_then(|o| slice_service(&slice_key, o)) {
                 if let Some(set) = self.slice_index.get_mut(&key) {
-                    set.remove(&object_key(&old.metadata));
+                    set.retain(|k| *k != slice_key);
                     if set.is_empty() {
                         self.slice_index.remove(&key);
                     }
@@ -312,26 +298,27 @@ impl Tracker {
                 self.dirty.insert(key);
             }
             if let Some(new) = &new
-                && let Some(key) = slice_service(new)
+                && let Some(key) = slice_service(&slice_key, new)
             {
-                self.slice_index
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(object_key(&new.metadata));
+                if let Some(t) = new.trigger {
+                    let e = self.triggers.entry(key.clone()).or_insert(t);
+                    *e = (*e).min(t);
+                }
+                let slices = self.slice_index.entry(key.clone()).or_default();
+                if !slices.contains(&slice_key) {
+                    slices.push(slice_key.clone());
+                }
                 self.dirty.insert(key);
-            }
-            if let Some((key, t)) = new
-                .as_ref()
-                .and_then(|s| Some((slice_service(s)?, trigger_time(s)?)))
-            {
-                let e = self.triggers.entry(key).or_insert(t);
-                *e = (*e).min(t);
             }
         }
     }
 
     /// A watch event of the local Node (watched by name).
     pub fn node_event(&mut self, event: Event<Node>) {
+        let event = compact::event(event, |node: Node| Projected {
+            key: (String::new(), node.metadata.name.clone().unwrap_or_default()),
+            value: node,
+        });
         if self.node.apply(event).is_empty() {
             return;
         }
@@ -458,34 +445,31 @@ impl Tracker {
         }
     }
 
-    /// The desired elements of the named Services only (absent = deleted or contributing
-    /// nothing): O(those Services and their slices), for a partial sync. Unlike [`Self::desired`]
-    /// it does not arbitrate an element claimed by two Services (the same external IP and port);
-    /// such a conflict fails the batch in the kernel, and the retry is a rebuild, which does.
+    /// The projected EndpointSlices of one Service.
+    fn slices_of(&self, key: &ServiceKey) -> Vec<&SliceInfo> {
+        self.slice_index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.items.get(k))
+            .collect()
+    }
+
+    /// The desired elements of the named Services only (absent = deleted, unprogrammable or
+    /// contributing nothing): O(those Services and their slices), for a partial sync. Unlike
+    /// [`Self::desired`] it does not arbitrate an element claimed by two Services (the same
+    /// external IP and port); such a conflict fails the batch in the kernel, and the retry is a
+    /// rebuild, which does.
     pub fn desired_for(&self, keys: &BTreeSet<ServiceKey>) -> Ruleset {
         let config = self.model_config();
         let mut out = Ruleset::default();
         for key in keys {
-            let Some(svc) = self.services.items.get(key) else {
+            let Some(Ok(svc)) = self.services.items.get(key) else {
                 continue;
             };
-            let slices: Vec<&EndpointSlice> = self
-                .slice_index
-                .get(key)
-                .into_iter()
-                .flatten()
-                .filter_map(|k| self.slices.items.get(k))
-                .collect();
-            match service_elements(svc, &slices, &config) {
-                Ok(elements) if !elements.is_empty() => {
-                    out.by_service.insert(key.clone(), elements.into_iter().collect());
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(
-                    service = %format!("{}/{}", key.0, key.1),
-                    error = %err,
-                    "skipping Service"
-                ),
+            let els = elements(svc, &self.slices_of(key), &config);
+            if !els.is_empty() {
+                out.by_service.insert(key.clone(), els.into_iter().collect());
             }
         }
         out
@@ -494,15 +478,8 @@ impl Tracker {
     /// The health check of one Service (`externalTrafficPolicy: Local` with a
     /// `healthCheckNodePort`), if it has one: O(that Service's slices).
     pub fn health_check(&self, key: &ServiceKey) -> Option<HealthCheck> {
-        let svc = self.services.items.get(key)?;
-        let slices: Vec<&EndpointSlice> = self
-            .slice_index
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.items.get(k))
-            .collect();
-        health_check(svc, &slices, self.node_name.as_deref())
+        let svc = self.services.items.get(key)?.as_ref().ok()?;
+        service_health(svc, &self.slices_of(key), self.node_name.as_deref())
     }
 
     /// Keys of every known Service.
@@ -512,33 +489,13 @@ impl Tracker {
 
     /// The desired ruleset from everything known.
     pub fn desired(&self) -> Ruleset {
-        desired_ruleset(
-            self.services.items.values(),
-            self.slices.items.values(),
-            &self.model_config(),
-        )
+        assemble(&self.services.items, |k| self.slices_of(k), &self.model_config())
     }
 }
 
-/// The Service an EndpointSlice belongs to.
-fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((slice.metadata.namespace.clone().unwrap_or_default(), name.clone()))
-}
-
-fn trigger_time(slice: &EndpointSlice) -> Option<jiff::Timestamp> {
-    let v = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(LAST_CHANGE_TRIGGER_TIME)?;
-    match v.parse() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::debug!(value = %v, error = %e, "unparseable {LAST_CHANGE_TRIGGER_TIME}");
-            None
-        }
-    }
+/// The Service an EndpointSlice belongs to (same namespace).
+fn slice_service(slice_key: &ServiceKey, slice: &SliceInfo) -> Option<ServiceKey> {
+    Some((slice_key.0.clone(), slice.service.as_deref()?.to_string()))
 }
 
 #[cfg(test)]

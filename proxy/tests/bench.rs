@@ -541,16 +541,16 @@ fn bench_daemon_model_partial_vs_full() {
         16,
     );
     let ingest = Instant::now();
-    t.service_event(Event::Init);
+    t.service_event(Event::<Service>::Init);
     for s in services {
         t.service_event(Event::InitApply(s));
     }
-    t.service_event(Event::InitDone);
-    t.slice_event(Event::Init);
+    t.service_event(Event::<Service>::InitDone);
+    t.slice_event(Event::<EndpointSlice>::Init);
     for s in slices {
         t.slice_event(Event::InitApply(s));
     }
-    t.slice_event(Event::InitDone);
+    t.slice_event(Event::<EndpointSlice>::InitDone);
     t.node_event(Event::Init);
     t.node_event(Event::InitDone);
     let ingest = ingest.elapsed();

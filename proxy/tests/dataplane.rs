@@ -411,9 +411,14 @@ fn knode_require_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "data-plane tests need root");
 }
 
+/// Restarts while clients keep connecting: "restarted" kube-proxies (fresh programmers, nothing
+/// cached) adopt the table, every other one after a rule was deleted by hand, which it rewrites
+/// in place. No connection may fail: the layout's sets and base chains are never re-created, so
+/// a packet in flight during a commit always meets rules and sets of one generation (a table
+/// deleted and re-created in one transaction failed about one connection in a few thousand:
+/// first packet not NATed).
 #[test]
-#[ignore = "flaky since session 4 (issue 8): one of ~220 connections timed out once in a fresh-clone CI run (passed in three other runs); to investigate with the persistent netlink socket change before re-enabling"]
-fn restart_replacing_the_table_fails_no_connection() {
+fn restarts_adopting_and_repairing_the_table_fail_no_connection() {
     knode_require_root();
     let lab = Lab::new(2);
     let services = [service("web", "ClusterIP", "10.96.0.40", None)];
@@ -428,12 +433,12 @@ fn restart_replacing_the_table_fails_no_connection() {
         NftProgrammer::new(TableConfig::default()).sync(&desired)
     })
     .unwrap();
+    let rules = || lab.nft_list_handles().matches("# handle").count();
+    let layout_rules = rules();
 
-    // Clients keep connecting while "restarted" kube-proxies (fresh programmers, nothing cached)
-    // replace the table: the replacement is one transaction, so no connection may fail.
     let vip = SocketAddr::from(([10, 96, 0, 40], 80));
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (ok, failed) = std::thread::scope(|s| {
+    let (ok, failed, repairs) = std::thread::scope(|s| {
         let client = s.spawn(|| {
             in_netns(&lab.client, || {
                 let (mut ok, mut failed) = (0usize, Vec::new());
@@ -446,16 +451,42 @@ fn restart_replacing_the_table_fails_no_connection() {
                 (ok, failed)
             })
         });
-        for _ in 0..10 {
-            in_netns(&lab.node, || {
+        let mut repairs = 0;
+        for i in 0..20 {
+            if i % 2 == 1 {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &lab.node,
+                    "nft",
+                    "flush",
+                    "chain",
+                    "ip",
+                    "kube-proxy",
+                    "filter-output",
+                ]);
+            }
+            let stats = in_netns(&lab.node, || {
                 NftProgrammer::new(TableConfig::default()).sync(&desired).unwrap()
             });
+            assert!(!stats.full, "restart {i} adopts the table: {stats:?}");
+            repairs += usize::from(stats.batch_bytes > 0);
+            assert_eq!(rules(), layout_rules, "restart {i}");
             std::thread::sleep(Duration::from_millis(20));
         }
         stop.store(true, Ordering::SeqCst);
-        client.join().unwrap()
+        let (ok, failed) = client.join().unwrap();
+        (ok, failed, repairs)
     });
-    println!("connections during 10 restarts: {ok} ok, {} failed", failed.len());
+    println!(
+        "connections during 20 restarts ({repairs} repairing rules): {ok} ok, {} failed",
+        failed.len()
+    );
+    assert_eq!(
+        repairs, 10,
+        "every restart after the hand-made flush rewrote the rules"
+    );
     assert!(failed.is_empty(), "{failed:?}");
 }
 
@@ -1009,7 +1040,24 @@ fn restarted_programmer_adopts_the_table_keeping_affinity_and_repairs_drift() {
     let repaired = in_netns(&lab.node, || p.resync(&desired)).unwrap();
     assert!(!repaired.full && repaired.elements_added == 1, "{repaired:?}");
     assert!(lab.nft_list().contains("10.96.0.101"));
-    // A rule deleted by hand makes the layout differ: the table is replaced.
+    // A rule deleted by hand, a chain and a set added by hand: the rules are rewritten in place
+    // (sets, elements and the client's affinity entry stay), the strays are removed.
+    let rules_before = lab.nft_list().matches("@no-endpoint-services").count();
+    for args in [
+        &["add", "chain", "ip", "kube-proxy", "stray-chain"][..],
+        &[
+            "add",
+            "set",
+            "ip",
+            "kube-proxy",
+            "stray-set",
+            "{ type ipv4_addr; }",
+        ],
+    ] {
+        let mut cmd = vec!["ip", "netns", "exec", &lab.node, "nft"];
+        cmd.extend_from_slice(args);
+        sh(&cmd);
+    }
     let handle = lab
         .nft_list_handles()
         .lines()
@@ -1042,8 +1090,45 @@ fn restarted_programmer_adopts_the_table_keeping_affinity_and_repairs_drift() {
         "handle",
         &handle,
     ]);
-    let replaced = in_netns(&lab.node, || p.resync(&desired)).unwrap();
+    assert_eq!(
+        lab.nft_list().matches("@no-endpoint-services").count(),
+        rules_before - 1
+    );
+    let repaired = in_netns(&lab.node, || p.resync(&desired)).unwrap();
+    assert!(!repaired.full, "{repaired:?}");
+    assert_eq!((repaired.elements_added, repaired.elements_deleted), (0, 0));
+    let list = lab.nft_list();
+    assert_eq!(
+        list.matches("@no-endpoint-services").count(),
+        rules_before,
+        "{list}"
+    );
+    assert!(
+        !list.contains("stray-chain") && !list.contains("stray-set"),
+        "{list}"
+    );
+    assert!(nft_map(&lab, "affinity-600").contains("192.168.77.2 . 10.96.0.100"));
+    assert_eq!(
+        hosts_from(&lab.client, vip, 10).keys().collect::<Vec<_>>(),
+        vec![&sticky]
+    );
+    assert_eq!(
+        hosts_from(&lab.client, web, 5).keys().collect::<Vec<_>>(),
+        vec!["pod2"]
+    );
+    // The next resync finds the layout's rules again and sends nothing.
+    let adopted = in_netns(&lab.node, || p.resync(&desired)).unwrap();
+    assert_eq!((adopted.full, adopted.batch_bytes), (false, 0), "{adopted:?}");
+
+    // Another configuration has another layout: its programmer replaces the table (dynamic
+    // state goes with it) and serves the same Services.
+    let other = TableConfig {
+        masquerade_all: true,
+        ..table()
+    };
+    let replaced = in_netns(&lab.node, || NftProgrammer::new(other).resync(&desired)).unwrap();
     assert!(replaced.full, "{replaced:?}");
+    assert!(!nft_map(&lab, "affinity-600").contains("192.168.77.2"));
     assert_eq!(
         hosts_from(&lab.client, web, 5).keys().collect::<Vec<_>>(),
         vec!["pod2"]

@@ -9,8 +9,9 @@
 //!   is back at `imageGCLowThresholdPercent`. Failures are the Node events `FreeDiskSpaceFailed`,
 //!   `InvalidDiskCapacity` and (repeated) `ImageGCFailed`.
 //! - Dead pods: the pod manager's orphan cleanup (`crate::agent`) removes containers of unknown
-//!   pods; after each run it reports the pods it knows ([`pods_reported`]) and this module removes
-//!   the pod log directories and pod directories such pods left (never one with a mount below).
+//!   pods; after each run it reports the pods it knows ([`GarbageCollector::pods_reported`]) and
+//!   this module removes the pod log directories and pod directories such pods left (never one
+//!   with a mount below).
 //! - Disk pressure: [`GarbageCollector::reclaim_disk`] for the eviction manager.
 //!
 //! The decisions are pure functions in [`images`] and [`containers`]; this file is the I/O.
@@ -23,7 +24,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -83,13 +84,12 @@ impl std::fmt::Debug for GarbageCollector {
     }
 }
 
-static COLLECTOR: OnceLock<Arc<GarbageCollector>> = OnceLock::new();
-
-/// Creates the node's collector, makes it the process's ([`collector`]) and starts the image GC
-/// loop (not when `imageGCHighThresholdPercent` is 100: upstream's way to switch it off).
+/// Creates the node's collector and starts the image GC loop (not when
+/// `imageGCHighThresholdPercent` is 100: upstream's way to switch it off). The pod manager reports
+/// its pods to it ([`GarbageCollector::pods_reported`]); the eviction manager reclaims through it
+/// ([`DiskReclaimer`]).
 pub fn start(ctx: Arc<NodeContext>, config: &crate::config::KubeletConfiguration) -> Arc<GarbageCollector> {
     let gc = Arc::new(GarbageCollector::new(ctx, ImageGcPolicy::from_config(config)));
-    let _ = COLLECTOR.set(gc.clone());
     if gc.policy.high_threshold_percent >= 100 {
         tracing::info!("imageGCHighThresholdPercent is 100: image garbage collection disabled");
     } else {
@@ -98,22 +98,19 @@ pub fn start(ctx: Arc<NodeContext>, config: &crate::config::KubeletConfiguration
     gc
 }
 
-/// The collector [`start`] installed, if any (the eviction manager's handle).
-pub fn collector() -> Option<Arc<GarbageCollector>> {
-    COLLECTOR.get().cloned()
-}
-
-/// Called by the pod manager after its orphan cleanup with the UIDs of every pod it has a worker
-/// for: records them (for [`GarbageCollector::reclaim_disk`]) and sweeps the log and pod
-/// directories of other pods in the background.
-pub fn pods_reported<'a>(uids: impl IntoIterator<Item = &'a String>) {
-    let Some(gc) = collector() else { return };
-    let known = KnownPods {
-        uids: uids.into_iter().cloned().collect(),
-        at: SystemTime::now(),
-    };
-    *lock(&gc.known) = Some(known.clone());
-    tokio::spawn(async move { gc.sweep_orphan_dirs(&known).await });
+impl GarbageCollector {
+    /// Called by the pod manager after its orphan cleanup with the UIDs of every pod it has a
+    /// worker for: records them (for [`GarbageCollector::reclaim_disk`]) and sweeps the log and
+    /// pod directories of other pods in the background.
+    pub fn pods_reported<'a>(self: &Arc<Self>, uids: impl IntoIterator<Item = &'a String>) {
+        let known = KnownPods {
+            uids: uids.into_iter().cloned().collect(),
+            at: SystemTime::now(),
+        };
+        *lock(&self.known) = Some(known.clone());
+        let gc = self.clone();
+        tokio::spawn(async move { gc.sweep_orphan_dirs(&known).await });
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -497,8 +494,8 @@ fn dir_names(dir: &Path) -> Vec<String> {
 /// Frees node-level disk for the eviction manager before it evicts a pod for a disk signal
 /// (upstream's `DeleteAllUnusedContainers` + `DeleteUnusedImages`); memory and PID signals have
 /// nothing to reclaim at node level.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DiskReclaimer;
+#[derive(Debug, Clone)]
+pub struct DiskReclaimer(pub Arc<GarbageCollector>);
 
 impl crate::eviction::NodeReclaimer for DiskReclaimer {
     fn reclaim(&self, signal: crate::eviction::Signal) -> futures::future::BoxFuture<'_, u64> {
@@ -506,8 +503,7 @@ impl crate::eviction::NodeReclaimer for DiskReclaimer {
             if signal.condition() != crate::eviction::NodeCondition::DiskPressure {
                 return 0;
             }
-            let Some(gc) = collector() else { return 0 };
-            match gc.reclaim_disk().await {
+            match self.0.reclaim_disk().await {
                 Ok(freed) => freed,
                 Err(e) => {
                     tracing::warn!(signal = ?signal, error = %e, "reclaiming disk before eviction failed");

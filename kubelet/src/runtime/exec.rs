@@ -79,19 +79,134 @@ pub async fn exec(
     fifo_dir: &Path,
     timeout: Option<Duration>,
 ) -> Result<ExecOutput, ContainerError> {
+    let (process, dir) = prepare(containerd, id, exec_id, cmd, fifo_dir, false).await?;
+    let result = run(containerd, id, exec_id, process, &dir, timeout).await;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// Checks `cmd`, builds its process spec and creates the exec's FIFO directory.
+async fn prepare(
+    containerd: &Containerd,
+    id: &str,
+    exec_id: &str,
+    cmd: &[String],
+    fifo_dir: &Path,
+    tty: bool,
+) -> Result<(Vec<u8>, PathBuf), ContainerError> {
     if cmd.is_empty() {
         return Err(io_err(id, "exec")(io::Error::new(
             io::ErrorKind::InvalidInput,
             "the command is empty",
         )));
     }
-    let process = process_spec(containerd, id, cmd, false).await?;
-    let c = containerd;
+    let process = process_spec(containerd, id, cmd, tty).await?;
     let dir = fifo_dir.join(format!("{id}-{exec_id}"));
     fs::create_dir_all(&dir).map_err(io_err(id, "creating the exec FIFO directory"))?;
-    let result = run(c, id, exec_id, process, &dir, timeout).await;
-    let _ = fs::remove_dir_all(&dir);
-    result
+    Ok((process, dir))
+}
+
+/// Creates a FIFO in the exec's directory.
+fn mkfifo(id: &str, dir: &Path, name: &str) -> Result<PathBuf, ContainerError> {
+    let f = dir.join(name);
+    nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| io_err(id, "creating an exec FIFO")(e.into()))?;
+    Ok(f)
+}
+
+/// The FIFOs an exec process is created with.
+struct ProcessIo<'a> {
+    stdin: Option<&'a Path>,
+    stdout: &'a Path,
+    stderr: Option<&'a Path>,
+    tty: bool,
+}
+
+/// The pending Tasks.Wait of a started exec process.
+type PendingWait = tokio::task::JoinHandle<
+    Result<tonic::Response<containerd_client::services::v1::WaitResponse>, tonic::Status>,
+>;
+
+/// Creates the exec process and starts it, with its Tasks.Wait requested before Start so a
+/// command that exits at once is not missed. On an error no process is left in the task (a
+/// created one that failed to start is removed); the caller then only releases its FIFOs.
+async fn start_process(
+    c: &Containerd,
+    id: &str,
+    exec_id: &str,
+    process: Vec<u8>,
+    io: ProcessIo<'_>,
+) -> Result<PendingWait, ContainerError> {
+    let path = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    let mut tasks = TasksClient::new(c.channel());
+    tasks
+        .exec(c.request(
+            ExecProcessRequest {
+                container_id: id.into(),
+                stdin: path(io.stdin),
+                stdout: path(Some(io.stdout)),
+                stderr: path(io.stderr),
+                terminal: io.tty,
+                spec: Some(prost_types::Any {
+                    type_url: PROCESS_TYPE_URL.into(),
+                    value: process,
+                }),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await
+        .map_err(RuntimeError::grpc("Tasks.Exec"))
+        .map_err(rt(id))?;
+    let mut waiter = TasksClient::new(c.channel());
+    let wait_req = c.request(
+        WaitRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+        },
+        None,
+    );
+    let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
+    let started = tasks
+        .start(c.request(
+            StartRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await;
+    match started {
+        Ok(_) => Ok(wait),
+        Err(s) => {
+            wait.abort();
+            remove_process(c, id, exec_id).await;
+            Err(rt(id)(RuntimeError::grpc("Tasks.Start (exec)")(s)))
+        }
+    }
+}
+
+/// The exit code a pending Tasks.Wait reports.
+async fn exit_status(id: &str, wait: PendingWait) -> Result<u32, ContainerError> {
+    wait.await
+        .map_err(|e| io_err(id, "waiting for the exec")(io::Error::other(e.to_string())))?
+        .map_err(RuntimeError::grpc("Tasks.Wait (exec)"))
+        .map_err(rt(id))
+        .map(|r| r.into_inner().exit_status)
+}
+
+/// Removes the (exited) process from the task, which closes the FIFOs' write ends so the output
+/// readers finish.
+async fn remove_process(c: &Containerd, id: &str, exec_id: &str) {
+    let _ = TasksClient::new(c.channel())
+        .delete_process(c.request(
+            DeleteProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+            None,
+        ))
+        .await;
 }
 
 /// The container's own process settings with `cmd` as args, encoded for Tasks.Exec.
@@ -138,9 +253,7 @@ async fn run(
     let mut fifos = Vec::new();
     let mut readers = Vec::new();
     for name in ["stdout", "stderr"] {
-        let f = dir.join(name);
-        nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| io_err(id, "creating an exec FIFO")(e.into()))?;
+        let f = mkfifo(id, dir, name)?;
         readers.push(reader_thread(f.clone()).map_err(io_err(id, "starting an output reader"))?);
         fifos.push(f);
     }
@@ -154,91 +267,39 @@ async fn run(
         .await
         .unwrap_or_default()
     };
-    let mut tasks = TasksClient::new(c.channel());
-    let created = tasks
-        .exec(c.request(
-            ExecProcessRequest {
-                container_id: id.into(),
-                stdin: String::new(),
-                stdout: fifos[0].display().to_string(),
-                stderr: fifos[1].display().to_string(),
-                terminal: false,
-                spec: Some(prost_types::Any {
-                    type_url: PROCESS_TYPE_URL.into(),
-                    value: process,
-                }),
-                exec_id: exec_id.into(),
-            },
-            None,
-        ))
-        .await;
-    if let Err(s) = created {
-        fifos.iter().for_each(|f| release(f));
-        collect(readers).await;
-        return Err(rt(id)(RuntimeError::grpc("Tasks.Exec")(s)));
-    }
-    let outcome = async {
-        // Wait is requested before Start so a command that exits at once is not missed.
-        let mut waiter = TasksClient::new(c.channel());
-        let wait_req = c.request(
-            WaitRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            },
-            None,
-        );
-        let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
-        tasks
-            .start(c.request(
-                StartRequest {
-                    container_id: id.into(),
-                    exec_id: exec_id.into(),
+    let io = ProcessIo {
+        stdin: None,
+        stdout: &fifos[0],
+        stderr: Some(&fifos[1]),
+        tty: false,
+    };
+    let outcome = match start_process(c, id, exec_id, process, io).await {
+        Err(e) => Err(e),
+        Ok(wait) => {
+            let exited = match timeout {
+                None => exit_status(id, wait).await.map(Some),
+                Some(t) => match tokio::time::timeout(t, exit_status(id, wait)).await {
+                    Ok(r) => r.map(Some),
+                    Err(_) => {
+                        let _ = TasksClient::new(c.channel())
+                            .kill(c.request(
+                                KillRequest {
+                                    container_id: id.into(),
+                                    exec_id: exec_id.into(),
+                                    signal: libc::SIGKILL as u32,
+                                    all: false,
+                                },
+                                None,
+                            ))
+                            .await;
+                        Ok(None)
+                    }
                 },
-                None,
-            ))
-            .await
-            .map_err(RuntimeError::grpc("Tasks.Start (exec)"))
-            .map_err(rt(id))?;
-        let wait = async {
-            wait.await
-                .map_err(|e| io_err(id, "waiting for the exec")(io::Error::other(e.to_string())))?
-                .map_err(RuntimeError::grpc("Tasks.Wait (exec)"))
-                .map_err(rt(id))
-                .map(|r| r.into_inner().exit_status)
-        };
-        match timeout {
-            None => wait.await.map(Some),
-            Some(t) => match tokio::time::timeout(t, wait).await {
-                Ok(r) => r.map(Some),
-                Err(_) => {
-                    let _ = tasks
-                        .kill(c.request(
-                            KillRequest {
-                                container_id: id.into(),
-                                exec_id: exec_id.into(),
-                                signal: libc::SIGKILL as u32,
-                                all: false,
-                            },
-                            None,
-                        ))
-                        .await;
-                    Ok(None)
-                }
-            },
+            };
+            remove_process(c, id, exec_id).await;
+            exited
         }
-    }
-    .await;
-    // The process is gone (or never started): remove it from the task, which closes the FIFOs'
-    // write ends so the readers finish.
-    let _ = tasks
-        .delete_process(c.request(
-            DeleteProcessRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            },
-            None,
-        ))
-        .await;
+    };
     fifos.iter().for_each(|f| release(f));
     let mut outputs = collect(readers).await.into_iter();
     let exit_code = outcome?;
@@ -303,15 +364,7 @@ pub async fn exec_stream(
     fifo_dir: &Path,
     streams: ExecStreams,
 ) -> Result<u32, ContainerError> {
-    if cmd.is_empty() {
-        return Err(io_err(id, "exec")(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the command is empty",
-        )));
-    }
-    let process = process_spec(containerd, id, cmd, streams.tty).await?;
-    let dir = fifo_dir.join(format!("{id}-{exec_id}"));
-    fs::create_dir_all(&dir).map_err(io_err(id, "creating the exec FIFO directory"))?;
+    let (process, dir) = prepare(containerd, id, exec_id, cmd, fifo_dir, streams.tty).await?;
     let result = run_stream(containerd, id, exec_id, process, &dir, streams).await;
     let _ = fs::remove_dir_all(&dir);
     result
@@ -325,12 +378,6 @@ async fn run_stream(
     dir: &Path,
     streams: ExecStreams,
 ) -> Result<u32, ContainerError> {
-    let mkfifo = |name: &str| -> Result<PathBuf, ContainerError> {
-        let f = dir.join(name);
-        nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| io_err(id, "creating an exec FIFO")(e.into()))?;
-        Ok(f)
-    };
     let ExecStreams {
         stdin,
         stdout,
@@ -339,9 +386,9 @@ async fn run_stream(
         resize,
     } = streams;
     // Output: stdout always (containerd needs it), stderr unless a terminal merges it.
-    let mut outputs = vec![(mkfifo("stdout")?, stdout)];
+    let mut outputs = vec![(mkfifo(id, dir, "stdout")?, stdout)];
     if !tty {
-        outputs.push((mkfifo("stderr")?, stderr));
+        outputs.push((mkfifo(id, dir, "stderr")?, stderr));
     }
     let fifos: Vec<PathBuf> = outputs.iter().map(|(f, _)| f.clone()).collect();
     let mut readers = Vec::new();
@@ -351,7 +398,7 @@ async fn run_stream(
     // Input: opened read-write so the open never blocks and the FIFO has a writer until the client
     // ends its input; dropping it then gives the command end-of-file.
     let stdin_fifo = match &stdin {
-        Some(_) => Some(mkfifo("stdin")?),
+        Some(_) => Some(mkfifo(id, dir, "stdin")?),
         None => None,
     };
     let stdin_writer = match &stdin_fifo {
@@ -363,134 +410,72 @@ async fn run_stream(
         ),
         None => None,
     };
-    let join_readers = |readers: Vec<std::thread::JoinHandle<()>>| async move {
-        let _ = tokio::task::spawn_blocking(move || {
-            for r in readers {
-                let _ = r.join();
-            }
-        })
-        .await;
+    let io = ProcessIo {
+        stdin: stdin_fifo.as_deref(),
+        stdout: &fifos[0],
+        stderr: fifos.get(1).map(PathBuf::as_path),
+        tty,
     };
-    let mut tasks = TasksClient::new(c.channel());
-    let created = tasks
-        .exec(
-            c.request(
-                ExecProcessRequest {
-                    container_id: id.into(),
-                    stdin: stdin_fifo
-                        .as_ref()
-                        .map(|f| f.display().to_string())
-                        .unwrap_or_default(),
-                    stdout: fifos[0].display().to_string(),
-                    stderr: fifos.get(1).map(|f| f.display().to_string()).unwrap_or_default(),
-                    terminal: tty,
-                    spec: Some(prost_types::Any {
-                        type_url: PROCESS_TYPE_URL.into(),
-                        value: process,
-                    }),
-                    exec_id: exec_id.into(),
-                },
-                None,
-            ),
-        )
-        .await;
-    if let Err(s) = created {
-        fifos.iter().for_each(|f| release(f));
-        join_readers(readers).await;
-        return Err(rt(id)(RuntimeError::grpc("Tasks.Exec")(s)));
-    }
-    let mut waiter = TasksClient::new(c.channel());
-    let wait_req = c.request(
-        WaitRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-        },
-        None,
-    );
-    let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
-    let started = tasks
-        .start(c.request(
-            StartRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            },
-            None,
-        ))
-        .await
-        .map_err(RuntimeError::grpc("Tasks.Start (exec)"))
-        .map_err(rt(id));
-    let mut helpers = Vec::new();
-    if started.is_ok() {
-        if let (Some(mut rx), Some(mut w)) = (stdin, stdin_writer) {
-            let (c2, id2, exec2) = (c.clone(), id.to_string(), exec_id.to_string());
-            helpers.push(tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                while let Some(b) = rx.recv().await {
-                    if w.write_all(&b).await.is_err() {
-                        break;
+    let outcome = match start_process(c, id, exec_id, process, io).await {
+        Err(e) => Err(e),
+        Ok(wait) => {
+            let mut helpers = Vec::new();
+            if let (Some(mut rx), Some(mut w)) = (stdin, stdin_writer) {
+                let (c2, id2, exec2) = (c.clone(), id.to_string(), exec_id.to_string());
+                helpers.push(tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    while let Some(b) = rx.recv().await {
+                        if w.write_all(&b).await.is_err() {
+                            break;
+                        }
                     }
-                }
-                drop(w);
-                // End of input: also tell the shim, which closes the command's stdin.
-                let _ = TasksClient::new(c2.channel())
-                    .close_io(c2.request(
-                        CloseIoRequest {
-                            container_id: id2,
-                            exec_id: exec2,
-                            stdin: true,
-                        },
-                        None,
-                    ))
-                    .await;
-            }));
-        }
-        if let (true, Some(mut rx)) = (tty, resize) {
-            let (c2, id2, exec2) = (c.clone(), id.to_string(), exec_id.to_string());
-            helpers.push(tokio::spawn(async move {
-                while let Some(sz) = rx.recv().await {
+                    drop(w);
+                    // End of input: also tell the shim, which closes the command's stdin.
                     let _ = TasksClient::new(c2.channel())
-                        .resize_pty(c2.request(
-                            ResizePtyRequest {
-                                container_id: id2.clone(),
-                                exec_id: exec2.clone(),
-                                width: u32::from(sz.width),
-                                height: u32::from(sz.height),
+                        .close_io(c2.request(
+                            CloseIoRequest {
+                                container_id: id2,
+                                exec_id: exec2,
+                                stdin: true,
                             },
                             None,
                         ))
                         .await;
-                }
-            }));
+                }));
+            }
+            if let (true, Some(mut rx)) = (tty, resize) {
+                let (c2, id2, exec2) = (c.clone(), id.to_string(), exec_id.to_string());
+                helpers.push(tokio::spawn(async move {
+                    while let Some(sz) = rx.recv().await {
+                        let _ = TasksClient::new(c2.channel())
+                            .resize_pty(c2.request(
+                                ResizePtyRequest {
+                                    container_id: id2.clone(),
+                                    exec_id: exec2.clone(),
+                                    width: u32::from(sz.width),
+                                    height: u32::from(sz.height),
+                                },
+                                None,
+                            ))
+                            .await;
+                    }
+                }));
+            }
+            let exited = exit_status(id, wait).await;
+            for h in helpers {
+                h.abort();
+            }
+            remove_process(c, id, exec_id).await;
+            exited
         }
-    } else {
-        wait.abort();
-    }
-    let outcome = match started {
-        Err(e) => Err(e),
-        Ok(_) => wait
-            .await
-            .map_err(|e| io_err(id, "waiting for the exec")(io::Error::other(e.to_string())))
-            .and_then(|r| {
-                r.map_err(RuntimeError::grpc("Tasks.Wait (exec)"))
-                    .map_err(rt(id))
-                    .map(|r| r.into_inner().exit_status)
-            }),
     };
-    for h in helpers {
-        h.abort();
-    }
-    // The process is gone: remove it from the task, which closes the FIFOs' write ends so the
-    // readers forward what is left and finish.
-    let _ = tasks
-        .delete_process(c.request(
-            DeleteProcessRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            },
-            None,
-        ))
-        .await;
+    // The process is gone: the readers forward what is left and finish.
     fifos.iter().for_each(|f| release(f));
-    join_readers(readers).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for r in readers {
+            let _ = r.join();
+        }
+    })
+    .await;
     outcome
 }

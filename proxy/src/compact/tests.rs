@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{ModelConfig, health_check, service_elements};
+use k8s_openapi::api::discovery::v1::EndpointConditions;
 
 /// A LoadBalancer Service as an API server returns it: everything set, most of it irrelevant to
 /// the proxy.
@@ -75,94 +75,172 @@ fn full_slice() -> EndpointSlice {
     .unwrap()
 }
 
-#[test]
-fn compact_objects_give_the_same_rules_and_health_checks() {
-    let config = ModelConfig {
-        node_ips: vec!["192.168.1.10".parse().unwrap()],
-        node_name: Some("node-a".into()),
-        ..ModelConfig::default()
-    };
-    let (svc, sl) = (full_service(), full_slice());
-    let (small_svc, small_sl) = (service(svc.clone()), endpoint_slice(sl.clone()));
-    let full = service_elements(&svc, &[&sl], &config).unwrap();
-    assert!(full.len() > 10, "the fixture must exercise the model: {full:?}");
-    assert_eq!(service_elements(&small_svc, &[&small_sl], &config).unwrap(), full);
-    assert_eq!(
-        health_check(&small_svc, &[&small_sl], Some("node-a")),
-        health_check(&svc, &[&sl], Some("node-a"))
-    );
-    assert!(health_check(&small_svc, &[&small_sl], Some("node-a")).is_some());
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }
 
 #[test]
-fn compact_objects_drop_what_no_sync_reads() {
-    let svc = service(full_service());
-    assert_eq!(svc.metadata.name.as_deref(), Some("web"));
-    assert_eq!(svc.metadata.namespace.as_deref(), Some("shop"));
-    assert!(svc.metadata.managed_fields.is_none() && svc.metadata.annotations.is_none());
-    assert!(svc.metadata.labels.is_none() && svc.metadata.resource_version.is_none());
-    let spec = svc.spec.as_ref().unwrap();
-    assert!(spec.selector.is_none() && spec.ip_families.is_none());
-    assert!(
-        spec.ports
-            .iter()
-            .flatten()
-            .all(|p| p.target_port.is_none() && p.app_protocol.is_none())
-    );
-    let status = svc.status.as_ref().unwrap();
-    assert!(status.conditions.is_none());
-    let ingress = status.load_balancer.as_ref().unwrap().ingress.as_ref().unwrap();
-    assert_eq!(ingress.len(), 1, "hostname-only ingress carries no IP to program");
-    assert!(ingress[0].ports.is_none() && ingress[0].ip_mode.is_none());
-
-    let sl = endpoint_slice(full_slice());
+fn a_service_is_projected_onto_what_the_model_reads() {
+    let p = service(&full_service());
+    assert_eq!(p.key, ("shop".to_string(), "web".to_string()));
+    let info = p.value.unwrap();
+    assert_eq!(info.cluster_ips, vec![ip("10.96.0.10")]);
+    // externalIPs, then the ingress IPs; the hostname-only ingress carries no IP to program.
+    assert_eq!(info.external_ips, vec![ip("192.0.2.7"), ip("203.0.113.9")]);
+    assert_eq!(info.lb_ips, vec![ip("203.0.113.9")]);
     assert_eq!(
-        sl.metadata.labels,
-        Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into())
+        info.ports,
+        vec![
+            PortInfo {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: Some(30080)
+            },
+            PortInfo {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 53,
+                node_port: Some(30053)
+            },
+        ]
     );
-    assert_eq!(
-        sl.metadata.annotations,
-        Some(
-            [(
-                LAST_CHANGE_TRIGGER_TIME.to_string(),
-                "2025-01-02T03:04:06Z".to_string()
-            )]
-            .into()
-        )
-    );
-    assert!(sl.metadata.owner_references.is_none() && sl.metadata.managed_fields.is_none());
-    assert!(
-        sl.endpoints
-            .iter()
-            .all(|e| e.target_ref.is_none() && e.zone.is_none() && e.hints.is_none() && e.hostname.is_none())
-    );
-    assert_eq!(sl.endpoints[1].node_name.as_deref(), Some("node-b"));
+    assert!(info.node_ports && info.external_local && !info.internal_local);
+    assert_eq!(info.affinity, Some(60));
+    assert_eq!(info.source_ranges, vec![(ip("198.51.100.0"), 24)]);
+    assert_eq!(info.health_check_port, Some(32000));
 }
 
 #[test]
-fn a_change_only_in_dropped_fields_is_no_change() {
+fn a_slice_is_projected_with_upstreams_condition_defaults() {
+    let p = endpoint_slice(&full_slice());
+    assert_eq!(p.key, ("shop".to_string(), "web-x7k2p".to_string()));
+    let sl = p.value;
+    assert_eq!(sl.service.as_deref(), Some("web"));
+    assert_eq!(sl.trigger, Some("2025-01-02T03:04:06Z".parse().unwrap()));
+    assert_eq!(sl.family, Some(Family::V4));
+    assert_eq!(sl.ports.len(), 2);
+    assert_eq!(
+        (&*sl.ports[1].name, sl.ports[1].protocol, sl.ports[1].port),
+        ("dns", Some(Protocol::Udp), Some(5353))
+    );
+    assert_eq!(
+        sl.endpoints[1],
+        EndpointInfo {
+            address: ip("10.244.2.6"),
+            ready: false,
+            serving: true,
+            terminating: true,
+            node_name: Some("node-b".into()),
+        }
+    );
+
+    // Missing conditions: ready, serving = ready, not terminating.
+    let mut bare = full_slice();
+    bare.endpoints[0].conditions = None;
+    bare.endpoints[1].conditions = Some(EndpointConditions {
+        ready: Some(false),
+        ..Default::default()
+    });
+    let sl = endpoint_slice(&bare).value;
+    assert!(sl.endpoints[0].ready && sl.endpoints[0].serving && !sl.endpoints[0].terminating);
+    assert!(!sl.endpoints[1].ready && !sl.endpoints[1].serving);
+    // Node names are shared between endpoints.
+    let (a, b) = (
+        endpoint_slice(&full_slice()).value,
+        endpoint_slice(&full_slice()).value,
+    );
+    assert!(Arc::ptr_eq(
+        a.endpoints[0].node_name.as_ref().unwrap(),
+        b.endpoints[0].node_name.as_ref().unwrap()
+    ));
+}
+
+#[test]
+fn endpoints_use_their_first_address_and_bad_ones_are_dropped() {
+    let mut s = full_slice();
+    s.endpoints[0].addresses = vec!["10.244.1.7".into(), "10.244.1.8".into()];
+    let sl = endpoint_slice(&s).value;
+    assert_eq!(sl.endpoints[0].address, ip("10.244.1.7"));
+    for bad in ["not-an-ip", "fd00::1"] {
+        s.endpoints[0].addresses = vec![bad.into(), "10.244.1.7".into()];
+        let sl = endpoint_slice(&s).value;
+        assert_eq!(sl.endpoints.len(), 1, "{bad}: the endpoint is dropped");
+        assert_eq!(sl.endpoints[0].address, ip("10.244.2.6"));
+    }
+    s.endpoints[0].addresses = Vec::new();
+    assert_eq!(endpoint_slice(&s).value.endpoints.len(), 1);
+
+    s.address_type = "FQDN".into();
+    let sl = endpoint_slice(&s).value;
+    assert_eq!((sl.family, sl.endpoints.len()), (None, 0));
+}
+
+#[test]
+fn an_unprogrammable_service_is_kept_as_its_error() {
+    let mut s = full_service();
+    s.spec.as_mut().unwrap().ports.as_mut().unwrap()[1].port = 0;
+    assert_eq!(service(&s).value, Err(ServiceError::BadPort(1, 0)));
+    let mut s = full_service();
+    s.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.300".into()]);
+    assert!(matches!(service(&s).value, Err(ServiceError::BadClusterIp(_))));
+    let mut s = full_service();
+    s.spec.as_mut().unwrap().session_affinity_config = None;
+    assert_eq!(
+        service(&s).value.unwrap().affinity,
+        Some(DEFAULT_AFFINITY_TIMEOUT)
+    );
+}
+
+#[test]
+fn headless_and_external_name_services_have_no_cluster_ips() {
+    let mut s = full_service();
+    s.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+    // Even an invalid port does not matter: nothing is programmed for it.
+    s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 0;
+    let info = service(&s).value.unwrap();
+    assert!(info.cluster_ips.is_empty() && info.ports.is_empty());
+    let mut s = full_service();
+    s.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+    assert!(service(&s).value.unwrap().cluster_ips.is_empty());
+}
+
+#[test]
+fn node_ports_and_the_local_policy_need_an_externally_accessible_service() {
+    let mut s = full_service();
+    let spec = s.spec.as_mut().unwrap();
+    spec.type_ = Some("ClusterIP".into());
+    spec.external_ips = None;
+    let info = service(&s).value.unwrap();
+    assert!(info.lb_ips.is_empty() && info.external_ips.is_empty());
+    assert!(info.ports.iter().all(|p| p.node_port.is_none()));
+    assert!(!info.node_ports && !info.external_local);
+}
+
+#[test]
+fn a_change_only_in_fields_not_read_is_no_change() {
     let mut a = full_service();
     let mut b = full_service();
     a.metadata.resource_version = Some("1".into());
     b.metadata.resource_version = Some("2".into());
     b.spec.as_mut().unwrap().selector = Some([("app".to_string(), "other".to_string())].into());
-    assert_eq!(service(a), service(b));
+    assert_eq!(service(&a), service(&b));
 
-    // A Service without LoadBalancer IPs keeps no status at all.
-    let mut c = full_service();
-    c.status = None;
-    assert!(service(c).status.is_none());
+    let mut c = full_slice();
+    c.endpoints[0].target_ref = None;
+    c.metadata.resource_version = Some("9".into());
+    assert_eq!(endpoint_slice(&c), endpoint_slice(&full_slice()));
 }
 
 #[test]
 fn events_are_mapped_object_by_object() {
-    let e = event(Event::Apply(full_slice()), endpoint_slice);
+    let e = event(Event::Apply(full_slice()), ProjectedSlice::from);
     let Event::Apply(sl) = e else {
         panic!("variant changed")
     };
-    assert!(sl.metadata.managed_fields.is_none());
+    assert_eq!(sl.value.endpoints.len(), 2);
     assert!(matches!(
-        event(Event::<Service>::InitDone, service),
+        event(Event::<Service>::InitDone, ProjectedService::from),
         Event::InitDone
     ));
 }

@@ -1,5 +1,7 @@
 use super::*;
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus};
+use k8s_openapi::api::core::v1::{
+    LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -615,6 +617,44 @@ fn every_endpoint_ip_is_a_shared_hairpin_element() {
         let els = &r.by_service[&("default".to_string(), name.to_string())];
         assert!(els.contains(&hp), "{name}");
     }
+}
+
+#[test]
+fn a_destination_two_services_claim_is_programmed_for_the_first_only() {
+    let mut a = svc("a", "ClusterIP", "10.96.0.60", vec![port("", "TCP", 80, None)]);
+    let mut b = svc("b", "ClusterIP", "10.96.0.61", vec![port("", "TCP", 80, None)]);
+    for s in [&mut a, &mut b] {
+        s.spec.as_mut().unwrap().external_ips = Some(vec!["203.0.113.50".into()]);
+    }
+    let sa = slice("a", &[("", "TCP", 8080)], &[ready("10.244.0.1")]);
+    let sb = slice("b", &[("", "TCP", 8080)], &[ready("10.244.0.2")]);
+    let r = desired_ruleset(&[a, b], &[sa, sb], &cfg());
+    let ext = Destination {
+        ip: ip4(203, 0, 113, 50),
+        protocol: Protocol::Tcp,
+        port: 80,
+    };
+    let owners = |dst: Destination| -> Vec<&str> {
+        r.by_service
+            .iter()
+            .filter(|(_, els)| els.iter().any(|e| e.destination() == Some(dst)))
+            .map(|(k, _)| k.1.as_str())
+            .collect()
+    };
+    assert_eq!(owners(ext), vec!["a"]);
+    // Each bucket of the shared destination has one value: a's endpoint.
+    assert_eq!(endpoints_of(&r, [203, 0, 113, 50], 80).len(), 4);
+    assert!(
+        endpoints_of(&r, [203, 0, 113, 50], 80)
+            .iter()
+            .all(|(_, ip, _)| *ip == ip4(10, 244, 0, 1))
+    );
+    // b keeps its own ClusterIP.
+    let cluster_b = Destination {
+        ip: ip4(10, 96, 0, 61),
+        ..ext
+    };
+    assert_eq!(owners(cluster_b), vec!["b"]);
 }
 
 #[test]

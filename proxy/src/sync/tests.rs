@@ -1,6 +1,7 @@
 use super::*;
-use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+use crate::model::SERVICE_NAME_LABEL;
+use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use std::net::Ipv4Addr;
 
@@ -90,16 +91,16 @@ fn key(name: &str) -> ServiceKey {
 
 /// Delivers a complete initial list of both kinds.
 fn initial_lists(t: &mut Tracker, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-    t.service_event(Event::Init);
+    t.service_event(Event::<Service>::Init);
     for s in services {
         t.service_event(Event::InitApply(s));
     }
-    t.service_event(Event::InitDone);
-    t.slice_event(Event::Init);
+    t.service_event(Event::<Service>::InitDone);
+    t.slice_event(Event::<EndpointSlice>::Init);
     for s in slices {
         t.slice_event(Event::InitApply(s));
     }
-    t.slice_event(Event::InitDone);
+    t.slice_event(Event::<EndpointSlice>::InitDone);
     t.node_event(Event::Init);
     t.node_event(Event::InitDone);
 }
@@ -108,16 +109,16 @@ fn initial_lists(t: &mut Tracker, services: Vec<Service>, slices: Vec<EndpointSl
 fn nothing_is_synced_before_both_initial_lists_then_a_rebuild_at_once() {
     let mut t = tracker();
     let now = Instant::now();
-    t.service_event(Event::Init);
+    t.service_event(Event::<Service>::Init);
     t.service_event(Event::InitApply(svc("a", "10.96.0.1", "1")));
-    t.service_event(Event::InitDone);
+    t.service_event(Event::<Service>::InitDone);
     assert!(!t.ready());
     assert_eq!(t.next_sync(now), None);
     assert_eq!(t.take_due(now), None);
-    t.slice_event(Event::Init);
+    t.slice_event(Event::<EndpointSlice>::Init);
     t.slice_event(Event::InitApply(slice("a-1", "a", &["10.244.0.5"], None)));
     assert!(!t.ready(), "a relist is complete only at InitDone");
-    t.slice_event(Event::InitDone);
+    t.slice_event(Event::<EndpointSlice>::InitDone);
     assert!(
         !t.ready(),
         "the Node's list (empty if it does not exist) completes start-up"
@@ -264,14 +265,14 @@ fn relist_after_410_reports_only_the_difference() {
     t.take_due(t0).unwrap();
     t.finished(t0, true);
     // While the watch was down: b deleted, c created, a's slice changed; a itself unchanged.
-    t.service_event(Event::Init);
+    t.service_event(Event::<Service>::Init);
     t.service_event(Event::InitApply(svc("a", "10.96.0.1", "1")));
     t.service_event(Event::InitApply(svc("c", "10.96.0.3", "5")));
     assert!(!t.pending(), "a relist is applied at InitDone, atomically");
-    t.service_event(Event::InitDone);
-    t.slice_event(Event::Init);
+    t.service_event(Event::<Service>::InitDone);
+    t.slice_event(Event::<EndpointSlice>::Init);
     t.slice_event(Event::InitApply(slice("a-1", "a", &["10.244.0.6"], None)));
-    t.slice_event(Event::InitDone);
+    t.slice_event(Event::<EndpointSlice>::InitDone);
     let plan = t.take_due(t0 + Duration::from_secs(2)).unwrap();
     assert_eq!(
         plan.kind,

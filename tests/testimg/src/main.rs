@@ -61,6 +61,10 @@ enum Cmd {
         mib: usize,
         #[arg(long, default_value_t = 3600)]
         hold: u64,
+        /// Milliseconds to wait before allocating (containerd 1.6's shim starts watching a
+        /// container for OOM only after its process started; an earlier OOM sends no event).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
 }
 
@@ -115,7 +119,10 @@ fn main() {
             println!("{}", hostname());
             0
         }
-        Cmd::AllocMem { mib, hold } => alloc_mem(mib, hold),
+        Cmd::AllocMem { mib, hold, delay_ms } => {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            alloc_mem(mib, hold)
+        }
     };
     std::process::exit(code);
 }

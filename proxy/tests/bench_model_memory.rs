@@ -1,0 +1,182 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Benchmark (prints, asserts only correctness): heap the proxy's long-lived structures take at
+//! 10k Services × 5 endpoints — the watch caches (Services and EndpointSlices as the tracker
+//! keeps them) and the programmed ruleset — counted by a global allocator wrapper, so the numbers
+//! are exact and repeatable (no root, no kernel, no timing). The same objects through the
+//! daemon, with its RSS, are in `bench_daemon.rs`.
+//!
+//! Baseline in the same run: the same objects held as k8s-openapi structs (what the caches held
+//! before they were projected, see `kube_proxy::compact`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::runtime::watcher::Event;
+use kube_proxy::model::Family;
+use kube_proxy::sync::{NodePortAddresses, Timing, Tracker};
+
+/// The system allocator, counting live bytes and their peak.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let n = LIVE.fetch_add(l.size() as isize, Relaxed) + l.size() as isize;
+        PEAK.fetch_max(n, Relaxed);
+        // SAFETY: as the caller guarantees for `l`.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Relaxed);
+        // SAFETY: `p` came from `alloc` with `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Relaxed)
+}
+
+fn mib(n: isize) -> f64 {
+    n as f64 / 1048576.0
+}
+
+/// A Service as the API server returns it (defaults filled in).
+fn service(i: usize) -> Service {
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32).to_string();
+    Service {
+        metadata: ObjectMeta {
+            name: Some(format!("svc{i}")),
+            namespace: Some("default".into()),
+            uid: Some(format!("5d0c3f4e-1111-2222-3333-{i:012}")),
+            resource_version: Some(format!("{}", 1000 + i)),
+            creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            )),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(ip.clone()),
+            cluster_ips: Some(vec![ip]),
+            ip_families: Some(vec!["IPv4".into()]),
+            ip_family_policy: Some("SingleStack".into()),
+            session_affinity: Some("None".into()),
+            internal_traffic_policy: Some("Cluster".into()),
+            selector: Some([("app".to_string(), format!("svc{i}"))].into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                port: 80,
+                target_port: Some(IntOrString::Int(8080)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn slice(i: usize) -> EndpointSlice {
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5) as u32;
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("svc{i}-x7k2p")),
+            namespace: Some("default".into()),
+            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc{i}"))].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: (0..5)
+            .map(|e| Endpoint {
+                addresses: vec![Ipv4Addr::from(base + e).to_string()],
+                node_name: Some(format!("node-{}", e % 3)),
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            protocol: Some("TCP".into()),
+            port: Some(8080),
+            ..Default::default()
+        }]),
+    }
+}
+
+#[test]
+fn bench_model_heap_at_10k_services() {
+    let n = 10_000;
+    // Baseline: the API objects themselves.
+    let start = live();
+    let raw: (Vec<Service>, Vec<EndpointSlice>) =
+        ((0..n).map(service).collect(), (0..n).map(slice).collect());
+    let raw_bytes = live() - start;
+    drop(raw);
+
+    let start = live();
+    let mut t = Tracker::new(
+        Timing {
+            min_sync_period: Duration::ZERO,
+            sync_period: Duration::from_secs(30),
+        },
+        NodePortAddresses::new(&[], Vec::new()),
+        16,
+    )
+    .with_node_name("node-1");
+    t.service_event(Event::<Service>::Init);
+    for i in 0..n {
+        t.service_event(Event::InitApply(service(i)));
+    }
+    t.service_event(Event::<Service>::InitDone);
+    t.slice_event(Event::<EndpointSlice>::Init);
+    for i in 0..n {
+        t.slice_event(Event::InitApply(slice(i)));
+    }
+    t.slice_event(Event::<EndpointSlice>::InitDone);
+    t.node_event(Event::Init);
+    t.node_event(Event::InitDone);
+    assert!(t.take_due(Instant::now()).is_some(), "the first sync is due");
+    let caches = live() - start;
+
+    let before = live();
+    PEAK.store(before, Relaxed);
+    let desired = t.desired();
+    let model_peak = PEAK.load(Relaxed) - before;
+    // What the programmer keeps of a full sync: this family's elements.
+    let programmed = desired.family(Family::V4, None);
+    drop(desired);
+    let kept = live() - before;
+    assert_eq!(
+        programmed.len(),
+        n * (16 + 5 + 2),
+        "16 buckets, 5 hairpin, ClusterIP, service-ips"
+    );
+
+    println!(
+        "bench: heap at {n} Services x 5 endpoints: watch caches {:.1} MiB (the API objects themselves: {:.1} MiB, ratio {:.2}); programmed ruleset {:.1} MiB ({} elements, {:.0} B each); building it peaks at +{:.1} MiB; total kept {:.1} MiB",
+        mib(caches),
+        mib(raw_bytes),
+        caches as f64 / raw_bytes as f64,
+        mib(kept),
+        programmed.len(),
+        kept as f64 / programmed.len() as f64,
+        mib(model_peak),
+        mib(caches + kept),
+    );
+}
