@@ -33,13 +33,13 @@ impl UdpTargets {
     /// The UDP destinations of a ruleset's elements with the endpoints they send to (none for
     /// rejected or dropped destinations). NodePorts are covered as (node IP, port) destinations,
     /// the only ones this proxy DNATs.
-    pub fn from_elements<'a>(elements: impl IntoIterator<Item = &'a Element>) -> Self {
+    pub fn from_elements(elements: impl IntoIterator<Item = Element>) -> Self {
         let mut t = UdpTargets::default();
         for e in elements {
             let (dst, endpoint) = match e {
                 Element::ServiceEndpoint { dst, endpoint, .. }
                 | Element::LargeServiceEndpoint { dst, endpoint, .. }
-                | Element::LocalServiceEndpoint { dst, endpoint, .. } => (dst, Some(*endpoint)),
+                | Element::LocalServiceEndpoint { dst, endpoint, .. } => (dst, Some(endpoint)),
                 Element::NoEndpointService(dst) | Element::NoLocalEndpointService(dst) => (dst, None),
                 _ => continue,
             };

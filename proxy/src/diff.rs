@@ -37,8 +37,8 @@ impl ChangeSet {
         if old == new {
             return;
         }
-        self.delete.extend(old.difference(new).copied());
-        self.add.extend(new.difference(old).copied());
+        self.delete.extend(old.difference(new));
+        self.add.extend(new.difference(old));
     }
 }
 

@@ -134,6 +134,19 @@ impl SyncPhases {
     }
 }
 
+/// Reference counts of the shared elements programmed, by [`shared_key`] (a map keyed by the
+/// address alone: at 50k endpoints one keyed by the whole element took 3.6 MiB).
+type SharedCounts = std::collections::HashMap<IpAddr, u32>;
+
+/// The reference-count key of a shared element ([`Element::is_shared`]): hairpin elements, one
+/// per endpoint IP, are the only shared kind.
+fn shared_key(e: &Element) -> Option<IpAddr> {
+    match e {
+        Element::HairpinEndpoint(ip) => Some(*ip),
+        _ => None,
+    }
+}
+
 /// How a sync writes the table's chains and rules besides the element changes.
 ///
 /// A table is never deleted and re-created while it has this layout: in that one transaction the
@@ -169,7 +182,7 @@ struct Adopted {
     /// Affinity timeout classes with their `service-affinity` element counts.
     classes: BTreeMap<u32, usize>,
     /// Shared elements, each counted once.
-    shared: std::collections::HashMap<Element, usize>,
+    shared: SharedCounts,
     /// The chains hold exactly the layout's rules.
     rules_match: bool,
 }
@@ -184,7 +197,7 @@ pub struct NftProgrammer {
     /// the number of `service-affinity` elements pointing at each.
     affinity_classes: BTreeMap<u32, usize>,
     /// Reference counts of shared elements ([`Element::is_shared`]) programmed.
-    shared: std::collections::HashMap<Element, usize>,
+    shared: SharedCounts,
     /// The netlink socket, kept open between syncs: closing one after a commit waits for the
     /// kernel's transaction cleanup (see [`NetlinkSocket`]).
     sock: Option<NetlinkSocket>,
@@ -196,7 +209,7 @@ impl NftProgrammer {
             config,
             programmed: None,
             affinity_classes: BTreeMap::new(),
-            shared: std::collections::HashMap::new(),
+            shared: SharedCounts::new(),
             sock: None,
         }
     }
@@ -273,7 +286,7 @@ impl NftProgrammer {
             .values()
             .flatten()
             .filter_map(|e| match e {
-                Element::ServiceEndpoint { bucket, .. } => Some(*bucket),
+                Element::ServiceEndpoint { bucket, .. } => Some(bucket),
                 _ => None,
             })
             .max();
@@ -409,39 +422,37 @@ impl NftProgrammer {
         // and re-added in the same batch nets out. Only the touched counts are computed (no copy
         // of the whole table's counts: a partial sync stays O(its changes)).
         let mut effective = ChangeSet::default();
-        let mut touched: BTreeMap<Element, (usize, usize)> = BTreeMap::new();
+        let mut touched: BTreeMap<IpAddr, (u32, u32)> = BTreeMap::new();
         for e in &changes.delete {
-            if e.is_shared() {
-                touched.entry(*e).or_default().0 += 1;
-            } else {
-                effective.delete.push(*e);
+            match shared_key(e) {
+                Some(k) => touched.entry(k).or_default().0 += 1,
+                None => effective.delete.push(*e),
             }
         }
         for e in &changes.add {
-            if e.is_shared() {
-                touched.entry(*e).or_default().1 += 1;
-            } else {
-                effective.add.push(*e);
+            match shared_key(e) {
+                Some(k) => touched.entry(k).or_default().1 += 1,
+                None => effective.add.push(*e),
             }
         }
         let mut counts = Vec::with_capacity(touched.len());
-        for (e, (dels, adds)) in touched {
-            let old = self.shared.get(&e).copied().unwrap_or(0);
+        for (k, (dels, adds)) in touched {
+            let old = self.shared.get(&k).copied().unwrap_or(0);
             let after_deletes = old.saturating_sub(dels);
             if old > 0 && after_deletes == 0 && adds == 0 {
-                effective.delete.push(e);
+                effective.delete.push(Element::HairpinEndpoint(k));
             } else if old == 0 && adds > 0 {
-                effective.add.push(e);
+                effective.add.push(Element::HairpinEndpoint(k));
             }
-            counts.push((e, after_deletes + adds));
+            counts.push((k, after_deletes + adds));
         }
         let changes = &effective;
         let stats = self.send_effective(changes, full, started)?;
-        for (e, n) in counts {
+        for (k, n) in counts {
             if n == 0 {
-                self.shared.remove(&e);
+                self.shared.remove(&k);
             } else {
-                self.shared.insert(e, n);
+                self.shared.insert(k, n);
             }
         }
         // Affinity entries pointing at an endpoint their destination just lost: deleted now that
@@ -731,11 +742,7 @@ impl NftProgrammer {
         if rules != expected {
             tracing::debug!(found = ?rules, expected = ?expected, "table rules differ from the layout");
         }
-        let shared = by_service
-            .iter()
-            .filter(|e| e.is_shared())
-            .map(|e| (*e, 1))
-            .collect();
+        let shared = by_service.iter().filter_map(shared_key).map(|k| (k, 1)).collect();
         Ok(Some(Adopted {
             elements: Ruleset {
                 by_service: [(ADOPTED.clone(), by_service.into_iter().collect())].into(),

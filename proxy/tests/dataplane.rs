@@ -961,7 +961,7 @@ fn udp_flow_moves_to_the_new_endpoint_once_stale_conntrack_entries_are_deleted()
     };
     assert!(listed(&lab).contains("src=10.244.0.10"), "{}", listed(&lab));
 
-    let targets = UdpTargets::from_elements(&desired.all());
+    let targets = UdpTargets::from_elements(desired.all());
     let deleted = in_netns(&lab.node, || clean_stale_udp(&targets)).unwrap();
     println!("deleted {deleted} stale UDP conntrack entries");
     assert_eq!(deleted, 1);
@@ -1485,7 +1485,7 @@ fn ipv6_udp_flow_moves_after_the_conntrack_cleanup() {
         "pod0",
         "conntrack keeps the old endpoint until cleaned"
     );
-    let targets = UdpTargets::from_elements(&desired.all());
+    let targets = UdpTargets::from_elements(desired.all());
     assert_eq!(in_netns(&lab.node, || clean_stale_udp(&targets)).unwrap(), 1);
     assert_eq!(ask(&sock), "pod1");
 }

@@ -27,10 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::PluginsRequest;
 use containerd_client::services::v1::introspection_client::IntrospectionClient;
-use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::{ListContainersRequest, ListTasksRequest, PluginsRequest};
 use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -39,7 +37,7 @@ use kube::api::PostParams;
 
 use self::containers::{KnownPods, SweptContainer};
 use self::images::{Candidate, ImageGcPolicy, ImageRecords, StoredImage};
-use crate::runtime::container::ContainerMeta;
+use crate::runtime::container::TaskState;
 use crate::runtime::{RuntimeError, SNAPSHOTTER};
 use crate::workers::NodeContext;
 
@@ -313,44 +311,22 @@ impl GarbageCollector {
 
     /// Every container of the namespace with its image, and the kubelet's with their pods.
     async fn containers(&self) -> Result<ContainerView, RuntimeError> {
-        let c = self.ctx.containers.containerd();
-        let listed = ContainersClient::new(c.channel())
-            .list(c.request(ListContainersRequest { filters: Vec::new() }, None))
-            .await
-            .map_err(RuntimeError::grpc("Containers.List"))?
-            .into_inner()
-            .containers;
-        let tasks = TasksClient::new(c.channel())
-            .list(c.request(ListTasksRequest::default(), None))
-            .await
-            .map_err(RuntimeError::grpc("Tasks.List"))?
-            .into_inner()
-            .tasks;
-        // Running, paused, created or unknown: only stopped tasks (or none) are dead.
-        let live: BTreeSet<String> = tasks
-            .into_iter()
-            .filter(|t| t.status != containerd_client::types::v1::Status::Stopped as i32)
-            .map(|t| t.id)
-            .collect();
         let mut view = ContainerView {
             images: BTreeSet::new(),
             pods: Vec::new(),
         };
-        for ct in listed {
+        for ct in self.ctx.containers.list_all().await? {
             if !ct.image.is_empty() {
                 view.images.insert(ct.image.clone());
             }
-            if let Some(meta) = ContainerMeta::from_labels(&ct.labels) {
+            if let Some(meta) = ct.meta {
                 view.pods.push(SweptContainer {
                     pod_uid: meta.pod_uid,
                     pod_namespace: meta.pod_namespace,
                     pod_name: meta.pod_name,
-                    running: live.contains(&ct.id),
-                    created: ct.created_at.map(|t| {
-                        UNIX_EPOCH
-                            + Duration::from_secs(t.seconds.max(0) as u64)
-                            + Duration::from_nanos(t.nanos.max(0) as u64)
-                    }),
+                    // Running, paused, created or unknown: only stopped tasks (or none) are dead.
+                    running: !matches!(ct.state, TaskState::NoTask | TaskState::Exited { .. }),
+                    created: ct.created,
                 });
             }
         }

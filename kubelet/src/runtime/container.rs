@@ -380,6 +380,17 @@ pub struct ListedContainer {
     pub state: TaskState,
 }
 
+/// Any container of the namespace, as [`ContainerService::list_all`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceContainer {
+    pub id: String,
+    /// The kubelet's labels; None for containers the kubelet did not create.
+    pub meta: Option<ContainerMeta>,
+    pub image: String,
+    pub state: TaskState,
+    pub created: Option<std::time::SystemTime>,
+}
+
 /// Creates, starts, stops, waits for and deletes containers in one containerd namespace.
 #[derive(Clone, Debug)]
 pub struct ContainerService {
@@ -735,18 +746,35 @@ impl ContainerService {
         }
     }
 
-    /// Lists the containers carrying the kubelet's labels with their task state; others (created by
-    /// other clients in the namespace) are skipped.
+    /// Every kubelet-created container of the namespace with its task state.
     pub async fn list(&self) -> Result<Vec<ListedContainer>, RuntimeError> {
+        let filter = format!("labels.\"{}\"", labels::POD_UID);
+        Ok(self
+            .list_filtered(vec![filter])
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                Some(ListedContainer {
+                    meta: c.meta?,
+                    id: c.id,
+                    image: c.image,
+                    state: c.state,
+                })
+            })
+            .collect())
+    }
+
+    /// Every container of the namespace, the kubelet's or not (image GC counts the images of
+    /// all of them), with task states and creation times.
+    pub async fn list_all(&self) -> Result<Vec<NamespaceContainer>, RuntimeError> {
+        self.list_filtered(Vec::new()).await
+    }
+
+    async fn list_filtered(&self, filters: Vec<String>) -> Result<Vec<NamespaceContainer>, RuntimeError> {
         use containerd_client::services::v1::{ListContainersRequest, ListTasksRequest};
         let c = &self.containerd;
         let containers = ContainersClient::new(c.channel())
-            .list(c.request(
-                ListContainersRequest {
-                    filters: vec![format!("labels.\"{}\"", labels::POD_UID)],
-                },
-                None,
-            ))
+            .list(c.request(ListContainersRequest { filters }, None))
             .await
             .map_err(RuntimeError::grpc("Containers.List"))?
             .into_inner()
@@ -760,15 +788,16 @@ impl ContainerService {
         let tasks: HashMap<String, _> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
         Ok(containers
             .into_iter()
-            .filter_map(|ct| {
-                let meta = ContainerMeta::from_labels(&ct.labels)?;
-                let state = tasks.get(&ct.id).map_or(TaskState::NoTask, task_state);
-                Some(ListedContainer {
-                    id: ct.id,
-                    meta,
-                    image: ct.image,
-                    state,
-                })
+            .map(|ct| NamespaceContainer {
+                meta: ContainerMeta::from_labels(&ct.labels),
+                state: tasks.get(&ct.id).map_or(TaskState::NoTask, task_state),
+                created: ct.created_at.map(|t| {
+                    std::time::UNIX_EPOCH
+                        + Duration::from_secs(t.seconds.max(0) as u64)
+                        + Duration::from_nanos(t.nanos.max(0) as u64)
+                }),
+                id: ct.id,
+                image: ct.image,
             })
             .collect())
     }
