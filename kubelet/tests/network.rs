@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use common::Node;
 use serde_json::Value;
 
-const TESTIMG: &str = "/work/main/target/x86_64-unknown-linux-gnu/testimg/testimg";
+const TESTIMG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/x86_64-unknown-linux-gnu/testimg/testimg"
+);
 /// The node's address towards the outside host, and the outside host's.
 const NODE_OUT_IP: &str = "192.168.77.1";
 const OUTSIDE_IP: &str = "192.168.77.2";

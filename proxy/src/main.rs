@@ -48,6 +48,7 @@ struct Shared {
 }
 
 fn main() {
+    one_malloc_arena();
     let flags = ProxyFlags::parse();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let settings = match flags.resolve(hostname.trim()) {
@@ -442,6 +443,22 @@ fn apply(tracker: &mut Tracker, update: Update) {
         Update::Slice(e) => tracker.slice_event(*e),
         Update::Node(e) => tracker.node_event(*e),
         Update::LocalAddrs(a) => tracker.set_local_addrs(a),
+    }
+}
+
+/// Makes every thread allocate from one glibc arena (unless `MALLOC_ARENA_MAX` says otherwise).
+/// The watch tasks, the sync thread and the HTTP threads would each get their own arena, and
+/// the long-lived caches end up spread over all of them with the transient buffers of the
+/// initial lists in between: measured at 10k Services, VmRSS 44 MiB with per-thread arenas and
+/// 39 MiB with one (bench_daemon). Allocation is not this daemon's bottleneck.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first in main, before any other thread exists; mallopt only changes an
+        // allocator tunable.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
     }
 }
 

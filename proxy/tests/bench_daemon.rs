@@ -14,15 +14,13 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knode_harness::control_plane::ControlPlane;
 use knode_harness::netns::NodeNetns;
 use kube::api::{Api, PostParams};
@@ -51,58 +49,6 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn service(i: usize) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(format!("svc{i}")),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                protocol: Some("TCP".into()),
-                port: 80,
-                target_port: Some(IntOrString::Int(8080)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-fn slice(i: usize) -> EndpointSlice {
-    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5) as u32;
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("svc{i}-1")),
-            namespace: Some("default".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc{i}"))].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: (0..5)
-            .map(|e| Endpoint {
-                addresses: vec![Ipv4Addr::from(base + e).to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            protocol: Some("TCP".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
     }
 }
 
@@ -248,11 +194,11 @@ fn bench_daemon_rss_with_many_services() {
                     let (services, slices) = (services.clone(), slices.clone());
                     async move {
                         services
-                            .create(&PostParams::default(), &service(i))
+                            .create(&PostParams::default(), &support::numbered_service(i))
                             .await
                             .unwrap_or_else(|e| panic!("creating Service svc{i}: {e}"));
                         slices
-                            .create(&PostParams::default(), &slice(i))
+                            .create(&PostParams::default(), &support::numbered_slice(i))
                             .await
                             .unwrap_or_else(|e| panic!("creating EndpointSlice svc{i}-1: {e}"));
                     }

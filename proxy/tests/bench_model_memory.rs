@@ -8,15 +8,16 @@
 //! Baseline in the same run: the same objects held as k8s-openapi structs (what the caches held
 //! before they were projected, see `kube_proxy::compact`).
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher::Event;
 use kube_proxy::model::Family;
 use kube_proxy::sync::{NodePortAddresses, Timing, Tracker};
@@ -52,71 +53,33 @@ fn mib(n: isize) -> f64 {
     n as f64 / 1048576.0
 }
 
-/// A Service as the API server returns it (defaults filled in).
+/// `svc<i>` as the API server returns it: the benchmark object plus what the server fills in.
 fn service(i: usize) -> Service {
+    let mut s = support::numbered_service(i);
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32).to_string();
-    Service {
-        metadata: ObjectMeta {
-            name: Some(format!("svc{i}")),
-            namespace: Some("default".into()),
-            uid: Some(format!("5d0c3f4e-1111-2222-3333-{i:012}")),
-            resource_version: Some(format!("{}", 1000 + i)),
-            creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                jiff::Timestamp::UNIX_EPOCH,
-            )),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            cluster_ip: Some(ip.clone()),
-            cluster_ips: Some(vec![ip]),
-            ip_families: Some(vec!["IPv4".into()]),
-            ip_family_policy: Some("SingleStack".into()),
-            session_affinity: Some("None".into()),
-            internal_traffic_policy: Some("Cluster".into()),
-            selector: Some([("app".to_string(), format!("svc{i}"))].into()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                protocol: Some("TCP".into()),
-                port: 80,
-                target_port: Some(IntOrString::Int(8080)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
+    s.metadata.uid = Some(format!("5d0c3f4e-1111-2222-3333-{i:012}"));
+    s.metadata.resource_version = Some(format!("{}", 1000 + i));
+    s.metadata.creation_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+    if let Some(spec) = s.spec.as_mut() {
+        spec.cluster_ip = Some(ip.clone());
+        spec.cluster_ips = Some(vec![ip]);
+        spec.ip_families = Some(vec!["IPv4".into()]);
+        spec.ip_family_policy = Some("SingleStack".into());
+        spec.session_affinity = Some("None".into());
+        spec.internal_traffic_policy = Some("Cluster".into());
+        spec.selector = Some([("app".to_string(), format!("svc{i}"))].into());
     }
+    s
 }
 
+/// The slice of `svc<i>`, its endpoints spread over three nodes.
 fn slice(i: usize) -> EndpointSlice {
-    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5) as u32;
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("svc{i}-x7k2p")),
-            namespace: Some("default".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc{i}"))].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: (0..5)
-            .map(|e| Endpoint {
-                addresses: vec![Ipv4Addr::from(base + e).to_string()],
-                node_name: Some(format!("node-{}", e % 3)),
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            protocol: Some("TCP".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
+    let mut s = support::numbered_slice(i);
+    s.metadata.name = Some(format!("svc{i}-x7k2p"));
+    for (e, ep) in s.endpoints.iter_mut().enumerate() {
+        ep.node_name = Some(format!("node-{}", e % 3));
     }
+    s
 }
 
 #[test]

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use cni::exec::RuntimeConf;
 use cni::types::NetConfList;
 
-pub const TESTIMG: &str = "/work/main/target/x86_64-unknown-linux-gnu/testimg/testimg";
+pub const TESTIMG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/x86_64-unknown-linux-gnu/testimg/testimg"
+);
 pub const REF_PLUGINS: &str = "/usr/lib/cni";
 /// Address of the node on the link to the outside host, and the outside host's.
 pub const NODE_OUT_IP: &str = "192.168.77.1";

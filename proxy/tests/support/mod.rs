@@ -13,8 +13,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 /// The test image's static binary (serves HTTP/TCP/UDP in pod namespaces).
-pub const TESTIMG: &str = "/work/main/target/x86_64-unknown-linux-gnu/testimg/testimg";
+pub const TESTIMG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/x86_64-unknown-linux-gnu/testimg/testimg"
+);
 /// The node's address on the link to the client namespace.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 /// The client namespace's address.
@@ -270,4 +278,58 @@ pub fn http_get_full(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Stri
 /// An HTTP/1.0 GET's body, trimmed.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     http_get_full(addr, path).map(|(_, b)| b.trim().to_string())
+}
+
+/// Service `svc<i>` (port 80 → 8080, name "http") as a benchmark creates it.
+pub fn numbered_service(i: usize) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(format!("svc{i}")),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                port: 80,
+                target_port: Some(IntOrString::Int(8080)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The EndpointSlice of `svc<i>`: 5 ready endpoints at 10.128.0.0 + 5i.
+pub fn numbered_slice(i: usize) -> EndpointSlice {
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5) as u32;
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("svc{i}-1")),
+            namespace: Some("default".into()),
+            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc{i}"))].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: (0..5)
+            .map(|e| Endpoint {
+                addresses: vec![Ipv4Addr::from(base + e).to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            protocol: Some("TCP".into()),
+            port: Some(8080),
+            ..Default::default()
+        }]),
+    }
 }
