@@ -413,10 +413,15 @@ impl NftProgrammer {
         }
     }
 
-    /// Sends `changes` in one batch; with `full`, the batch first replaces the whole table.
-    /// Affinity timeout classes that gain their first element are created before the elements,
-    /// those that lose their last are removed after them.
-    fn send_changes(&mut self, changes: &ChangeSet, full: Option<&Rebuild>) -> Result<SyncStats, NftError> {
+    /// Sends `changes` in one batch; with `rebuild`, the batch first (re)writes the table's
+    /// chains and rules (see [`Rebuild`]). Affinity timeout classes that gain their first
+    /// element are created before the elements, those that lose their last are removed after
+    /// them.
+    fn send_changes(
+        &mut self,
+        changes: &ChangeSet,
+        rebuild: Option<&Rebuild>,
+    ) -> Result<SyncStats, NftError> {
         let started = std::time::Instant::now();
         // Shared elements: sent when their count goes 0 → 1 (add) or 1 → 0 (delete); one deleted
         // and re-added in the same batch nets out. Only the touched counts are computed (no copy
@@ -447,7 +452,7 @@ impl NftProgrammer {
             counts.push((k, after_deletes + adds));
         }
         let changes = &effective;
-        let stats = self.send_effective(changes, full, started)?;
+        let stats = self.send_effective(changes, rebuild, started)?;
         for (k, n) in counts {
             if n == 0 {
                 self.shared.remove(&k);
@@ -475,7 +480,7 @@ impl NftProgrammer {
                 _ => None,
             })
             .collect();
-        if !matches!(full, Some(Rebuild::Create | Rebuild::Replace)) && !lost.is_empty() {
+        if !matches!(rebuild, Some(Rebuild::Create | Rebuild::Replace)) && !lost.is_empty() {
             self.forget_affinity(&lost)?;
         }
         Ok(stats)
@@ -607,7 +612,14 @@ impl NftProgrammer {
                     batch.add(&Rule::new(&Chain::new(&cstring(name)?, &table)), MsgType::Del);
                 }
                 let chains = expected_rule_counts(&self.config);
-                let ours = |n: &str| n.starts_with("affinity-");
+                // Affinity classes that stay are rewritten below, those that go are removed
+                // after the elements; any other affinity chain or set is a stray.
+                let ours = |n: &str| {
+                    classes
+                        .keys()
+                        .chain(&removed)
+                        .any(|t| n == affinity_name(*t) || n == affinity_record_name(*t))
+                };
                 for set in existing
                     .sets
                     .iter()

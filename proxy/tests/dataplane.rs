@@ -1053,6 +1053,16 @@ fn restarted_programmer_adopts_the_table_keeping_affinity_and_repairs_drift() {
             "stray-set",
             "{ type ipv4_addr; }",
         ],
+        // Named like an affinity class the table does not have.
+        &["add", "chain", "ip", "kube-proxy", "affinity-record-42"],
+        &[
+            "add",
+            "set",
+            "ip",
+            "kube-proxy",
+            "affinity-42",
+            "{ type ipv4_addr; }",
+        ],
     ] {
         let mut cmd = vec!["ip", "netns", "exec", &lab.node, "nft"];
         cmd.extend_from_slice(args);
@@ -1105,6 +1115,10 @@ fn restarted_programmer_adopts_the_table_keeping_affinity_and_repairs_drift() {
     );
     assert!(
         !list.contains("stray-chain") && !list.contains("stray-set"),
+        "{list}"
+    );
+    assert!(
+        !list.contains("affinity-42") && !list.contains("affinity-record-42"),
         "{list}"
     );
     assert!(nft_map(&lab, "affinity-600").contains("192.168.77.2 . 10.96.0.100"));
