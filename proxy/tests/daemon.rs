@@ -347,13 +347,22 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 fn hosts(lab: &Lab, target: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    try_hosts(lab, target, n).unwrap()
+}
+
+/// As [`hosts`], or the first connection error (for polling loops).
+fn try_hosts(
+    lab: &Lab,
+    target: SocketAddr,
+    n: usize,
+) -> std::io::Result<std::collections::BTreeMap<String, usize>> {
     let mut m = std::collections::BTreeMap::new();
     in_netns(&lab.client, || {
         for _ in 0..n {
-            *m.entry(http_get(target, "/hostname").unwrap()).or_insert(0) += 1;
+            *m.entry(http_get(target, "/hostname")?).or_insert(0) += 1;
         }
-    });
-    m
+        Ok(m)
+    })
 }
 
 /// A runtime and an admin client of the control plane (from the host's namespace).
@@ -485,7 +494,11 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
     let update_seen = update_written.elapsed();
     let update_npl = (sum1 - sum0) / (count1 - count0);
     wait_for(&lab, 30, "pod0 removed from the ClusterIP", || {
-        let m = hosts(&lab, vip, 20);
+        // A failed connection is printed and polled again; the check after this one must see
+        // every connection succeed.
+        let m = try_hosts(&lab, vip, 20)
+            .inspect_err(|e| println!("polling {vip}: {e}"))
+            .ok()?;
         (m.len() == 1 && m.contains_key("pod1")).then_some(())
     });
     let m = hosts(&lab, vip, 40);
