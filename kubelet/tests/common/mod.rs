@@ -355,6 +355,8 @@ impl Drop for Node {
         {
             let base = ctl.path().join("knode-test").join(&self.ns);
             remove_tree(&base);
+            // Where `ctr run` (benchmark baselines) puts containers of this namespace.
+            remove_tree(&ctl.path().join(&self.ns));
         }
     }
 }
