@@ -242,7 +242,16 @@ impl Element {
     /// Services): they are programmed while at least one Service wants them (reference counted
     /// by the programmer) instead of being owned by one.
     pub fn is_shared(&self) -> bool {
-        matches!(self, Element::HairpinEndpoint(_))
+        self.shared_key().is_some()
+    }
+
+    /// The reference-count key of a shared element: hairpin elements, one per endpoint IP, are
+    /// the only shared kind.
+    pub fn shared_key(&self) -> Option<IpAddr> {
+        match self {
+            Element::HairpinEndpoint(ip) => Some(*ip),
+            _ => None,
+        }
     }
 }
 

@@ -134,18 +134,9 @@ impl SyncPhases {
     }
 }
 
-/// Reference counts of the shared elements programmed, by [`shared_key`] (a map keyed by the
+/// Reference counts of the shared elements programmed, by [`Element::shared_key`] (a map keyed by the
 /// address alone: at 50k endpoints one keyed by the whole element took 3.6 MiB).
 type SharedCounts = std::collections::HashMap<IpAddr, u32>;
-
-/// The reference-count key of a shared element ([`Element::is_shared`]): hairpin elements, one
-/// per endpoint IP, are the only shared kind.
-fn shared_key(e: &Element) -> Option<IpAddr> {
-    match e {
-        Element::HairpinEndpoint(ip) => Some(*ip),
-        _ => None,
-    }
-}
 
 /// How a sync writes the table's chains and rules besides the element changes.
 ///
@@ -429,13 +420,13 @@ impl NftProgrammer {
         let mut effective = ChangeSet::default();
         let mut touched: BTreeMap<IpAddr, (u32, u32)> = BTreeMap::new();
         for e in &changes.delete {
-            match shared_key(e) {
+            match e.shared_key() {
                 Some(k) => touched.entry(k).or_default().0 += 1,
                 None => effective.delete.push(*e),
             }
         }
         for e in &changes.add {
-            match shared_key(e) {
+            match e.shared_key() {
                 Some(k) => touched.entry(k).or_default().1 += 1,
                 None => effective.add.push(*e),
             }
@@ -754,7 +745,11 @@ impl NftProgrammer {
         if rules != expected {
             tracing::debug!(found = ?rules, expected = ?expected, "table rules differ from the layout");
         }
-        let shared = by_service.iter().filter_map(shared_key).map(|k| (k, 1)).collect();
+        let shared = by_service
+            .iter()
+            .filter_map(Element::shared_key)
+            .map(|k| (k, 1))
+            .collect();
         Ok(Some(Adopted {
             elements: Ruleset {
                 by_service: [(ADOPTED.clone(), by_service.into_iter().collect())].into(),
