@@ -4,6 +4,7 @@
 //! upstream defines but knode does not act on accepted and reported, so upstream files keep working.
 
 pub mod duration;
+pub mod version;
 
 use std::path::{Path, PathBuf};
 

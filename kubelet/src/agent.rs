@@ -134,7 +134,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (probes, mut probe_pokes) =
         crate::probes::ProbeManager::new(containerd.clone(), root.join("probe-fifo"));
     let mut probe_events = probes.events();
-    let ctx = Arc::new(NodeContext::new(
+    let mut ctx = NodeContext::new(
         client.clone(),
         settings.node_name.clone(),
         node_ips[0].to_string(),
@@ -149,7 +149,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         info.cpus as i64 * 1000,
         info.memory_bytes as i64,
         probes,
-    ));
+    );
+    ctx.dns = crate::pods::dns::DnsSettings {
+        cluster_dns: c.cluster_dns.clone(),
+        cluster_domain: c.cluster_domain.clone(),
+        resolv_conf: c.resolv_conf.clone(),
+        node_ipv6_only: node_ips.iter().all(|ip| ip.is_ipv6()),
+    };
+    let ctx = Arc::new(ctx);
     ctx.volumes.configure(c.sync_frequency);
     ctx.security
         .configure(&c.allowed_unsafe_sysctls)
@@ -474,8 +481,8 @@ fn spawn_node_loops(
 ) {
     let status_agent = agent.clone();
     tokio::spawn(async move {
-        let mut last: Option<k8s_openapi::api::core::v1::NodeStatus> = None;
-        let mut last_post = Instant::now() - report_every;
+        let mut last_post: Option<Instant> = None;
+        let mut api_failing = false;
         loop {
             let runtime_ready = {
                 use containerd_client::services::v1::version_client::VersionClient;
@@ -488,16 +495,37 @@ fn spawn_node_loops(
                 disk_pressure: pressure.conditions().disk,
                 pid_pressure: pressure.conditions().pid,
             };
-            let status = node::node_status(&info, health, last.as_ref(), Timestamp::now());
-            let changed = last.as_ref().is_none_or(|l| node::status_differs(l, &status));
-            if node::status_due(changed, last_post.elapsed(), update_every, report_every) || last.is_none() {
-                match status_agent.post_status(&status).await {
-                    Ok(_) => {
-                        last = Some(status);
-                        last_post = Instant::now();
+            // As upstream's tryUpdateNodeStatus: read the Node back and compare with it, so a status
+            // someone else changed (Ready=Unknown after an outage) is corrected within one period.
+            let posted = match status_agent.current_status().await {
+                Ok(in_api) => {
+                    let status = node::node_status(&info, health, in_api.as_ref(), Timestamp::now());
+                    let changed = in_api.as_ref().is_none_or(|a| node::status_changed(a, &status));
+                    let due = last_post
+                        .is_none_or(|t| node::status_due(changed, t.elapsed(), update_every, report_every));
+                    if due {
+                        status_agent.post_status(&status).await.map(|_| true)
+                    } else {
+                        Ok(false)
                     }
-                    Err(e) => tracing::warn!(error = %e, "posting node status failed"),
                 }
+                Err(e) => Err(e),
+            };
+            match posted {
+                Ok(posted) => {
+                    if api_failing {
+                        tracing::info!(node = status_agent.name, "node status reachable again");
+                        api_failing = false;
+                    }
+                    if posted {
+                        last_post = Some(Instant::now());
+                    }
+                }
+                Err(e) if !api_failing => {
+                    tracing::warn!(node = status_agent.name, error = %e, "updating node status failed; retrying every period");
+                    api_failing = true;
+                }
+                Err(_) => {}
             }
             tokio::time::sleep(update_every.min(Duration::from_secs(10))).await;
         }
@@ -533,6 +561,8 @@ async fn manager(
     gc: Arc<crate::gc::GarbageCollector>,
 ) {
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    // Mirror pods seen in the API (by their API UID), to delete those whose static pod is gone.
+    let mut mirrors: HashMap<String, MirrorRef> = HashMap::new();
     let mut shutting_down = false;
     let mut orphan_check = tokio::time::interval(Duration::from_secs(20));
     orphan_check.tick().await;
@@ -556,6 +586,11 @@ async fn manager(
                 // Pods stopped by a node shutdown keep their containers and logs.
                 if started.elapsed() > Duration::from_secs(15) && !shutting_down {
                     cleanup_orphans(&ctx, &workers).await;
+                    // Mirror pods of static pods removed while the kubelet was down (upstream's
+                    // HandlePodCleanups deletes orphaned mirror pods the same way).
+                    for m in mirrors.values().filter(|m| !workers.contains_key(&m.hash)) {
+                        delete_mirror(&ctx.client, m).await;
+                    }
                     gc.pods_reported(workers.keys());
                 }
                 continue;
@@ -587,6 +622,9 @@ async fn manager(
                     .as_ref()
                     .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
                 if source == Source::Api && is_mirror {
+                    if let Some(m) = MirrorRef::of(&pod) {
+                        mirrors.insert(m.api_uid.clone(), m);
+                    }
                     continue;
                 }
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -641,6 +679,7 @@ async fn manager(
                 });
             }
             ManagerMsg::Gone(uid) => {
+                mirrors.remove(&uid);
                 if let Some(w) = workers.get(&uid) {
                     let _ = w.tx.send(WorkerMsg::Removed).await;
                 }
@@ -656,7 +695,15 @@ async fn manager(
                 }
             }
             ManagerMsg::Done(uid) => {
-                workers.remove(&uid);
+                // A static pod that finished terminating (its manifest removed or changed) takes
+                // its mirror pod with it, as upstream; the mirror of a changed manifest's new
+                // version carries another hash and stays.
+                if let Some(w) = workers.remove(&uid)
+                    && is_static(&w.pod)
+                    && let Some(m) = MirrorRef::of(&w.pod)
+                {
+                    delete_mirror(&ctx.client, &m).await;
+                }
             }
             ManagerMsg::ProbeFailed(ev) => {
                 if let Some(w) = workers.get(&ev.pod_uid) {
@@ -837,6 +884,79 @@ fn serde_saphyr_or_json(text: &str) -> Result<serde_json::Value, String> {
         return serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"));
     }
     serde_saphyr::from_str(text).map_err(|e| format!("invalid YAML: {e}"))
+}
+
+fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/config.source"))
+        .is_some_and(|s| s == "file")
+}
+
+/// A mirror pod by name and the static pod hash (the static pod's UID here) it mirrors.
+struct MirrorRef {
+    namespace: String,
+    name: String,
+    hash: String,
+    /// The mirror's UID in the API (empty for a static pod's own view of it).
+    api_uid: String,
+}
+
+impl MirrorRef {
+    /// From a mirror pod seen in the API, or from the static pod it mirrors.
+    fn of(pod: &Pod) -> Option<MirrorRef> {
+        let ann = pod.metadata.annotations.as_ref();
+        let hash = ann
+            .and_then(|a| a.get("kubernetes.io/config.mirror"))
+            .or_else(|| ann.and_then(|a| a.get("kubernetes.io/config.hash")))?;
+        Some(MirrorRef {
+            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone()?,
+            hash: hash.clone(),
+            api_uid: if is_static(pod) {
+                String::new()
+            } else {
+                pod.metadata.uid.clone().unwrap_or_default()
+            },
+        })
+    }
+}
+
+/// Deletes a mirror pod if it still mirrors `m.hash` (a newer mirror of the same name is kept);
+/// grace 0 with a UID precondition, as upstream's `DeleteMirrorPod`.
+async fn delete_mirror(client: &kube::Client, m: &MirrorRef) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &m.namespace);
+    let pod = format!("{}/{}", m.namespace, m.name);
+    let existing = match api.get_opt(&m.name).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(pod, error = %e, "reading the mirror pod to delete it failed; retried later");
+            return;
+        }
+    };
+    let mirrors = existing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/config.mirror"));
+    if mirrors != Some(&m.hash) {
+        return;
+    }
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: existing.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&m.name, &params).await {
+        Ok(_) => tracing::info!(pod, "mirror pod deleted: its static pod is gone"),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => tracing::warn!(pod, error = %e, "deleting the mirror pod failed; retried later"),
+    }
 }
 
 /// Creates (or recreates) the mirror pod of a static pod.

@@ -14,7 +14,12 @@ use crate::probes::http::HttpTarget;
 use crate::runtime::Containerd;
 
 /// `User-Agent` of hook requests (upstream: `kube-lifecycle/<major.minor>`).
-pub const USER_AGENT: &str = "kube-lifecycle/1.33";
+pub const USER_AGENT: &str = concat!(
+    "kube-lifecycle/",
+    knode_config::k8s_version!(major),
+    ".",
+    knode_config::k8s_version!(minor)
+);
 
 /// Which hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -456,25 +456,25 @@ pub fn expand_args(list: Option<&Vec<String>>, env: &[(String, String)]) -> Opti
     list.map(|l| l.iter().map(|a| expand(a, &index)).collect())
 }
 
-/// The pod's `/etc/hosts` (upstream's managed hosts file).
-pub fn hosts_file(pod: &Pod, pod_ip: &str, host_network_hosts: Option<&str>) -> String {
+/// The pod's `/etc/hosts` (upstream's managed hosts file) for its `hostname` and `domain` (see
+/// [`crate::pods::dns::hostname_and_domain`]).
+pub fn hosts_file(
+    pod: &Pod,
+    pod_ip: &str,
+    host_network_hosts: Option<&str>,
+    hostname: &str,
+    domain: Option<&str>,
+) -> String {
     if let Some(h) = host_network_hosts {
         return h.to_string();
     }
     let spec = pod.spec.as_ref();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let hostname = spec.and_then(|s| s.hostname.clone()).unwrap_or(name);
     let mut out = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
     if !pod_ip.is_empty() {
-        match spec.and_then(|s| s.subdomain.clone()).filter(|s| !s.is_empty()) {
-            Some(sub) => {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                out.push_str(&format!(
-                    "{pod_ip}\t{hostname}.{sub}.{ns}.svc.cluster.local\t{hostname}\n"
-                ));
-            }
+        match domain {
+            Some(d) => out.push_str(&format!("{pod_ip}\t{hostname}.{d}\t{hostname}\n")),
             None => out.push_str(&format!("{pod_ip}\t{hostname}\n")),
         }
     }
@@ -587,7 +587,8 @@ mod tests {
         let p = pod(
             json!({"hostname": "h", "subdomain": "sub", "hostAliases": [{"ip": "1.2.3.4", "hostnames": ["a", "b"]}], "containers": []}),
         );
-        let h = hosts_file(&p, "10.0.0.9", None);
+        let (name, domain) = crate::pods::dns::hostname_and_domain(&p, "cluster.local").unwrap();
+        let h = hosts_file(&p, "10.0.0.9", None, &name, domain.as_deref());
         assert!(h.contains("10.0.0.9\th.sub.ns.svc.cluster.local\th\n"), "{h}");
         assert!(h.contains("1.2.3.4\ta\tb\n"), "{h}");
     }

@@ -2,11 +2,11 @@
 //! start-up with a message that names a bad field), then runs the node: registration, status and
 //! lease, pods from the API server and static manifests, through containerd.
 
-use clap::Parser;
 use kubelet::config::KubeletFlags;
 
 fn main() {
-    let flags = KubeletFlags::parse();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = KubeletFlags::parse_upstream(&args).unwrap_or_else(|e| e.exit());
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let settings = match flags.resolve(hostname.trim()) {
         Ok(s) => s,
@@ -30,6 +30,12 @@ fn main() {
         .init();
     for field in &settings.ignored_fields {
         tracing::warn!(field, "config field is accepted but not acted on by knode");
+    }
+    for flag in &settings.no_effect_flags {
+        tracing::warn!(
+            flag,
+            "upstream kubelet flag is accepted but has no effect in knode"
+        );
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -1,8 +1,9 @@
 //! The Node object: registration, status and the heartbeat Lease.
 //!
 //! Pure part: [`MachineInfo`] (read from procfs and the OS) → [`node_object`] / [`node_status`], and
-//! [`status_due`] deciding when a status is posted (every `nodeStatusUpdateFrequency` when changed,
-//! at least every `nodeStatusReportFrequency`). I/O part: [`NodeAgent`] registers (creates or adopts
+//! [`status_changed`] comparing it with the Node in the API and [`status_due`] deciding when a status
+//! is posted (every `nodeStatusUpdateFrequency` when changed, at least every
+//! `nodeStatusReportFrequency`). I/O part: [`NodeAgent`] registers (creates or adopts
 //! the Node), posts status and renews the Lease in `kube-node-lease` with backoff on failure.
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -81,7 +83,7 @@ impl MachineInfo {
             kernel_version: read_trim("/proc/sys/kernel/osrelease"),
             os_image,
             container_runtime_version: runtime_version.to_string(),
-            kubelet_version: format!("v1.33.0-knode-{}", env!("CARGO_PKG_VERSION")),
+            kubelet_version: knode_config::version::git_version(),
             machine_id: read_trim("/etc/machine-id"),
             boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
             addresses,
@@ -237,20 +239,44 @@ pub fn node_status(
     serde_json::from_value(status).unwrap_or_default()
 }
 
-/// Whether two statuses differ in more than heartbeat times.
-pub fn status_differs(a: &NodeStatus, b: &NodeStatus) -> bool {
-    let strip = |s: &NodeStatus| {
-        let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-        if let Some(conds) = v.get_mut("conditions").and_then(Value::as_array_mut) {
-            for c in conds {
-                if let Some(o) = c.as_object_mut() {
-                    o.remove("lastHeartbeatTime");
-                }
+/// Whether the status the kubelet computed differs from the Node's status in the API in what the
+/// kubelet owns (upstream's `nodeStatusHasChanged` against the Node it read): its conditions'
+/// status, reason and message (heartbeats ignored; conditions others own, such as
+/// NetworkUnavailable, are not compared), capacity and allocatable by value, addresses,
+/// daemon endpoints and the node info fields it sets. Comparing with the API, not with what was
+/// last posted, is what re-posts `Ready` after the node lifecycle controller marked it `Unknown`
+/// during an outage.
+pub fn status_changed(api: &NodeStatus, desired: &NodeStatus) -> bool {
+    let api_conds = api.conditions.as_deref().unwrap_or_default();
+    let conditions_changed = desired.conditions.iter().flatten().any(|d| {
+        api_conds
+            .iter()
+            .find(|a| a.type_ == d.type_)
+            .is_none_or(|a| a.status != d.status || a.reason != d.reason || a.message != d.message)
+    });
+    let quantities_changed = |a: &Option<BTreeMap<String, Quantity>>,
+                              d: &Option<BTreeMap<String, Quantity>>| {
+        d.iter().flatten().any(|(k, dq)| {
+            let av = a.as_ref().and_then(|a| a.get(k));
+            match (av, crate::pods::resources::parse_quantity(&dq.0)) {
+                (Some(aq), Ok(dv)) => crate::pods::resources::parse_quantity(&aq.0) != Ok(dv),
+                (Some(aq), Err(_)) => aq.0 != dq.0,
+                (None, _) => true,
             }
-        }
-        v
+        })
     };
-    strip(a) != strip(b)
+    let info_changed = {
+        let a = serde_json::to_value(&api.node_info).unwrap_or(Value::Null);
+        let d = serde_json::to_value(&desired.node_info).unwrap_or(Value::Null);
+        d.as_object()
+            .is_some_and(|d| d.iter().any(|(k, v)| a.get(k) != Some(v)))
+    };
+    conditions_changed
+        || quantities_changed(&api.capacity, &desired.capacity)
+        || quantities_changed(&api.allocatable, &desired.allocatable)
+        || api.addresses != desired.addresses
+        || api.daemon_endpoints != desired.daemon_endpoints
+        || info_changed
 }
 
 /// Whether to post now: on change after `update_every`, and unconditionally after `report_every`.
@@ -319,6 +345,15 @@ impl NodeAgent {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The Node's status as the API has it now (`None`: the Node is gone).
+    pub async fn current_status(&self) -> Result<Option<NodeStatus>, kube::Error> {
+        Ok(self
+            .nodes
+            .get_opt(&self.name)
+            .await?
+            .map(|n| n.status.unwrap_or_default()))
     }
 
     /// Posts the node status (merge patch of `status`).
@@ -421,7 +456,7 @@ mod tests {
             .find(|c| c.type_ == "Ready")
             .unwrap();
         assert_eq!(ready2.last_transition_time, ready.last_transition_time);
-        assert!(!status_differs(&s, &s2));
+        assert!(!status_changed(&s, &s2));
         let down = node_status(
             &info(),
             Health {
@@ -431,7 +466,52 @@ mod tests {
             Some(&s),
             t1,
         );
-        assert!(status_differs(&s, &down));
+        assert!(status_changed(&s, &down));
+    }
+
+    /// The node lifecycle controller marks Ready `Unknown` while the kubelet cannot reach the API;
+    /// the kubelet compares with the Node it reads back, so it re-posts at once (the bug: it compared
+    /// with what it last posted and waited for the 5-minute report).
+    #[test]
+    fn a_status_changed_by_the_node_lifecycle_controller_is_reposted() {
+        let t0 = "2026-01-01T00:00:00Z".parse().unwrap();
+        let posted = node_status(&info(), HEALTHY, None, t0);
+        let mut in_api = posted.clone();
+        for c in in_api.conditions.iter_mut().flatten() {
+            c.status = "Unknown".into();
+            c.reason = Some("NodeStatusUnknown".into());
+            c.message = Some("Kubelet stopped posting node status.".into());
+        }
+        // Conditions the kubelet does not own and fields it does not set are not compared, and
+        // quantities compare by value (the API may canonicalise `1048576Ki` to `1Gi`).
+        in_api
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(k8s_openapi::api::core::v1::NodeCondition {
+                type_: "NetworkUnavailable".into(),
+                status: "False".into(),
+                ..Default::default()
+            });
+        let t1 = "2026-01-01T00:01:00Z".parse().unwrap();
+        let now = node_status(&info(), HEALTHY, Some(&in_api), t1);
+        assert!(status_changed(&in_api, &now));
+        let mut caught_up = in_api.clone();
+        caught_up.conditions = now.conditions.clone();
+        caught_up
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(k8s_openapi::api::core::v1::NodeCondition {
+                type_: "NetworkUnavailable".into(),
+                status: "False".into(),
+                ..Default::default()
+            });
+        let mem = caught_up.capacity.as_mut().unwrap().get_mut("memory").unwrap();
+        let kib: u64 = mem.0.trim_end_matches("Ki").parse().unwrap();
+        mem.0 = format!("{}", kib * 1024);
+        assert!(!status_changed(&caught_up, &now));
+        // A changed address is a change.
+        caught_up.addresses = Some(vec![]);
+        assert!(status_changed(&caught_up, &now));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct NodeContext {
     pub volumes: crate::volumes::VolumeManager,
     /// Node-wide security settings (allowed unsafe sysctls).
     pub security: crate::spec::security::NodeSecurity,
+    /// Cluster DNS and the host's resolv.conf, for pods' resolv.conf and hostnames.
+    pub dns: crate::pods::dns::DnsSettings,
     /// Log pumps of containers this process created (kept until the container is removed).
     handles: Mutex<HashMap<String, CreatedContainer>>,
     facts: Mutex<HashMap<String, Facts>>,
@@ -146,6 +148,7 @@ impl NodeContext {
             probes,
             volumes: Default::default(),
             security: Default::default(),
+            dns: Default::default(),
             handles: Mutex::new(HashMap::new()),
             facts: Mutex::new(HashMap::new()),
         }
@@ -471,13 +474,9 @@ async fn create_sandbox(ctx: &NodeContext, pod: &Pod, attempt: u32) -> Result<()
             ),
         ));
     }
-    let hostname = spec
-        .hostname
-        .clone()
-        .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default())
-        .chars()
-        .take(63)
-        .collect::<String>();
+    let hostname = crate::pods::dns::kernel_hostname(pod, &ctx.dns.cluster_domain)
+        .map_err(|e| StartError::new("CreatePodSandboxError", e))?;
+    write_resolv_conf(ctx, pod)?;
     let cfg = SandboxConfig {
         id: format!("{uid}-{attempt}"),
         hostname,
@@ -626,6 +625,8 @@ async fn start_container(
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
     // /etc/hosts managed by the kubelet (the node's own for hostNetwork pods), /etc/resolv.conf.
     let hosts_path = pdir.join("etc-hosts");
+    let (hostname, domain) = crate::pods::dns::hostname_and_domain(pod, &ctx.dns.cluster_domain)
+        .map_err(|e| StartError::new("CreateContainerConfigError", e))?;
     let host_hosts = if host_network {
         std::fs::read_to_string("/etc/hosts").ok()
     } else {
@@ -634,7 +635,7 @@ async fn start_container(
     let _ = std::fs::create_dir_all(&pdir);
     std::fs::write(
         &hosts_path,
-        inputs::hosts_file(pod, &pod_ip, host_hosts.as_deref()),
+        inputs::hosts_file(pod, &pod_ip, host_hosts.as_deref(), &hostname, domain.as_deref()),
     )
     .map_err(|e| StartError::new("CreateContainerError", format!("writing /etc/hosts: {e}")))?;
     if !mounts.iter().any(|m| m.container_path == "/etc/hosts") {
@@ -645,15 +646,18 @@ async fn start_container(
             host_to_container: false,
         });
     }
-    if Path::new("/etc/resolv.conf").exists()
-        && !mounts.iter().any(|m| m.container_path == "/etc/resolv.conf")
-    {
-        let resolv = pdir.join("resolv.conf");
-        let _ = std::fs::copy("/etc/resolv.conf", &resolv);
+    let resolv = pdir.join("resolv.conf");
+    if resolv.exists() && !mounts.iter().any(|m| m.container_path == "/etc/resolv.conf") {
+        // containerd's CRI mounts it writable unless the root filesystem is read-only.
+        let read_only_rootfs = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false);
         mounts.push(BindMount {
             host_path: resolv,
             container_path: "/etc/resolv.conf".into(),
-            read_only: true,
+            read_only: read_only_rootfs,
             host_to_container: false,
         });
     }
@@ -669,10 +673,12 @@ async fn start_container(
         .clone()
         .unwrap_or_else(|| "/dev/termination-log".into());
     let term_host = pdir.join("containers").join(name).join(&id);
-    if let Some(d) = term_host.parent() {
-        let _ = std::fs::create_dir_all(d);
-    }
-    let _ = std::fs::write(&term_host, b"");
+    create_termination_file(&term_host).map_err(|e| {
+        StartError::new(
+            "CreateContainerConfigError",
+            format!("create termination message file {}: {e}", term_host.display()),
+        )
+    })?;
     mounts.push(BindMount {
         host_path: term_host.clone(),
         container_path: term_path,
@@ -1395,4 +1401,32 @@ pub async fn run(
             crate::shutdown::mark_for_shutdown(&mut pod, e.grace_seconds);
         }
     }
+}
+
+/// The host file bind-mounted at the container's `terminationMessagePath`. Mode 0666 whatever the
+/// umask, as upstream: a container running as any user must be able to write its last words.
+fn create_termination_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, b"")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+}
+
+/// Writes the pod's resolv.conf (upstream's `GetPodDNS` for its `dnsPolicy` and `dnsConfig`) into the
+/// pod directory, where each container mounts it; forming warnings become events on the pod.
+fn write_resolv_conf(ctx: &NodeContext, pod: &Pod) -> Result<(), StartError> {
+    let node_dns = ctx
+        .dns
+        .load()
+        .map_err(|e| StartError::new("CreatePodSandboxError", e))?;
+    let (conf, warnings) = crate::pods::dns::pod_resolv_conf(pod, &node_dns);
+    for w in warnings {
+        event(ctx, pod, None, "Warning", w.reason, w.message);
+    }
+    let pdir = volumes::pod_dir(&ctx.root_dir, &uid_of(pod));
+    std::fs::create_dir_all(&pdir)
+        .and_then(|()| std::fs::write(pdir.join("resolv.conf"), conf.render()))
+        .map_err(|e| StartError::new("CreatePodSandboxError", format!("writing resolv.conf: {e}")))
 }

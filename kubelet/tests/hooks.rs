@@ -126,7 +126,10 @@ spec:
     });
     assert_eq!(
         requests.lock().unwrap()[0],
-        "GET /poststart kube-lifecycle/1.33",
+        format!(
+            "GET /poststart kube-lifecycle/{}",
+            knode_config::version::MAJOR_MINOR
+        ),
         "path and upstream's User-Agent"
     );
     let p = node.pod("hooked");

@@ -153,6 +153,15 @@ spec:
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: badinit}}\nspec:\n  restartPolicy: Never\n  initContainers:\n  - {{name: boom, image: {img}, args: [\"exit\", \"2\"]}}\n  containers:\n  - {{name: main, image: {img}, args: [\"sleep\", \"30\"]}}\n"
     ));
     let p = node.wait_phase("badinit", "Failed");
+    // A container running as a non-root user writes its termination message: upstream creates the
+    // host file with mode 0666 whatever the kubelet's umask.
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: nonroot-msg}}\nspec:\n  restartPolicy: Never\n  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}\n  containers:\n  - {{name: main, image: {img}, args: [\"termination-message\", \"written-by-1000\", \"--code\", \"3\"]}}\n"
+    ));
+    let m = node.wait_phase("nonroot-msg", "Failed");
+    let term = &m["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 3, "{}", m["status"]);
+    assert_eq!(term["message"], "written-by-1000", "{}", m["status"]);
     assert!(
         p["status"]["containerStatuses"][0]["state"]["running"].is_null(),
         "app container never ran: {}",
@@ -250,9 +259,14 @@ async fn graceful_deletion_kills_and_removes_the_pod() {
     });
 }
 
+fn pod_gone(node: &Node, name: &str) -> bool {
+    let (ok, _, err) = node.cp.kubectl(&["get", "pod", name], None);
+    !ok && err.contains("NotFound")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_pod_runs_with_a_mirror_pod() {
-    let node = Node::start("kl-static").await;
+    let mut node = Node::start("kl-static").await;
     std::fs::write(
         node.dir.path().join("manifests/web.yaml"),
         pod_yaml(
@@ -275,6 +289,35 @@ async fn static_pod_runs_with_a_mirror_pod() {
     assert_eq!(p["spec"]["nodeName"], node.name.as_str());
     std::fs::remove_file(node.dir.path().join("manifests/web.yaml")).unwrap();
     node.eventually("static pod containers stopped", || node.container_count() == 0);
+    // Upstream deletes the mirror pod once the static pod has terminated.
+    node.eventually("mirror pod deleted", || pod_gone(&node, &mirror));
+
+    // A manifest removed while the kubelet is down: the restarted kubelet finds the orphaned mirror
+    // pod in the API and deletes it (and the containers it no longer owns).
+    std::fs::write(
+        node.dir.path().join("manifests/db.yaml"),
+        pod_yaml(
+            "db",
+            node.image(),
+            "Always",
+            &["sleep", "infinity", "--exit-on-sigterm"],
+        ),
+    )
+    .unwrap();
+    let db = format!("db-{}", node.name);
+    node.eventually("second mirror pod running", || {
+        let (ok, out, _) = node
+            .cp
+            .kubectl(&["get", "pod", &db, "-o", "jsonpath={.status.phase}"], None);
+        ok && out == "Running"
+    });
+    node.kill_kubelet();
+    std::fs::remove_file(node.dir.path().join("manifests/db.yaml")).unwrap();
+    node.launch();
+    node.eventually("orphaned mirror pod deleted", || pod_gone(&node, &db));
+    node.eventually("orphaned static pod containers removed", || {
+        node.container_count() == 0
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -697,4 +740,98 @@ spec:
         .cloned()
         .unwrap();
     assert_eq!(side["restartCount"], 0, "{side}");
+}
+
+/// resolv.conf per dnsPolicy and hostnames as upstream writes them (the kubelet's `clusterDNS`,
+/// `clusterDomain` and `resolvConf`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_dns_follows_dns_policy_and_hostnames_follow_upstream() {
+    let mut node = Node::start_with("kl-dns", true).await;
+    let host_resolv = node.dir.path().join("host-resolv.conf");
+    std::fs::write(
+        &host_resolv,
+        "nameserver 192.0.2.53\nsearch corp.example\noptions timeout:2\n",
+    )
+    .unwrap();
+    node.reconfigure(
+        &format!(
+            "clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: {}\n",
+            host_resolv.display()
+        ),
+        &[],
+    );
+    let img = node.image().to_string();
+    let sleeper = r#"imagePullPolicy: IfNotPresent, args: ["sleep", "infinity", "--exit-on-sigterm"]"#;
+    node.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: cluster-first}}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostname: web-0
+  subdomain: web
+  containers: [{{name: main, image: {img}, {sleeper}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: default-dns}}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: Default
+  containers: [{{name: main, image: {img}, {sleeper}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: none-dns}}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [203.0.113.1]
+    searches: [x.example]
+    options: [{{name: ndots, value: "2"}}]
+  containers: [{{name: main, image: {img}, {sleeper}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fqdn}}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostname: db-0
+  subdomain: db
+  setHostnameAsFQDN: true
+  containers: [{{name: main, image: {img}, {sleeper}}}]
+"#
+    ));
+    for p in ["cluster-first", "default-dns", "none-dns", "fqdn"] {
+        node.wait_phase(p, "Running");
+    }
+    let cat = |pod: &str, path: &str| {
+        let (ok, out) = node.exec(pod, "main", &["cat", path]);
+        assert!(ok, "cat {path} in {pod}: {out}");
+        out
+    };
+    assert_eq!(
+        cat("cluster-first", "/etc/resolv.conf"),
+        "search default.svc.cluster.local svc.cluster.local cluster.local corp.example\n\
+         nameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    assert_eq!(
+        cat("default-dns", "/etc/resolv.conf"),
+        "search corp.example\nnameserver 192.0.2.53\noptions timeout:2\n"
+    );
+    assert_eq!(
+        cat("none-dns", "/etc/resolv.conf"),
+        "search x.example\nnameserver 203.0.113.1\noptions ndots:2\n"
+    );
+    // hostname + subdomain: the FQDN in /etc/hosts; setHostnameAsFQDN: the FQDN as the UTS hostname.
+    let hosts = cat("cluster-first", "/etc/hosts");
+    assert!(
+        hosts.contains("\tweb-0.web.default.svc.cluster.local\tweb-0\n"),
+        "{hosts}"
+    );
+    let (_, h) = node.exec("cluster-first", "main", &["hostname"]);
+    assert_eq!(h.trim(), "web-0");
+    let (_, h) = node.exec("fqdn", "main", &["hostname"]);
+    assert_eq!(h.trim(), "db-0.db.default.svc.cluster.local");
 }

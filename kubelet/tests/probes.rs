@@ -154,7 +154,13 @@ async fn http_probe_headers_and_host_override() {
     assert_eq!(http::probe(&t, T).await, ProbeOutcome::Success);
     let req = seen.recv().await.unwrap().to_lowercase();
     assert!(req.starts_with("get /x http/1.1\r\n"), "{req}");
-    assert!(req.contains("user-agent: kube-probe/1.33\r\n"), "{req}");
+    assert!(
+        req.contains(&format!(
+            "user-agent: kube-probe/{}\r\n",
+            knode_config::version::MAJOR_MINOR
+        )),
+        "{req}"
+    );
     assert!(req.contains("accept: */*\r\n"), "{req}");
     assert!(req.contains(&format!("host: 127.0.0.1:{port}\r\n")), "{req}");
 

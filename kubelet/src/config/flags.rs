@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
+use super::upstream_flags::{self, UpstreamFlag};
 use super::{ConfigError, KubeletConfiguration};
 
 /// Upstream kubelet flags that knode implements.
@@ -103,6 +104,9 @@ pub struct KubeletFlags {
     /// knode: the containerd namespace the kubelet's containers and images live in.
     #[arg(long, default_value = "k8s.io")]
     pub containerd_namespace: String,
+    /// Upstream flags clap does not parse (see [`upstream_flags`]).
+    #[arg(skip)]
+    pub upstream: Vec<UpstreamFlag>,
 }
 
 /// Everything the kubelet runs with: the merged configuration and the flag-only settings.
@@ -121,9 +125,31 @@ pub struct Settings {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub containerd_namespace: String,
+    /// Upstream flags given that have no effect in knode (logged once at start-up).
+    pub no_effect_flags: Vec<String>,
 }
 
 impl KubeletFlags {
+    /// Parses a command line (without the program name) the way upstream's kubelet accepts it:
+    /// every upstream flag is accepted, see [`upstream_flags`].
+    pub fn parse_upstream(args: &[String]) -> Result<KubeletFlags, clap::Error> {
+        let known: Vec<String> = KubeletFlags::command()
+            .get_arguments()
+            .flat_map(|a| {
+                a.get_long()
+                    .map(String::from)
+                    .into_iter()
+                    .chain(a.get_short().map(|c| c.to_string()))
+            })
+            // clap's own, added when the command is built.
+            .chain(["help".to_string(), "version".to_string()])
+            .collect();
+        let (keep, upstream) = upstream_flags::split_args(args, &known);
+        let mut flags = KubeletFlags::try_parse_from(std::iter::once("kubelet".to_string()).chain(keep))?;
+        flags.upstream = upstream;
+        Ok(flags)
+    }
+
     /// Loads `--config` (if any) and applies the flags over it. `hostname` is the machine's hostname,
     /// the node name unless `--hostname-override` is given.
     pub fn resolve(&self, hostname: &str) -> Result<Settings, ConfigError> {
@@ -134,6 +160,7 @@ impl KubeletFlags {
             }
             None => (KubeletConfiguration::default(), Vec::new()),
         };
+        let no_effect_flags = upstream_flags::apply(&mut config, &self.upstream)?;
         if let Some(v) = &self.container_runtime_endpoint {
             config.container_runtime_endpoint = v.clone();
         }
@@ -251,6 +278,7 @@ impl KubeletFlags {
             cni_conf_dir: self.cni_conf_dir.clone(),
             cni_bin_dirs: self.cni_bin_dir.clone(),
             containerd_namespace: self.containerd_namespace.clone(),
+            no_effect_flags,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! upstream config file keeps working.
 
 mod flags;
+pub mod upstream_flags;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -17,9 +17,11 @@
 //!
 //! Module map: [`observed`] (the runtime picture the I/O layer supplies), [`backoff`] (CrashLoopBackOff
 //! and ImagePullBackOff bookkeeping), [`resources`] (quantities, requests, QoS, admission), [`worker`]
-//! (the plan and the pod worker's state machine), [`mod@status`] (the pod status).
+//! (the plan and the pod worker's state machine), [`mod@status`] (the pod status), [`dns`] (resolv.conf
+//! and hostname per `dnsPolicy`).
 
 pub mod backoff;
+pub mod dns;
 pub mod observed;
 pub mod resources;
 pub mod status;

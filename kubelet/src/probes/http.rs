@@ -1,5 +1,5 @@
 //! HTTP(S) GET probes (upstream `pkg/probe/http`): GET `scheme://host:port/path` with the
-//! probe's headers (a `Host` header overrides the request host), `User-Agent: kube-probe/1.33`
+//! probe's headers (a `Host` header overrides the request host), `User-Agent: kube-probe/<major.minor>`
 //! and `Accept: */*` unless given; HTTPS without certificate verification; redirects followed
 //! to the same host (max 10; a redirect elsewhere ends the chain and its 3xx counts); status
 //! 200–399 is success.

@@ -20,7 +20,12 @@ pub use manager::{ProbeEvent, ProbeManager, ProbeResults};
 pub use schedule::{ContainerProbes, ProbeTiming, ProbeWorker};
 
 /// Upstream's User-Agent for HTTP probes (`kube-probe/<major>.<minor>`).
-pub const USER_AGENT: &str = "kube-probe/1.33";
+pub const USER_AGENT: &str = concat!(
+    "kube-probe/",
+    knode_config::k8s_version!(major),
+    ".",
+    knode_config::k8s_version!(minor)
+);
 
 /// Which probe of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -135,7 +135,7 @@ fn build_group_version(path: &str) -> Option<Value> {
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.33.0-knode"},
+        "info": {"title": "Kubernetes", "version": knode_config::version::git_version()},
         "paths": paths,
         "components": {"schemas": components(path)}
     }))

@@ -322,9 +322,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 /// `GET /version`: the Kubernetes version this server's API corresponds to.
 pub fn version() -> Value {
     json!({
-        "major": "1",
-        "minor": "33",
-        "gitVersion": "v1.33.0-knode",
+        "major": knode_config::version::MAJOR,
+        "minor": knode_config::version::MINOR,
+        "gitVersion": knode_config::version::git_version(),
         "gitCommit": "knode",
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",

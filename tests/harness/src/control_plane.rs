@@ -21,6 +21,8 @@ pub struct ControlPlane {
     pub port: u16,
     /// Admin (`system:masters`) kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The extra flags it was started with (a restart passes them again).
+    extra: Vec<String>,
 }
 
 /// Where the workspace's cargo puts binaries of the current profile.
@@ -61,32 +63,15 @@ impl ControlPlane {
         let dir = tempfile::tempdir().map_err(|e| HarnessError::NotReady(e.to_string()))?;
         let port = free_port()?;
         let kubeconfig = dir.path().join("admin.conf");
-        let log = std::fs::File::create(dir.path().join("server.log"))
-            .map_err(|e| HarnessError::NotReady(e.to_string()))?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        let child = cmd
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--write-kubeconfig={}", kubeconfig.display()))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| HarnessError::NotReady(format!("starting {}: {e}", bin.display())))?;
-        let cp = ControlPlane {
-            child: Some(child),
+        let mut cp = ControlPlane {
+            child: None,
             netns: netns.map(String::from),
             dir,
             port,
             kubeconfig,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        cp.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cp.kubeconfig.exists() {
             if Instant::now() > deadline {
@@ -98,6 +83,62 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(cp)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = target_bin("knode-control-plane");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .map_err(|e| HarnessError::NotReady(e.to_string()))?;
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
+            .arg(format!("--listen=127.0.0.1:{}", self.port))
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| HarnessError::NotReady(format!("starting {}: {e}", bin.display())))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (SIGKILL: an outage, not a shutdown); its data stays for [`Self::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data, and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, _, err) = self.kubectl(&["get", "--raw", "/healthz"], None);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::NotReady(format!(
+                    "control plane did not come back: {err}\n{}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The server's log so far.
