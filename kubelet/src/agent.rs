@@ -70,13 +70,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let Some(kubeconfig) = settings.kubeconfig.clone() else {
         bail!("--kubeconfig is required: knode's kubelet runs against an API server");
     };
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
-        .with_context(|| format!("reading --kubeconfig {}", kubeconfig.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("loading --kubeconfig {}", kubeconfig.display()))?;
-    let client = kube::Client::try_from(cfg).context("building the API client")?;
     let c = &settings.config;
+    let client = crate::certs::client::connect(&crate::certs::client::ClientOptions {
+        kubeconfig,
+        bootstrap_kubeconfig: settings.bootstrap_kubeconfig.clone(),
+        cert_dir: settings.cert_dir.clone(),
+        node_name: settings.node_name.clone(),
+        rotate: c.rotate_certificates,
+    })
+    .await
+    .context("connecting to the API server")?;
     // Bad eviction thresholds fail the start, naming the field.
     let eviction = crate::eviction::EvictionConfig::from_kubelet(c)?;
     let endpoint = c
@@ -179,15 +182,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let listen: std::net::SocketAddr = format!("{}:{}", c.address, c.port)
             .parse()
             .with_context(|| format!("address/port {}:{} is not a socket address", c.address, c.port))?;
-        let scfg = crate::server::ServerConfig {
+        let mut scfg = crate::server::ServerConfig {
             listen,
             tls_cert_file: c.tls_cert_file.clone(),
             tls_key_file: c.tls_private_key_file.clone(),
-            cert_dir: root.join("pki"),
+            cert_dir: settings.cert_dir.clone(),
+            serving: None,
             client_ca_file: c.authentication.x509.client_ca_file.clone(),
             anonymous: c.authentication.anonymous.enabled,
             authorization_mode: c.authorization.mode.clone(),
             node_name: settings.node_name.clone(),
+            configz: serde_json::json!({ "kubeletconfig": c }),
             pod_logs_dir: PathBuf::from(&c.pod_logs_dir),
             node_log_dir: c.enable_system_log_handler.then(|| PathBuf::from("/var/log")),
             webhook_authn: c.authentication.webhook.enabled,
@@ -200,7 +205,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }),
         };
         let client = client.clone();
+        let serving = (c.server_tls_bootstrap && c.tls_cert_file.is_empty()).then(|| {
+            crate::certs::serving::ServingOptions {
+                cert_dir: settings.cert_dir.clone(),
+                node_name: settings.node_name.clone(),
+                dns_names: vec![settings.node_name.clone()],
+                ips: node_ips.clone(),
+            }
+        });
         tokio::spawn(async move {
+            // As upstream: with serverTLSBootstrap nothing is served until the certificate is issued.
+            if let Some(o) = serving {
+                scfg.serving = Some(crate::certs::serving::serving_cert(client.clone(), o).await);
+            }
             if let Err(e) = crate::server::serve(scfg, client).await {
                 tracing::error!(error = %e, "kubelet API server stopped");
             }

@@ -6,6 +6,7 @@
 //! the pause-less pod sandbox (pinned namespaces).
 
 pub mod agent;
+pub mod certs;
 pub mod cgroups;
 pub mod config;
 pub mod eviction;

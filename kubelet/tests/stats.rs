@@ -154,6 +154,18 @@ async fn summary_and_metrics_show_a_busy_container() {
         &format!("/api/v1/nodes/{}/proxy/metrics", node.name),
     ]);
     assert!(raw.lines().any(|l| l == "kubelet_running_pods 1"), "{raw}");
+    // /configz as upstream: the configuration in effect under "kubeletconfig".
+    let raw = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/configz", node.name),
+    ]);
+    let configz: Value = serde_json::from_str(&raw).unwrap();
+    let kc = &configz["kubeletconfig"];
+    assert_eq!(kc["kind"], "KubeletConfiguration", "{configz}");
+    assert_eq!(kc["maxPods"], 110, "{configz}");
+    assert_eq!(kc["nodeStatusUpdateFrequency"], "10s", "{configz}");
+    assert!(kc["port"].as_i64().is_some_and(|p| p > 0), "{configz}");
 }
 
 /// The value of the first series line starting with `prefix`.

@@ -21,6 +21,13 @@ pub struct KubeletFlags {
     /// Path to a kubeconfig file for connecting to the API server.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// A kubeconfig with a bootstrap token: used to request a client certificate when
+    /// `--kubeconfig` does not exist yet (TLS bootstrap); `--kubeconfig` is then written.
+    #[arg(long)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the kubelet's certificates are kept (default `<root-dir>/pki`).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
     /// Path to a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -116,6 +123,8 @@ pub struct Settings {
     /// Upstream fields found in the file that knode does not act on (logged at start-up).
     pub ignored_fields: Vec<String>,
     pub kubeconfig: Option<PathBuf>,
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    pub cert_dir: PathBuf,
     pub node_name: String,
     pub node_ips: Vec<IpAddr>,
     pub root_dir: PathBuf,
@@ -269,6 +278,8 @@ impl KubeletFlags {
             config,
             ignored_fields,
             kubeconfig: self.kubeconfig.clone(),
+            bootstrap_kubeconfig: self.bootstrap_kubeconfig.clone(),
+            cert_dir: self.cert_dir.clone().unwrap_or_else(|| self.root_dir.join("pki")),
             node_name,
             node_ips: self.node_ip.clone(),
             root_dir: self.root_dir.clone(),

@@ -92,6 +92,11 @@ pub struct KubeletConfiguration {
     #[serde(with = "go_duration")]
     pub shutdown_grace_period_critical_pods: Duration,
     pub container_runtime_endpoint: String,
+    /// Renew the client certificate (from TLS bootstrap) before it expires.
+    pub rotate_certificates: bool,
+    /// Request the serving certificate from the API (`kubernetes.io/kubelet-serving`).
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: bool,
     pub feature_gates: BTreeMap<String, bool>,
     pub crash_loop_back_off: CrashLoopBackOff,
 }
@@ -267,6 +272,8 @@ impl Default for KubeletConfiguration {
             shutdown_grace_period: Duration::ZERO,
             shutdown_grace_period_critical_pods: Duration::ZERO,
             container_runtime_endpoint: "unix:///run/containerd/containerd.sock".into(),
+            rotate_certificates: false,
+            server_tls_bootstrap: false,
             feature_gates: BTreeMap::new(),
             crash_loop_back_off: CrashLoopBackOff::default(),
         }
@@ -326,10 +333,8 @@ const UPSTREAM_NOT_IMPLEMENTED: &[&str] = &[
     "qosReserved",
     "reservedMemory",
     "reservedSystemCPUs",
-    "rotateCertificates",
     "runtimeRequestTimeout",
     "seccompDefault",
-    "serverTLSBootstrap",
     "showHiddenMetricsForVersion",
     "shutdownGracePeriodByPodPriority",
     "singleProcessOOMKill",
@@ -633,10 +638,11 @@ mod tests {
     #[test]
     fn upstream_fields_not_implemented_are_accepted_and_reported() {
         let l = decode(&format!(
-            "{HEADER}rotateCertificates: true\nserverTLSBootstrap: true\nmaxPods: 7\n"
+            "{HEADER}failSwapOn: false\nstaticPodURL: http://x\nrotateCertificates: true\nmaxPods: 7\n"
         ))
         .unwrap();
-        assert_eq!(l.ignored_fields, vec!["rotateCertificates", "serverTLSBootstrap"]);
+        assert_eq!(l.ignored_fields, vec!["failSwapOn", "staticPodURL"]);
         assert_eq!(l.config.max_pods, 7);
+        assert!(l.config.rotate_certificates);
     }
 }

@@ -32,7 +32,7 @@ pub struct Attributes {
 /// Upstream's mapping: the verb from the method, the subresource from the path (`/stats` →
 /// stats, `/metrics` → metrics, `/logs` → log, `/healthz` → healthz, `/pods` → pods with the
 /// fine-grained authorization of 1.33, everything else — exec, attach, portForward, containerLogs,
-/// runningpods — proxy).
+/// runningpods — proxy; `/configz` → configz).
 pub fn attributes(method: &Method, path: &str) -> Attributes {
     let verb = match *method {
         Method::POST => "create",
@@ -53,6 +53,8 @@ pub fn attributes(method: &Method, path: &str) -> Attributes {
         "healthz"
     } else if path == "/pods" || path == "/pods/" {
         "pods"
+    } else if under("/configz") {
+        "configz"
     } else {
         "proxy"
     };
@@ -224,7 +226,7 @@ impl Auth {
         }
         let allowed = self.review(user, a, a.subresource).await?
             // Fine-grained subresources fall back to proxy, as upstream's KubeletFineGrainedAuthz.
-            || (matches!(a.subresource, "healthz" | "pods")
+            || (matches!(a.subresource, "healthz" | "pods" | "configz")
                 && self.review(user, a, "proxy").await?);
         let ttl = if allowed {
             self.cfg.authorized_ttl
@@ -284,6 +286,7 @@ mod tests {
             (Method::GET, "/logs/syslog", "get", "log"),
             (Method::GET, "/healthz", "get", "healthz"),
             (Method::GET, "/pods", "get", "pods"),
+            (Method::GET, "/configz", "get", "configz"),
             (Method::GET, "/runningpods/", "get", "proxy"),
             (Method::GET, "/metricsx", "get", "proxy"),
         ];

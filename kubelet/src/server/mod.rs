@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// `Webhook` or `AlwaysAllow`.
     pub authorization_mode: String,
     pub node_name: String,
+    /// A serving certificate that rotates (`serverTLSBootstrap`); overrides the files above.
+    pub serving: Option<Arc<crate::certs::serving::ServingCert>>,
+    /// What `/configz` serves: `{"kubeletconfig": <the KubeletConfiguration in effect>}`.
+    pub configz: serde_json::Value,
     pub pod_logs_dir: PathBuf,
     /// The directory `/logs/` serves (`/var/log` with `enableSystemLogHandler`; none: 404).
     pub node_log_dir: Option<PathBuf>,
@@ -130,7 +134,6 @@ fn serving_cert(
 
 fn tls_config(cfg: &ServerConfig) -> Result<rustls::ServerConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (certs, key) = serving_cert(cfg)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("versions", e))?;
@@ -150,9 +153,15 @@ fn tls_config(cfg: &ServerConfig) -> Result<rustls::ServerConfig, ServerError> {
             .map_err(|e| tls_err("client verifier", e))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut c = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_err("serving certificate", e))?;
+    let mut c = match &cfg.serving {
+        Some(rotating) => builder.with_cert_resolver(rotating.clone()),
+        None => {
+            let (certs, key) = serving_cert(cfg)?;
+            builder
+                .with_single_cert(certs, key)
+                .map_err(|e| tls_err("serving certificate", e))?
+        }
+    };
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
 }
@@ -314,6 +323,14 @@ async fn route(st: &State, req: Request<hyper::body::Incoming>) -> Response<Body
             }
         }
         ["pods"] if req.method() == Method::GET => pods(st).await,
+        ["configz"] if req.method() == Method::GET => {
+            let mut r = text(StatusCode::OK, st.cfg.configz.to_string());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         ["runningpods"] if req.method() == Method::GET => running_pods(st).await,
         // `/exec/{ns}/{pod}/{container}` or `/exec/{ns}/{pod}/{uid}/{container}`.
         [kind @ ("exec" | "attach"), ns, pod, .., container] if segs.len() <= 5 => {
