@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use knode_harness::netns::NodeNetns;
 use knode_harness::upstream::{Component, UpstreamControlPlane, UpstreamOptions, bootstrap, pki};
 use serde_json::Value;
 
@@ -203,4 +204,58 @@ fn upstream_plane_serves_the_pinned_release_signs_bootstrap_csrs_and_cleans_up()
     assert!(!dir.exists(), "{} left behind", dir.display());
     let leftovers = knode_harness::cleanup::pids_with_cmdline(&dir.display().to_string());
     assert!(leftovers.is_empty(), "processes of the plane left: {leftovers:?}");
+}
+
+#[test]
+fn upstream_plane_runs_in_a_network_namespace_advertising_a_routable_address() {
+    knode_harness::require_root().unwrap();
+    let ns = NodeNetns::create(&format!("kn-upcp-{}", std::process::id()), "10.203.0.1", false).unwrap();
+    let cp = UpstreamControlPlane::start(UpstreamOptions {
+        advertise_address: "10.203.0.1".parse().unwrap(),
+        netns: Some(ns.name.clone()),
+        ..Default::default()
+    })
+    .expect("upstream control plane starts in the namespace");
+    assert!(
+        cp.server_url.starts_with("https://10.203.0.1:"),
+        "{}",
+        cp.server_url
+    );
+    // Pods reach the apiserver through the `kubernetes` Service: its endpoints are the advertise
+    // address (a loopback one would be invalid there).
+    poll(
+        "the kubernetes Service's endpoints",
+        Duration::from_secs(60),
+        || {
+            let out = cp
+                .run_kubectl(
+                    &[
+                        "-n",
+                        "default",
+                        "get",
+                        "endpointslices",
+                        "-l",
+                        "kubernetes.io/service-name=kubernetes",
+                        "-o",
+                        "jsonpath={.items[*].endpoints[*].addresses[*]}",
+                    ],
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+            Ok((out.trim() == "10.203.0.1").then_some(()))
+        },
+    );
+    // The controller-manager allocates node CIDRs from 10.244.0.0/16.
+    let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"cidr-test"}}"#;
+    cp.run_kubectl(&["create", "-f", "-"], Some(node)).unwrap();
+    let cidr = poll("a podCIDR for the node", Duration::from_secs(60), || {
+        let out = cp
+            .run_kubectl(
+                &["get", "node", "cidr-test", "-o", "jsonpath={.spec.podCIDR}"],
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok((!out.trim().is_empty()).then(|| out.trim().to_string()))
+    });
+    assert!(cidr.starts_with("10.244.") && cidr.ends_with("/24"), "{cidr}");
 }
