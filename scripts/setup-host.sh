@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything knode's build, demo and tests need on a Debian 12 machine.
 # Idempotent: packages already present are not touched and apt is not even updated.
+# With --upstream (the test command), a missing or too old Go is an error rather than a warning:
+# the upstream control plane's tests need it (scripts/build-upstream.sh).
 set -euo pipefail
+go_required=0
+for arg in "$@"; do
+  case "$arg" in
+    --upstream) go_required=1 ;;
+    *) echo "setup-host: unknown argument '$arg' (usage: scripts/setup-host.sh [--upstream])" >&2; exit 2 ;;
+  esac
+done
 
 PKGS=(
   # build: containerd-client needs protoc; nftnl-sys links libnftnl/libmnl
@@ -46,4 +55,28 @@ fi
 if [ "$(cat /proc/sys/net/ipv4/ip_forward)" != 1 ]; then
   echo "setup-host: enabling net.ipv4.ip_forward (pods route through this node)"
   echo 1 >/proc/sys/net/ipv4/ip_forward
+fi
+
+# The upstream control plane (scripts/build-upstream.sh) is built from Go modules: it needs a Go
+# toolchain at least as new as the pinned k8s.io/kubernetes release's go.mod asks for. Debian 12's
+# golang package is too old; install from https://go.dev/dl (or set GOTOOLCHAIN=goX.Y.Z to let an
+# older go fetch the right toolchain through the module proxy).
+need_go=$(awk '$1=="go"{print $2; exit}' "$(dirname "$0")/../tests/upstream/go.mod")
+go_missing() {
+  if [ $go_required = 1 ]; then
+    echo "setup-host: MISSING: $*" >&2
+    exit 1
+  fi
+  echo "setup-host: warning: $* (only the upstream control plane needs it)" >&2
+}
+have_go=
+if command -v go >/dev/null; then have_go=$(go env GOVERSION 2>/dev/null | sed 's/^go//'); fi
+if [ -z "$have_go" ]; then
+  go_missing "Go >= $need_go (no working 'go' in PATH) for scripts/build-upstream.sh:" \
+    "install it from https://go.dev/dl and put its bin/ in PATH"
+elif [ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -n1)" != "$need_go" ]; then
+  go_missing "Go >= $need_go for scripts/build-upstream.sh (found go$have_go at $(command -v go)):" \
+    "install a newer one from https://go.dev/dl, or export GOTOOLCHAIN=go$need_go"
+else
+  echo "setup-host: go$have_go present (>= $need_go, for scripts/build-upstream.sh)"
 fi

@@ -18,7 +18,7 @@ step() { printf '\n==> %s\n' "$*"; }
 t0=$(date +%s)
 
 step "host setup"
-scripts/setup-host.sh
+scripts/setup-host.sh --upstream
 
 step "formatting"
 cargo fmt --all -- --check
@@ -29,6 +29,11 @@ scripts/build-testimg.sh >/dev/null
 
 step "clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
+
+step "upstream components (cached)"
+# kube-apiserver, controller-manager, scheduler, kubectl, etcd, CoreDNS of the pinned release, for the
+# upstream control plane tests: built once into ~/.cache/knode/upstream (cold: see the README).
+scripts/build-upstream.sh >/dev/null
 
 step "tests (unit + e2e)"
 cargo test --workspace --no-fail-fast

@@ -6,6 +6,10 @@
 //!   storage directory.
 //! - [`image`]: knode's test images (`knode/testimg`, `knode/busybox`), built reproducibly from the
 //!   project's own sources and Debian's busybox-static, and pushed over the OCI distribution API.
+//! - [`control_plane::ControlPlane`]: knode's own light control plane (seconds to start).
+//! - [`upstream::UpstreamControlPlane`]: etcd, kube-apiserver, kube-controller-manager and
+//!   kube-scheduler of the pinned upstream release (`scripts/build-upstream.sh`), set up as
+//!   `kubeadm init` does (own PKI, Node authorizer, bootstrap token, CSR auto-approval).
 //!
 //! Everything started here is stopped and removed on drop: processes (and the container processes of
 //! any shim they left), mounts under the private directories, and the directories themselves.
@@ -16,6 +20,7 @@ pub mod control_plane;
 pub mod image;
 pub mod netns;
 pub mod registry;
+pub mod upstream;
 
 use std::path::PathBuf;
 
