@@ -316,48 +316,44 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill_kubelet();
-        // Containers outlive the kubelet: kill them through ctr, then unmount what is left.
-        let sock = self.containerd.socket().to_str().unwrap().to_string();
-        let out = Command::new("ctr")
-            .args(["--address", &sock, "-n", &self.ns, "containers", "ls", "-q"])
+        cleanup_containerd(&self.containerd, &self.ns, self.dir.path());
+    }
+}
+
+/// What a test kubelet leaves after it is killed: containers and their tasks in namespace `ns`
+/// (they outlive the kubelet), mounts under `dir`, and the cgroups of `ns`.
+pub fn cleanup_containerd(containerd: &PrivateContainerd, ns: &str, dir: &std::path::Path) {
+    // Containers outlive the kubelet: kill them through ctr, then unmount what is left.
+    let sock = containerd.socket().to_str().unwrap().to_string();
+    let out = Command::new("ctr")
+        .args(["--address", &sock, "-n", ns, "containers", "ls", "-q"])
+        .output();
+    for id in out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+    {
+        let _ = Command::new("ctr")
+            .args(["--address", &sock, "-n", ns, "tasks", "kill", "-s", "SIGKILL", id])
             .output();
-        for id in out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .lines()
-        {
-            let _ = Command::new("ctr")
-                .args([
-                    "--address",
-                    &sock,
-                    "-n",
-                    &self.ns,
-                    "tasks",
-                    "kill",
-                    "-s",
-                    "SIGKILL",
-                    id,
-                ])
-                .output();
-            std::thread::sleep(Duration::from_millis(100));
-            let _ = Command::new("ctr")
-                .args(["--address", &sock, "-n", &self.ns, "tasks", "rm", "-f", id])
-                .output();
-            let _ = Command::new("ctr")
-                .args(["--address", &sock, "-n", &self.ns, "containers", "rm", id])
-                .output();
-        }
-        knode_harness::cleanup::unmount_under(self.dir.path());
-        for ctl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let base = ctl.path().join("knode-test").join(&self.ns);
-            remove_tree(&base);
-            // Where `ctr run` (benchmark baselines) puts containers of this namespace.
-            remove_tree(&ctl.path().join(&self.ns));
-        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = Command::new("ctr")
+            .args(["--address", &sock, "-n", ns, "tasks", "rm", "-f", id])
+            .output();
+        let _ = Command::new("ctr")
+            .args(["--address", &sock, "-n", ns, "containers", "rm", id])
+            .output();
+    }
+    knode_harness::cleanup::unmount_under(dir);
+    for ctl in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let base = ctl.path().join("knode-test").join(ns);
+        remove_tree(&base);
+        // Where `ctr run` (benchmark baselines) puts containers of this namespace.
+        remove_tree(&ctl.path().join(ns));
     }
 }
 
