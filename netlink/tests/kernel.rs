@@ -39,22 +39,14 @@ fn nft_msg(msg: i32, flags: i32, seq: u32, table: &str) -> Vec<u8> {
 
 /// BATCH_BEGIN, `body` (acked, seqs 2..), BATCH_END, in separate pages as libnftnl hands them.
 fn batch(body: &[Vec<u8>]) -> (Vec<Vec<u8>>, std::ops::Range<u32>) {
-    let mut pages = vec![nf_message(
-        libc::NFNL_MSG_BATCH_BEGIN as u16,
-        libc::NLM_F_REQUEST as u16,
-        1,
-        0,
-        &[],
-    )];
+    let request = libc::NLM_F_REQUEST as u16;
+    let mut begin = nf_message(libc::NFNL_MSG_BATCH_BEGIN as u16, request, 1, 0, &[]);
+    // nfgenmsg.res_id: the subsystem the batch is for, big-endian.
+    begin[18..20].copy_from_slice(&(libc::NFNL_SUBSYS_NFTABLES as u16).to_be_bytes());
+    let mut pages = vec![begin];
     pages.extend(body.iter().cloned());
     let end = 2 + body.len() as u32;
-    pages.push(nf_message(
-        libc::NFNL_MSG_BATCH_END as u16,
-        libc::NLM_F_REQUEST as u16,
-        end,
-        0,
-        &[],
-    ));
+    pages.push(nf_message(libc::NFNL_MSG_BATCH_END as u16, request, end, 0, &[]));
     (pages, 2..end)
 }
 
