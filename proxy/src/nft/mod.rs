@@ -4,17 +4,17 @@
 //!
 //! What is computed and what is applied are separate files:
 //!
-//! - [`elements`] (pure): the sets and maps of the layout and how an [`Element`](crate::model::Element)
+//! - `elements` (pure): the sets and maps of the layout and how an [`Element`](crate::model::Element)
 //!   is stored in them, key/data bytes both ways.
-//! - [`skeleton`] (pure): the chains and rules of a [`TableConfig`] — the fixed part of the table
+//! - `skeleton` (pure): the chains and rules of a [`TableConfig`] — the fixed part of the table
 //!   — and those of each session-affinity timeout class, as data.
-//! - [`expr`]: expression encoding: [`RawExpr`] (any libnftnl expression by name and attributes)
+//! - `expr`: expression encoding: [`RawExpr`] (any libnftnl expression by name and attributes)
 //!   and the constructors the skeleton is written with.
-//! - [`batch`]: the libnftnl objects of a batch: the table with its layout tag, set declarations,
+//! - `batch`: the libnftnl objects of a batch: the table with its layout tag, set declarations,
 //!   element lists, chains and rules.
-//! - [`programmer`]: the applier, [`NftProgrammer`] (one table) and [`DualStack`] (`ip` and `ip6`):
+//! - `programmer`: the applier, [`NftProgrammer`] (one table) and [`DualStack`] (`ip` and `ip6`):
 //!   diff, reference counts, affinity classes, one batch per sync.
-//! - [`readback`]: netlink dumps of an existing table, for adopting it at start-up and on resyncs.
+//! - `readback`: netlink dumps of an existing table, for adopting it at start-up and on resyncs.
 //!
 //! Framing, batch sending (one `sendmsg` on the programmer's persistent NETLINK_NETFILTER socket,
 //! buffers raised with SO_SNDBUFFORCE/SO_RCVBUFFORCE, so a 10k-Service full sync of ~13 MB is one

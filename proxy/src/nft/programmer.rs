@@ -385,11 +385,11 @@ impl NftProgrammer {
 /// The socket in `slot`, in the calling thread's network namespace: opened on first use,
 /// re-opened when called from another namespace than last time.
 fn socket(slot: &mut Option<Socket>) -> Result<&mut Socket, NftError> {
-    if slot.as_ref().is_none_or(|s| !s.in_current_netns()) {
-        return Ok(slot.insert(Socket::open(libc::NETLINK_NETFILTER)?));
-    }
-    slot.as_mut()
-        .ok_or_else(|| knode_netlink::Error::Open(std::io::Error::other("netlink socket missing")).into())
+    let sock = match slot.take().filter(Socket::in_current_netns) {
+        Some(s) => s,
+        None => Socket::open(libc::NETLINK_NETFILTER)?,
+    };
+    Ok(slot.insert(sock))
 }
 
 /// Sends a finalized batch on `sock` (one `sendmsg`, every message acked); a message the kernel
