@@ -192,6 +192,17 @@ pub fn open_netns(path: &str) -> Result<Option<OwnedFd>, CniError> {
     }
 }
 
+/// The container's netns, which must exist (code 3, unknown container, when it does not).
+fn existing_netns(path: &str) -> Result<OwnedFd, CniError> {
+    open_netns(path)?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::UnknownContainer,
+            format!("netns {path} does not exist"),
+            "",
+        )
+    })
+}
+
 /// An rtnetlink handle whose socket lives in the netns `ns`: the socket is created while this thread
 /// is switched into `ns`, then the thread switches back (a socket keeps the netns it was created in).
 fn handle_in(ns: &OwnedFd) -> Result<Handle, CniError> {
@@ -285,13 +296,7 @@ impl NetOps {
         ifname: &str,
         ip: Ipv4Addr,
     ) -> Result<PluginResult, CniError> {
-        let ns = open_netns(netns_path)?.ok_or_else(|| {
-            CniError::new(
-                ErrorCode::UnknownContainer,
-                format!("netns {netns_path} does not exist"),
-                "",
-            )
-        })?;
+        let ns = existing_netns(netns_path)?;
         let pod = handle_in(&ns)?;
         if Self::link_by_name(&pod, ifname).await?.is_some() {
             return Err(CniError::new(
@@ -440,14 +445,7 @@ impl NetOps {
         ip: Ipv4Addr,
     ) -> Result<(), CniError> {
         let fail = |m: String| CniError::new(ErrorCode::Generic, m, "");
-        let ns = open_netns(netns_path)?.ok_or_else(|| {
-            CniError::new(
-                ErrorCode::UnknownContainer,
-                format!("netns {netns_path} does not exist"),
-                "",
-            )
-        })?;
-        let pod = handle_in(&ns)?;
+        let pod = handle_in(&existing_netns(netns_path)?)?;
         let link = Self::link_by_name(&pod, ifname)
             .await?
             .ok_or_else(|| fail(format!("interface {ifname} missing in netns {netns_path}")))?;

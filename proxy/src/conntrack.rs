@@ -11,7 +11,9 @@
 //! subsystem CTNETLINK: one dump, one delete per stale entry).
 
 use crate::model::{Element, Protocol};
-use crate::netlink::{NetlinkSocket, attrs, nested, nf_message, put_attr};
+use knode_netlink::Socket;
+use knode_netlink::attr::{attrs, nested, put_attr};
+use knode_netlink::message::nf_message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -92,14 +94,14 @@ pub fn stale(flows: &[Flow], targets: &UdpTargets) -> Vec<Flow> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
     #[error("ctnetlink socket: {0}")]
-    Socket(#[source] std::io::Error),
+    Socket(#[source] knode_netlink::Error),
     #[error("listing conntrack entries: {0}")]
-    Dump(#[source] std::io::Error),
+    Dump(#[source] knode_netlink::Error),
     #[error("deleting the conntrack entry {flow:?}: {source}")]
     Delete {
         flow: Box<Flow>,
         #[source]
-        source: std::io::Error,
+        source: knode_netlink::Error,
     },
 }
 
@@ -248,13 +250,13 @@ pub fn parse_flow(attrs_buf: &[u8]) -> Option<Flow> {
 
 /// A ctnetlink socket in the calling thread's network namespace.
 pub struct Conntrack {
-    sock: NetlinkSocket,
+    sock: Socket,
 }
 
 impl Conntrack {
     pub fn open() -> Result<Self, ConntrackError> {
         Ok(Conntrack {
-            sock: NetlinkSocket::open().map_err(ConntrackError::Socket)?,
+            sock: Socket::open(libc::NETLINK_NETFILTER).map_err(ConntrackError::Socket)?,
         })
     }
 

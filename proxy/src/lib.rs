@@ -4,7 +4,9 @@
 //!
 //! - [`model`]: Services + EndpointSlices → desired map/set elements (pure).
 //! - [`diff`]: desired vs. programmed → minimal element changes (pure).
-//! - [`nft`]: netlink encoding and one-batch apply.
+//! - [`nft`]: the nftables table: set/element layout and the fixed chains and rules (pure), their
+//!   libnftnl encoding, one-batch apply and read-back for adoption (netlink framing and acks are
+//!   the `knode-netlink` crate's).
 //! - [`conntrack`]: stale UDP conntrack entries, deleted over ctnetlink after a sync.
 //! - [`compact`]: watched objects trimmed to the fields the proxy reads (pure).
 //! - [`sync`]: watch events → what changed and when to sync (pure).
@@ -21,7 +23,6 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod netif;
-pub mod netlink;
 pub mod nft;
 pub mod service_health;
 pub mod sync;

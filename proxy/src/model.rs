@@ -187,7 +187,92 @@ pub enum Element {
     },
 }
 
+/// The three maps that pick an endpoint by bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketMap {
+    /// `service-endpoints` ([`Element::ServiceEndpoint`]).
+    Small,
+    /// `service-endpoints-large` ([`Element::LargeServiceEndpoint`]).
+    Large,
+    /// `service-endpoints-local` ([`Element::LocalServiceEndpoint`]).
+    Local,
+}
+
+/// The fields of an element of a [`BucketMap`]: (dst . bucket) → (endpoint . port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketEntry {
+    pub dst: Destination,
+    pub bucket: u32,
+    pub endpoint: IpAddr,
+    pub endpoint_port: u16,
+}
+
+impl BucketEntry {
+    /// The element of this entry in `map`.
+    pub fn element(self, map: BucketMap) -> Element {
+        let BucketEntry {
+            dst,
+            bucket,
+            endpoint,
+            endpoint_port,
+        } = self;
+        match map {
+            BucketMap::Small => Element::ServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
+            },
+            BucketMap::Large => Element::LargeServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
+            },
+            BucketMap::Local => Element::LocalServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
+            },
+        }
+    }
+}
+
 impl Element {
+    /// For the elements of the bucket maps, the map and the entry's fields (one place to match
+    /// the three alike variants); None for every other kind.
+    pub fn bucket_entry(&self) -> Option<(BucketMap, BucketEntry)> {
+        let (map, dst, bucket, endpoint, endpoint_port) = match *self {
+            Element::ServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
+            } => (BucketMap::Small, dst, bucket, endpoint, endpoint_port),
+            Element::LargeServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
+            } => (BucketMap::Large, dst, bucket, endpoint, endpoint_port),
+            Element::LocalServiceEndpoint {
+                dst,
+                bucket,
+                endpoint,
+                endpoint_port,
+            } => (BucketMap::Local, dst, bucket, endpoint, endpoint_port),
+            _ => return None,
+        };
+        let entry = BucketEntry {
+            dst,
+            bucket,
+            endpoint,
+            endpoint_port,
+        };
+        Some((map, entry))
+    }
+
     /// The name of the map/set this element lives in.
     pub fn set_name(&self) -> &'static str {
         match self {
@@ -667,29 +752,27 @@ fn push_local_buckets(out: &mut Vec<Element>, dst: Destination, local: &[Backend
     if local.len() > buckets as usize {
         tracing::warn!(destination = ?dst, endpoints = local.len(), used = buckets, "more local endpoints than buckets; only the first receive external traffic");
     }
-    for bucket in 0..buckets {
-        let b = local[bucket as usize % local.len()];
-        out.push(Element::LocalServiceEndpoint {
+    fill_buckets(out, dst, local, buckets, BucketMap::Local);
+}
+
+/// `n` buckets of `map` for `dst`, the backends assigned to them round-robin.
+fn fill_buckets(out: &mut Vec<Element>, dst: Destination, backends: &[Backend], n: u32, map: BucketMap) {
+    out.extend((0..n).map(|bucket| {
+        let b = backends[bucket as usize % backends.len()];
+        BucketEntry {
             dst,
             bucket,
             endpoint: b.ip,
             endpoint_port: b.port,
-        });
-    }
+        }
+        .element(map)
+    }));
 }
 
 fn push_buckets(out: &mut Vec<Element>, dst: Destination, backends: &[Backend], buckets: u32) {
     let buckets = buckets.max(1);
     if backends.len() <= buckets as usize {
-        for bucket in 0..buckets {
-            let b = backends[bucket as usize % backends.len()];
-            out.push(Element::ServiceEndpoint {
-                dst,
-                bucket,
-                endpoint: b.ip,
-                endpoint_port: b.port,
-            });
-        }
+        fill_buckets(out, dst, backends, buckets, BucketMap::Small);
         return;
     }
     if backends.len() > LARGE_BUCKETS as usize {
@@ -700,15 +783,7 @@ fn push_buckets(out: &mut Vec<Element>, dst: Destination, backends: &[Backend], 
             "more endpoints than buckets; only the first {LARGE_BUCKETS} receive traffic"
         );
     }
-    for bucket in 0..LARGE_BUCKETS {
-        let b = backends[bucket as usize % backends.len()];
-        out.push(Element::LargeServiceEndpoint {
-            dst,
-            bucket,
-            endpoint: b.ip,
-            endpoint_port: b.port,
-        });
-    }
+    fill_buckets(out, dst, backends, LARGE_BUCKETS, BucketMap::Large);
 }
 
 /// The target port of Service port `port` in a slice: the first slice port with its name and

@@ -51,7 +51,7 @@ pub struct AddressEvents {
 impl AddressEvents {
     /// Subscribes (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR) in the calling thread's namespace.
     pub fn subscribe() -> std::io::Result<Self> {
-        let fd = crate::netlink::bound_socket(
+        let fd = knode_netlink::bound_socket(
             libc::NETLINK_ROUTE,
             (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32,
         )?;

@@ -12,8 +12,7 @@ mod support;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -23,7 +22,7 @@ use kube_proxy::model::{
     Element, ModelConfig, Ruleset, SERVICE_NAME_LABEL, desired_ruleset, service_elements, service_key,
 };
 use kube_proxy::nft::{NftProgrammer, TableConfig};
-use support::{Netns, sh, wire};
+use support::{Netns, StopThread, sh, wire};
 
 /// Elements of a map of table `ip kube-proxy` in `ns` whose key and value are both
 /// concatenations (nft -j prints two `"concat"` objects per element).
@@ -37,8 +36,7 @@ fn count_map_elements(ns: &Netns, map: &str) -> usize {
 
 /// A TCP listener inside a namespace that accepts (and drops) connections until dropped.
 struct Backend {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: StopThread,
 }
 
 impl Backend {
@@ -48,28 +46,14 @@ impl Backend {
         // Non-blocking so the thread can notice `stop`; the kernel completes handshakes on its
         // own, so polling adds nothing to the client's connect() time.
         listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
+        let thread = StopThread::spawn(move |stop| {
+            while !stop.load(Ordering::SeqCst) {
                 if listener.accept().is_err() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
         });
-        Backend {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Backend { _thread: thread }
     }
 }
 

@@ -25,13 +25,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knode_harness::control_plane::ControlPlane;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use support::{NODE_IP, Topology, http_get, http_get_full, in_netns, sh};
+use support::{
+    NODE_IP, StopThread, Topology, exec_in, http_get, http_get_full, http_service, http_slice, in_netns, sh,
+    sh_in,
+};
 
 const HEALTHZ: &str = "127.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
@@ -39,8 +41,7 @@ const METRICS: &str = "127.0.0.1:10249";
 /// Copies connections accepted on a listener inside a namespace to the same port on the host's
 /// loopback. Stops (and releases the namespace) on drop.
 struct Relay {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: StopThread,
 }
 
 impl Relay {
@@ -48,10 +49,8 @@ impl Relay {
         // The listener belongs to the namespace it was created in, whichever thread uses it.
         let listener = in_netns(ns, || TcpListener::bind(("127.0.0.1", port)).unwrap());
         listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
+        let thread = StopThread::spawn(move |stop| {
+            while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((inner, _)) => {
                         inner.set_nonblocking(false).unwrap();
@@ -73,19 +72,7 @@ impl Relay {
                 }
             }
         });
-        Relay {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Relay { _thread: thread }
     }
 }
 
@@ -93,8 +80,7 @@ impl Drop for Relay {
 /// and blocks its senders, as systemd's would if PID 1 stopped reading).
 struct NotifyListener {
     messages: Arc<std::sync::Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _reader: StopThread,
 }
 
 impl NotifyListener {
@@ -102,11 +88,10 @@ impl NotifyListener {
         let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m, st) = (messages.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
+        let m = messages.clone();
+        let reader = StopThread::spawn(move |stop| {
             let mut buf = [0u8; 4096];
-            while !st.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 if let Ok(n) = sock.recv(&mut buf) {
                     m.lock()
                         .unwrap()
@@ -116,17 +101,7 @@ impl NotifyListener {
         });
         NotifyListener {
             messages,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for NotifyListener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _reader: reader,
         }
     }
 }
@@ -203,20 +178,7 @@ impl Lab {
 
     /// `nft -j list table ip kube-proxy` in the node namespace (None when the table is absent).
     fn nft_json(&self) -> Option<String> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.node,
-                "nft",
-                "-j",
-                "list",
-                "table",
-                "ip",
-                "kube-proxy",
-            ])
-            .output()
-            .unwrap();
+        let out = exec_in(&self.node, &["nft", "-j", "list", "table", "ip", "kube-proxy"]);
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -255,65 +217,13 @@ fn wait_for<T>(lab: &Lab, secs: u64, what: &str, mut f: impl FnMut() -> Option<T
     }
 }
 
-fn service(name: &str, type_: &str) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some(type_.into()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                protocol: Some("TCP".into()),
-                port: 80,
-                target_port: Some(IntOrString::Int(8080)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
+/// [`http_slice`] as upstream's EndpointSlice controller writes it: with the trigger time (RFC 3339
+/// with nanoseconds).
 fn slice(service: &str, ips: &[Ipv4Addr]) -> EndpointSlice {
-    // As upstream's EndpointSlice controller writes it (RFC 3339 with nanoseconds).
-    let now = jiff::Timestamp::now();
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-1")),
-            namespace: Some("default".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), service.to_string())].into()),
-            annotations: Some(
-                [(
-                    "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
-                    now.to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: ips
-            .iter()
-            .map(|ip| Endpoint {
-                addresses: vec![ip.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            protocol: Some("TCP".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
-    }
+    let mut s = http_slice(service, ips.iter().copied());
+    let trigger = "endpoints.kubernetes.io/last-change-trigger-time".to_string();
+    s.metadata.annotations = Some([(trigger, jiff::Timestamp::now().to_string())].into());
+    s
 }
 
 fn node_object(name: &str) -> Node {
@@ -337,6 +247,31 @@ fn node_object(name: &str) -> Node {
             ..Default::default()
         }),
     }
+}
+
+/// A kubeconfig with the lab node's identity (`system:node:<name>` in `system:nodes`).
+fn node_kubeconfig(cp: &ControlPlane, lab: &Lab) -> std::path::PathBuf {
+    cp.issue_kubeconfig(&format!("system:node:{}", lab.node_name()), &["system:nodes"])
+        .unwrap()
+}
+
+/// Creates the lab's Node object with its addresses (status is a subresource: patched too,
+/// whatever create kept) and returns a kubeconfig with its identity.
+fn register_node(
+    cp: &ControlPlane,
+    rt: &tokio::runtime::Runtime,
+    nodes: &Api<Node>,
+    lab: &Lab,
+) -> std::path::PathBuf {
+    let node = node_object(&lab.node_name());
+    rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
+    rt.block_on(nodes.patch_status(
+        &lab.node_name(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": node.status})),
+    ))
+    .unwrap();
+    node_kubeconfig(cp, lab)
 }
 
 /// The value of an unlabelled sample (or a `_count`/`_sum`) in Prometheus text.
@@ -365,8 +300,18 @@ fn try_hosts(
     })
 }
 
-/// A runtime and an admin client of the control plane (from the host's namespace).
-fn admin_client(cp: &ControlPlane) -> (tokio::runtime::Runtime, kube::Client) {
+/// A control plane started for one test (as root), a runtime for the client, and admin access
+/// (from the host's namespace) to its Services and EndpointSlices (in `default`) and Nodes.
+fn start_cluster() -> (
+    ControlPlane,
+    tokio::runtime::Runtime,
+    Api<Service>,
+    Api<EndpointSlice>,
+    Api<Node>,
+) {
+    knode_harness::require_root().unwrap();
+    knode_harness::install_crypto_provider();
+    let cp = ControlPlane::start(&[]).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -378,33 +323,19 @@ fn admin_client(cp: &ControlPlane) -> (tokio::runtime::Runtime, kube::Client) {
             Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
         })
         .unwrap();
-    (rt, client)
+    let (services, slices) = (
+        Api::namespaced(client.clone(), "default"),
+        Api::namespaced(client.clone(), "default"),
+    );
+    (cp, rt, services, slices, Api::all(client))
 }
 
 #[test]
 fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
-    knode_harness::require_root().unwrap();
-    knode_harness::install_crypto_provider();
-    let cp = ControlPlane::start(&[]).unwrap();
-    let (rt, client) = admin_client(&cp);
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let nodes: Api<Node> = Api::all(client.clone());
+    let (cp, rt, services, slices, nodes) = start_cluster();
 
     let mut lab = Lab::new(2);
-    let node_name = lab.node_name();
-    let node = node_object(&node_name);
-    rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
-    // Status is a subresource: make sure the addresses are there whatever create kept.
-    rt.block_on(nodes.patch_status(
-        &node_name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"status": node.status})),
-    ))
-    .unwrap();
-    let kubeconfig = cp
-        .issue_kubeconfig(&format!("system:node:{node_name}"), &["system:nodes"])
-        .unwrap();
+    let kubeconfig = register_node(&cp, &rt, &nodes, &lab);
     let notify_path = lab._dir.path().join("notify");
     let notify = NotifyListener::bind(&notify_path);
     lab.start_proxy(
@@ -444,7 +375,7 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
     let pod_ips: Vec<Ipv4Addr> = lab.pods.iter().map(|p| p.1).collect();
     let written = Instant::now();
     let web = rt
-        .block_on(services.create(&PostParams::default(), &service("web", "NodePort")))
+        .block_on(services.create(&PostParams::default(), &http_service("web", "NodePort")))
         .unwrap();
     rt.block_on(slices.create(&PostParams::default(), &slice("web", &pod_ips)))
         .unwrap();
@@ -506,7 +437,7 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
 
     // --- a Service without endpoints rejects at once (connection refused, not a timeout) ---
     let empty = rt
-        .block_on(services.create(&PostParams::default(), &service("empty", "ClusterIP")))
+        .block_on(services.create(&PostParams::default(), &http_service("empty", "ClusterIP")))
         .unwrap();
     let empty_ip: Ipv4Addr = empty.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
     let empty_vip = SocketAddr::from((empty_ip, 80));
@@ -521,17 +452,7 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
     });
 
     // --- drift: the table deleted by hand comes back at the next periodic resync (3 s) ---
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "nft",
-        "delete",
-        "table",
-        "ip",
-        "kube-proxy",
-    ]);
+    sh_in(&lab.node, &["nft", "delete", "table", "ip", "kube-proxy"]);
     let deleted = Instant::now();
     wait_for(
         &lab,
@@ -619,16 +540,7 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
     assert!(status.success(), "exit status {status:?}\n{}", lab.proxy_log());
     let j = lab.nft_json().expect("rules must stay after SIGTERM");
     assert!(j.contains(&empty_ip.to_string()));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.node,
-            env!("CARGO_BIN_EXE_kube-proxy"),
-            "--cleanup",
-        ])
-        .output()
-        .unwrap();
+    let out = exec_in(&lab.node, &[env!("CARGO_BIN_EXE_kube-proxy"), "--cleanup"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(lab.nft_json().is_none(), "--cleanup left the table");
     let messages = notify.messages.lock().unwrap().clone();
@@ -653,9 +565,7 @@ fn healthz_turns_503_when_syncs_stall_and_the_daemon_keeps_running() {
     knode_harness::require_root().unwrap();
     let cp = ControlPlane::start(&[]).unwrap();
     let mut lab = Lab::new(0);
-    let kubeconfig = cp
-        .issue_kubeconfig(&format!("system:node:{}", lab.node_name()), &["system:nodes"])
-        .unwrap();
+    let kubeconfig = node_kubeconfig(&cp, &lab);
     // No relay: the API server is unreachable from the node namespace, so the initial lists never
     // complete and the start-up's queued update ages past 2 × syncPeriod (2 s).
     lab.start_proxy(&cp, &kubeconfig, false, None, &["--sync-period=1s"]);
@@ -693,31 +603,15 @@ fn healthz_turns_503_when_syncs_stall_and_the_daemon_keeps_running() {
 
 #[test]
 fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health_check_node_ports() {
-    knode_harness::require_root().unwrap();
-    knode_harness::install_crypto_provider();
-    let cp = ControlPlane::start(&[]).unwrap();
-    let (rt, client) = admin_client(&cp);
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let nodes: Api<Node> = Api::all(client.clone());
+    let (cp, rt, services, slices, nodes) = start_cluster();
 
     let mut lab = Lab::new(2);
     let node_name = lab.node_name();
-    let node = node_object(&node_name);
-    rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
-    rt.block_on(nodes.patch_status(
-        &node_name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"status": node.status})),
-    ))
-    .unwrap();
-    let kubeconfig = cp
-        .issue_kubeconfig(&format!("system:node:{node_name}"), &["system:nodes"])
-        .unwrap();
+    let kubeconfig = register_node(&cp, &rt, &nodes, &lab);
 
     // A LoadBalancer Service with externalTrafficPolicy Local: pod0 runs on this node, pod1
     // elsewhere.
-    let mut svc = service("lb", "LoadBalancer");
+    let mut svc = http_service("lb", "LoadBalancer");
     let spec = svc.spec.as_mut().unwrap();
     spec.external_traffic_policy = Some("Local".into());
     spec.health_check_node_port = Some(32555);
@@ -811,16 +705,9 @@ fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health
 /// serving it, and the node's other addresses never serve it.
 #[test]
 fn node_ports_follow_interface_addresses_added_after_start() {
-    knode_harness::require_root().unwrap();
-    knode_harness::install_crypto_provider();
-    let cp = ControlPlane::start(&[]).unwrap();
-    let (rt, client) = admin_client(&cp);
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let (cp, rt, services, slices, _) = start_cluster();
     let mut lab = Lab::new(1);
-    let kubeconfig = cp
-        .issue_kubeconfig(&format!("system:node:{}", lab.node_name()), &["system:nodes"])
-        .unwrap();
+    let kubeconfig = node_kubeconfig(&cp, &lab);
     lab.start_proxy(
         &cp,
         &kubeconfig,
@@ -829,7 +716,7 @@ fn node_ports_follow_interface_addresses_added_after_start() {
         &["--nodeport-addresses=10.99.0.0/24"],
     );
     let web = rt
-        .block_on(services.create(&PostParams::default(), &service("late", "NodePort")))
+        .block_on(services.create(&PostParams::default(), &http_service("late", "NodePort")))
         .unwrap();
     rt.block_on(slices.create(&PostParams::default(), &slice("late", &[lab.pods[0].1])))
         .unwrap();

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube_proxy::model::{ModelConfig, SERVICE_NAME_LABEL, desired_ruleset};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use kube_proxy::model::{ModelConfig, desired_ruleset};
 use kube_proxy::nft::{NftProgrammer, TableConfig};
-use support::{CLIENT_IP, NODE_IP, Topology, http_get, in_netns, kill_all_in, sh, unique};
+use support::{
+    CLIENT_IP, NODE_IP, Topology, default_meta, exec_in, http_get, http_slice_port, in_netns, kill_all_in,
+    ready_endpoint, sh, sh_in, slice_meta, unique,
+};
 
 /// The IPv4 lab ([`support::Topology`]: node, `pods` pod namespaces with servers on 8080/tcp
 /// and 8081/udp, client). Removed on drop.
@@ -45,32 +47,11 @@ impl Lab {
 
     fn endpoints(&self, service: &str, pods: &[usize]) -> EndpointSlice {
         EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{service}-x")),
-                namespace: Some("default".into()),
-                labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
-                ..Default::default()
-            },
+            metadata: slice_meta(&format!("{service}-x"), service),
             address_type: "IPv4".into(),
-            endpoints: pods
-                .iter()
-                .map(|&i| Endpoint {
-                    addresses: vec![self.pods[i].1.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
+            endpoints: pods.iter().map(|&i| ready_endpoint(self.pods[i].1)).collect(),
             ports: Some(vec![
-                EndpointPort {
-                    name: Some("http".into()),
-                    protocol: Some("TCP".into()),
-                    port: Some(8080),
-                    ..Default::default()
-                },
+                http_slice_port(),
                 EndpointPort {
                     name: Some("udp".into()),
                     protocol: Some("UDP".into()),
@@ -93,37 +74,12 @@ impl Lab {
 
     /// `nft -a list table ip kube-proxy` (rule handles shown).
     fn nft_list_handles(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.node,
-                "nft",
-                "-a",
-                "list",
-                "table",
-                "ip",
-                "kube-proxy",
-            ])
-            .output()
-            .unwrap();
+        let out = exec_in(&self.node, &["nft", "-a", "list", "table", "ip", "kube-proxy"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn nft_list(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.node,
-                "nft",
-                "list",
-                "table",
-                "ip",
-                "kube-proxy",
-            ])
-            .output()
-            .unwrap();
+        let out = exec_in(&self.node, &["nft", "list", "table", "ip", "kube-proxy"]);
         assert!(
             out.status.success(),
             "nft list failed: {}",
@@ -135,11 +91,7 @@ impl Lab {
 
 fn service(name: &str, type_: &str, ip: &str, node_port: Option<i32>) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
+        metadata: default_meta(name),
         spec: Some(ServiceSpec {
             type_: Some(type_.into()),
             cluster_ip: Some(ip.into()),
@@ -386,17 +338,7 @@ fn endpoint_changes_are_applied_incrementally() {
     assert_eq!(hits.keys().collect::<Vec<_>>(), vec!["pod2"]);
 
     // Drift: the table deleted by hand comes back at the next full resync.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "nft",
-        "delete",
-        "table",
-        "ip",
-        "kube-proxy",
-    ]);
+    sh_in(&lab.node, &["nft", "delete", "table", "ip", "kube-proxy"]);
     assert!(in_netns(&lab.client, || http_get(b, "/hostname")).is_err());
     p.invalidate();
     let fourth = in_netns(&lab.node, || p.sync(&desired)).unwrap();
@@ -454,18 +396,10 @@ fn restarts_adopting_and_repairing_the_table_fail_no_connection() {
         let mut repairs = 0;
         for i in 0..20 {
             if i % 2 == 1 {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
+                sh_in(
                     &lab.node,
-                    "nft",
-                    "flush",
-                    "chain",
-                    "ip",
-                    "kube-proxy",
-                    "filter-output",
-                ]);
+                    &["nft", "flush", "chain", "ip", "kube-proxy", "filter-output"],
+                );
             }
             let stats = in_netns(&lab.node, || {
                 NftProgrammer::new(TableConfig::default()).sync(&desired).unwrap()
@@ -557,20 +491,7 @@ fn sync_with(lab: &Lab, p: &mut NftProgrammer, services: &[Service], slices: &[E
 
 /// `nft list map ip kube-proxy <name>` in the node namespace.
 fn nft_map(lab: &Lab, name: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.node,
-            "nft",
-            "list",
-            "map",
-            "ip",
-            "kube-proxy",
-            name,
-        ])
-        .output()
-        .unwrap();
+    let out = exec_in(&lab.node, &["nft", "list", "map", "ip", "kube-proxy", name]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -868,20 +789,10 @@ fn hairpin_is_masqueraded_and_source_ranges_firewall_load_balancer_ips() {
 
     // The hairpin element is shared: removing one of two Services using pod1 keeps it.
     let hairpin = |lab: &Lab| {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.node,
-                "nft",
-                "list",
-                "set",
-                "ip",
-                "kube-proxy",
-                "hairpin-endpoints",
-            ])
-            .output()
-            .unwrap();
+        let out = exec_in(
+            &lab.node,
+            &["nft", "list", "set", "ip", "kube-proxy", "hairpin-endpoints"],
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
@@ -943,20 +854,10 @@ fn udp_flow_moves_to_the_new_endpoint_once_stale_conntrack_entries_are_deleted()
         "conntrack keeps the old endpoint until cleaned"
     );
     let listed = |lab: &Lab| {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.node,
-                "conntrack",
-                "-L",
-                "-p",
-                "udp",
-                "--orig-dst",
-                "10.96.0.90",
-            ])
-            .output()
-            .unwrap();
+        let out = exec_in(
+            &lab.node,
+            &["conntrack", "-L", "-p", "udp", "--orig-dst", "10.96.0.90"],
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(listed(&lab).contains("src=10.244.0.10"), "{}", listed(&lab));
@@ -1024,19 +925,18 @@ fn restarted_programmer_adopts_the_table_keeping_affinity_and_repairs_drift() {
     );
 
     // Drift: an element deleted by hand comes back at the next resync (a diff, not a replace).
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    sh_in(
         &lab.node,
-        "nft",
-        "delete",
-        "element",
-        "ip",
-        "kube-proxy",
-        "cluster-ips",
-        "{ 10.96.0.101 }",
-    ]);
+        &[
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            "kube-proxy",
+            "cluster-ips",
+            "{ 10.96.0.101 }",
+        ],
+    );
     let repaired = in_netns(&lab.node, || p.resync(&desired)).unwrap();
     assert!(!repaired.full && repaired.elements_added == 1, "{repaired:?}");
     assert!(lab.nft_list().contains("10.96.0.101"));
@@ -1086,20 +986,19 @@ fn restarted_programmer_adopts_the_table_keeping_affinity_and_repairs_drift() {
         .find(|(_, l)| l.contains(&format!("# handle {handle}")) && l.contains("@no-endpoint-services"))
         .map(|(c, _)| c)
         .unwrap();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    sh_in(
         &lab.node,
-        "nft",
-        "delete",
-        "rule",
-        "ip",
-        "kube-proxy",
-        &chain,
-        "handle",
-        &handle,
-    ]);
+        &[
+            "nft",
+            "delete",
+            "rule",
+            "ip",
+            "kube-proxy",
+            &chain,
+            "handle",
+            &handle,
+        ],
+    );
     assert_eq!(
         lab.nft_list().matches("@no-endpoint-services").count(),
         rules_before - 1
@@ -1178,15 +1077,7 @@ impl Lab6 {
             sh(&v);
         };
         n(&["link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
+        sh_in(&node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         n(&["link", "add", "br0", "type", "bridge"]);
         n(&["link", "set", "br0", "up"]);
         n(&["addr", "add", "fd00:244::1/64", "dev", "br0", "nodad"]);
@@ -1330,12 +1221,7 @@ fn ipv6_cluster_ip_and_node_port_balance_over_ipv6_endpoints_in_the_ip6_table() 
     let mut empty = service("empty6", "ClusterIP", "fd00:96::121", None);
     empty.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
     let slice = EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("ds-v6".into()),
-            namespace: Some("default".into()),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), "ds".to_string())].into()),
-            ..Default::default()
-        },
+        metadata: slice_meta("ds-v6", "ds"),
         address_type: "IPv6".into(),
         endpoints: ["fd00:244::10", "fd00:244::11"]
             .iter()
@@ -1344,12 +1230,7 @@ fn ipv6_cluster_ip_and_node_port_balance_over_ipv6_endpoints_in_the_ip6_table() 
                 ..Default::default()
             })
             .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            protocol: Some("TCP".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
+        ports: Some(vec![http_slice_port()]),
     };
     let config = ModelConfig {
         buckets: 16,
@@ -1366,19 +1247,7 @@ fn ipv6_cluster_ip_and_node_port_balance_over_ipv6_endpoints_in_the_ip6_table() 
     );
     let stats = in_netns(&lab.node, || p.sync(&desired)).unwrap();
     assert!(stats.full);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.node,
-            "nft",
-            "list",
-            "table",
-            "ip6",
-            "kube-proxy",
-        ])
-        .output()
-        .unwrap();
+    let out = exec_in(&lab.node, &["nft", "list", "table", "ip6", "kube-proxy"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -1450,12 +1319,7 @@ fn ipv6_udp_flow_moves_after_the_conntrack_cleanup() {
     let mut svc = service("dns6", "ClusterIP", "fd00:96::53", None);
     svc.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
     let slice_of = |pod: usize| EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("dns6-v6".into()),
-            namespace: Some("default".into()),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), "dns6".to_string())].into()),
-            ..Default::default()
-        },
+        metadata: slice_meta("dns6-v6", "dns6"),
         address_type: "IPv6".into(),
         endpoints: vec![Endpoint {
             addresses: vec![format!("fd00:244::1{pod}")],

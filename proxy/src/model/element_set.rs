@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Destination, Element, Protocol};
+use super::{BucketEntry, BucketMap, Destination, Element, Protocol};
 
 /// One packed IPv4 element: kind, then its fields big-endian (so records sort by content).
 type Packed = [u8; 16];
@@ -117,35 +117,19 @@ fn put_dst(p: &mut Packed, d: &Destination) -> Option<()> {
 /// The packed record of an IPv4 element; None for IPv6 ones (and buckets past u16).
 fn pack(e: &Element) -> Option<Packed> {
     let mut p = [0u8; 16];
+    if let Some((map, b)) = e.bucket_entry() {
+        p[0] = match map {
+            BucketMap::Small => SERVICE_ENDPOINT,
+            BucketMap::Large => LARGE_SERVICE_ENDPOINT,
+            BucketMap::Local => LOCAL_SERVICE_ENDPOINT,
+        };
+        put_dst(&mut p, &b.dst)?;
+        p[8..10].copy_from_slice(&u16::try_from(b.bucket).ok()?.to_be_bytes());
+        p[10..14].copy_from_slice(&v4(&b.endpoint)?);
+        p[14..16].copy_from_slice(&b.endpoint_port.to_be_bytes());
+        return Some(p);
+    }
     match e {
-        Element::ServiceEndpoint {
-            dst,
-            bucket,
-            endpoint,
-            endpoint_port,
-        }
-        | Element::LargeServiceEndpoint {
-            dst,
-            bucket,
-            endpoint,
-            endpoint_port,
-        }
-        | Element::LocalServiceEndpoint {
-            dst,
-            bucket,
-            endpoint,
-            endpoint_port,
-        } => {
-            p[0] = match e {
-                Element::ServiceEndpoint { .. } => SERVICE_ENDPOINT,
-                Element::LargeServiceEndpoint { .. } => LARGE_SERVICE_ENDPOINT,
-                _ => LOCAL_SERVICE_ENDPOINT,
-            };
-            put_dst(&mut p, dst)?;
-            p[8..10].copy_from_slice(&u16::try_from(*bucket).ok()?.to_be_bytes());
-            p[10..14].copy_from_slice(&v4(endpoint)?);
-            p[14..16].copy_from_slice(&endpoint_port.to_be_bytes());
-        }
         Element::ServiceIp(d)
         | Element::ExternalService(d)
         | Element::NoEndpointService(d)
@@ -193,6 +177,10 @@ fn pack(e: &Element) -> Option<Packed> {
             p[8..12].copy_from_slice(&v4(net)?);
             p[12] = *prefix;
         }
+        // Packed above.
+        Element::ServiceEndpoint { .. }
+        | Element::LargeServiceEndpoint { .. }
+        | Element::LocalServiceEndpoint { .. } => return None,
     }
     Some(p)
 }
@@ -220,26 +208,19 @@ fn dst_of(p: &Packed) -> Destination {
 /// The element a record was packed from.
 fn unpack(p: &Packed) -> Element {
     let dst = dst_of(p);
-    let (bucket, endpoint, endpoint_port) = (u32::from(u16_at(p, 8)), ip_at(p, 10), u16_at(p, 14));
+    let bucket_entry = |map| {
+        BucketEntry {
+            dst,
+            bucket: u32::from(u16_at(p, 8)),
+            endpoint: ip_at(p, 10),
+            endpoint_port: u16_at(p, 14),
+        }
+        .element(map)
+    };
     match p[0] {
-        SERVICE_ENDPOINT => Element::ServiceEndpoint {
-            dst,
-            bucket,
-            endpoint,
-            endpoint_port,
-        },
-        LARGE_SERVICE_ENDPOINT => Element::LargeServiceEndpoint {
-            dst,
-            bucket,
-            endpoint,
-            endpoint_port,
-        },
-        LOCAL_SERVICE_ENDPOINT => Element::LocalServiceEndpoint {
-            dst,
-            bucket,
-            endpoint,
-            endpoint_port,
-        },
+        SERVICE_ENDPOINT => bucket_entry(BucketMap::Small),
+        LARGE_SERVICE_ENDPOINT => bucket_entry(BucketMap::Large),
+        LOCAL_SERVICE_ENDPOINT => bucket_entry(BucketMap::Local),
         SERVICE_IP => Element::ServiceIp(dst),
         EXTERNAL_SERVICE => Element::ExternalService(dst),
         NO_ENDPOINT_SERVICE => Element::NoEndpointService(dst),

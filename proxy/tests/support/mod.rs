@@ -10,13 +10,15 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube_proxy::model::SERVICE_NAME_LABEL;
 
 /// The test image's static binary (serves HTTP/TCP/UDP in pod namespaces).
 pub const TESTIMG: &str = concat!(
@@ -36,6 +38,22 @@ pub fn sh(args: &[&str]) {
         "{args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `ip netns exec <ns> <args…>`: its output, whether it succeeded or not.
+pub fn exec_in(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `ip netns exec <ns> <args…>`; panics with its stderr when it fails.
+pub fn sh_in(ns: &str, args: &[&str]) {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v);
 }
 
 /// `ip -n <ns> <args>`.
@@ -74,6 +92,34 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// A background thread that runs until this is dropped: `body` polls the flag it is given and
+/// returns once it is set; drop sets it and joins the thread.
+pub struct StopThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StopThread {
+    pub fn spawn(body: impl FnOnce(&AtomicBool) + Send + 'static) -> StopThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || body(&flag));
+        StopThread {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StopThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A bare network namespace (nothing in it, loopback down), deleted with everything in it (its
 /// nftables tables too) on drop.
 pub struct Netns(pub String);
@@ -92,11 +138,7 @@ impl Netns {
 
     /// `nft -j list <what…>` inside the namespace (None when it fails, e.g. the object is absent).
     pub fn nft_json(&self, what: &[&str]) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "-j", "list"])
-            .args(what)
-            .output()
-            .unwrap();
+        let out = exec_in(&self.0, &[&["nft", "-j", "list"], what].concat());
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -280,16 +322,52 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     http_get_full(addr, path).map(|(_, b)| b.trim().to_string())
 }
 
-/// Service `svc<i>` (port 80 → 8080, name "http") as a benchmark creates it.
-pub fn numbered_service(i: usize) -> Service {
+/// Metadata of object `name` in namespace `default`.
+pub fn default_meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    }
+}
+
+/// Metadata of EndpointSlice `name` (in `default`) of Service `service`.
+pub fn slice_meta(name: &str, service: &str) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
+        ..default_meta(name)
+    }
+}
+
+/// A ready (serving, not terminating) endpoint at `ip`.
+pub fn ready_endpoint(ip: impl ToString) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.to_string()],
+        conditions: Some(EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        }),
+        ..Default::default()
+    }
+}
+
+/// EndpointSlice port `http`: 8080/TCP.
+pub fn http_slice_port() -> EndpointPort {
+    EndpointPort {
+        name: Some("http".into()),
+        protocol: Some("TCP".into()),
+        port: Some(8080),
+        ..Default::default()
+    }
+}
+
+/// Service `name` (in `default`) of type `type_` with one port, `http`: 80/TCP → 8080.
+pub fn http_service(name: &str, type_: &str) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(format!("svc{i}")),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
+        metadata: default_meta(name),
         spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
+            type_: Some(type_.into()),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 protocol: Some("TCP".into()),
@@ -303,33 +381,23 @@ pub fn numbered_service(i: usize) -> Service {
     }
 }
 
+/// EndpointSlice `<service>-1` of [`http_service`] `service`: ready IPv4 endpoints at `ips`.
+pub fn http_slice(service: &str, ips: impl IntoIterator<Item = Ipv4Addr>) -> EndpointSlice {
+    EndpointSlice {
+        metadata: slice_meta(&format!("{service}-1"), service),
+        address_type: "IPv4".into(),
+        endpoints: ips.into_iter().map(ready_endpoint).collect(),
+        ports: Some(vec![http_slice_port()]),
+    }
+}
+
+/// Service `svc<i>` (port 80 → 8080, name "http") as a benchmark creates it.
+pub fn numbered_service(i: usize) -> Service {
+    http_service(&format!("svc{i}"), "ClusterIP")
+}
+
 /// The EndpointSlice of `svc<i>`: 5 ready endpoints at 10.128.0.0 + 5i.
 pub fn numbered_slice(i: usize) -> EndpointSlice {
     let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5) as u32;
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("svc{i}-1")),
-            namespace: Some("default".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc{i}"))].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: (0..5)
-            .map(|e| Endpoint {
-                addresses: vec![Ipv4Addr::from(base + e).to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            protocol: Some("TCP".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
-    }
+    http_slice(&format!("svc{i}"), (0..5).map(|e| Ipv4Addr::from(base + e)))
 }
