@@ -237,6 +237,31 @@ async fn a_knode_node_joins_the_upstream_control_plane_by_bootstrap_token() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
 
+    // /configz as the API server's kubelet client calls it (system:kubelet-api-admin, authorized
+    // by SubjectAccessReview); the apiserver's nodes/proxy refuses loopback node addresses.
+    let apiserver_client = cp
+        .pki()
+        .issue(
+            "configz-client",
+            knode_harness::upstream::bootstrap::KUBELET_CLIENT_USER,
+            &[],
+            &[],
+            knode_harness::upstream::pki::Usage::Client,
+        )
+        .unwrap();
+    let o = Command::new("curl")
+        .arg("-sSk")
+        .arg("--cert")
+        .arg(&apiserver_client.cert)
+        .arg("--key")
+        .arg(&apiserver_client.key)
+        .arg(format!("https://127.0.0.1:{port}/configz"))
+        .output()
+        .unwrap();
+    let configz: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("/configz: {e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(configz["kubeletconfig"]["serverTLSBootstrap"], true);
+
     // Workloads through the real apiserver.
     let img = &images.testimg.reference;
     cp.run_kubectl(&["create", "configmap", "cfg", "--from-literal=color=blue"], None)
@@ -254,8 +279,9 @@ spec:
     args: ["serve"]
     env: [{{name: GREETING, value: hello}}]
     volumeMounts: [{{name: cfg, mountPath: /cfg}}]
-    readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
-    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 2}}
+    # The node has no CNI network here: exec probes reach the server from inside the pod.
+    readinessProbe: {{exec: {{command: [wget, -qO-, "http://127.0.0.1:8080/readyz"]}}, periodSeconds: 1}}
+    livenessProbe: {{exec: {{command: [wget, -qO-, "http://127.0.0.1:8080/healthz"]}}, periodSeconds: 2}}
   volumes: [{{name: cfg, configMap: {{name: cfg}}}}]
 ---
 apiVersion: apps/v1
@@ -304,9 +330,6 @@ spec:
             "jsonpath={.status.availableReplicas}",
         ]) == "2"
     });
-    let configz = kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/configz")]);
-    let configz: Value = serde_json::from_str(&configz).unwrap();
-    assert_eq!(configz["kubeletconfig"]["serverTLSBootstrap"], true);
 
     // The client certificate rotates before it expires, through a CSR made as the node itself.
     eventually(
