@@ -139,18 +139,19 @@ impl Lab {
         format!("kpd-{}", self.id)
     }
 
-    /// Starts the real kube-proxy in the node namespace, with the API server reachable through
-    /// the relay when `relay`, and sd_notify messages going to `notify` when given.
+    /// Starts the real kube-proxy in the node namespace, with the API server (on the host's
+    /// 127.0.0.1:`api_port`) reachable through the relay when `relay`, and sd_notify messages going
+    /// to `notify` when given.
     fn start_proxy(
         &mut self,
-        cp: &ControlPlane,
+        api_port: u16,
         kubeconfig: &std::path::Path,
         relay: bool,
         notify: Option<&std::path::Path>,
         extra: &[&str],
     ) {
         if relay {
-            self.relay = Some(Relay::start(&self.node, cp.port));
+            self.relay = Some(Relay::start(&self.node, api_port));
         }
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new("ip");
@@ -300,6 +301,16 @@ fn try_hosts(
     })
 }
 
+/// An admin API client from a kubeconfig.
+fn admin_client(rt: &tokio::runtime::Runtime, kubeconfig: &std::path::Path) -> kube::Client {
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
+    })
+    .unwrap()
+}
+
 /// A control plane started for one test (as root), a runtime for the client, and admin access
 /// (from the host's namespace) to its Services and EndpointSlices (in `default`) and Nodes.
 fn start_cluster() -> (
@@ -316,13 +327,7 @@ fn start_cluster() -> (
         .enable_all()
         .build()
         .unwrap();
-    let client = rt
-        .block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig)?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
-        })
-        .unwrap();
+    let client = admin_client(&rt, &cp.kubeconfig);
     let (services, slices) = (
         Api::namespaced(client.clone(), "default"),
         Api::namespaced(client.clone(), "default"),
@@ -339,7 +344,7 @@ fn daemon_programs_services_and_endpoint_slices_from_the_control_plane() {
     let notify_path = lab._dir.path().join("notify");
     let notify = NotifyListener::bind(&notify_path);
     lab.start_proxy(
-        &cp,
+        cp.port,
         &kubeconfig,
         true,
         Some(&notify_path),
@@ -568,7 +573,7 @@ fn healthz_turns_503_when_syncs_stall_and_the_daemon_keeps_running() {
     let kubeconfig = node_kubeconfig(&cp, &lab);
     // No relay: the API server is unreachable from the node namespace, so the initial lists never
     // complete and the start-up's queued update ages past 2 × syncPeriod (2 s).
-    lab.start_proxy(&cp, &kubeconfig, false, None, &["--sync-period=1s"]);
+    lab.start_proxy(cp.port, &kubeconfig, false, None, &["--sync-period=1s"]);
     let first = wait_for(&lab, 20, "healthz to answer", || {
         lab.get(HEALTHZ, "/healthz").ok()
     });
@@ -627,7 +632,7 @@ fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health
     let hc_port = spec.health_check_node_port.unwrap() as u16;
     let node_port = spec.ports.unwrap()[0].node_port.unwrap() as u16;
 
-    lab.start_proxy(&cp, &kubeconfig, true, None, &["-v=2"]);
+    lab.start_proxy(cp.port, &kubeconfig, true, None, &["-v=2"]);
     wait_for(&lab, 30, "the ClusterIP to answer", || {
         in_netns(&lab.client, || http_get(vip, "/hostname").ok())
     });
@@ -668,7 +673,7 @@ fn daemon_restart_adopts_the_table_without_failing_connections_and_serves_health
         unsafe { libc::kill(proxy.id() as i32, libc::SIGTERM) };
         let status = wait_for(&lab, 20, "kube-proxy to exit", || proxy.try_wait().unwrap());
         assert!(status.success());
-        lab.start_proxy(&cp, &kubeconfig, false, None, &["-v=2"]);
+        lab.start_proxy(cp.port, &kubeconfig, false, None, &["-v=2"]);
         wait_for(&lab, 30, "the restarted kube-proxy's first sync", || {
             lab.proxy_log().contains("synced proxy rules").then_some(())
         });
@@ -709,7 +714,7 @@ fn node_ports_follow_interface_addresses_added_after_start() {
     let mut lab = Lab::new(1);
     let kubeconfig = node_kubeconfig(&cp, &lab);
     lab.start_proxy(
-        &cp,
+        cp.port,
         &kubeconfig,
         true,
         None,
@@ -766,4 +771,61 @@ fn node_ports_follow_interface_addresses_added_after_start() {
         "the NodePort elements of the removed address to go",
         || (!lab.nft_json()?.contains(&late_ip.to_string())).then_some(()),
     );
+}
+
+/// kube-proxy as `system:kube-proxy` (upstream's default `system:node-proxier` binding, nothing
+/// more) against the real upstream control plane: it programs a NodePort Service whose endpoints
+/// both answer, and none of its requests is denied.
+#[test]
+fn daemon_runs_as_system_kube_proxy_against_the_upstream_control_plane() {
+    knode_harness::require_root().unwrap();
+    knode_harness::install_crypto_provider();
+    let cp = knode_harness::upstream::UpstreamControlPlane::start(Default::default()).unwrap();
+    let api_port: u16 = cp.server_url.rsplit(':').next().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = admin_client(&rt, &cp.kubeconfig);
+    let (services, slices, nodes): (Api<Service>, Api<EndpointSlice>, Api<Node>) = (
+        Api::namespaced(client.clone(), "default"),
+        Api::namespaced(client.clone(), "default"),
+        Api::all(client),
+    );
+    let mut lab = Lab::new(2);
+    let node = node_object(&lab.node_name());
+    rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
+    rt.block_on(nodes.patch_status(
+        &lab.node_name(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": node.status})),
+    ))
+    .unwrap();
+    let kubeconfig = lab._dir.path().join("kube-proxy.conf");
+    cp.issue_kubeconfig("system:kube-proxy", &[], &kubeconfig)
+        .unwrap();
+    lab.start_proxy(api_port, &kubeconfig, true, None, &["-v=2"]);
+
+    // A selectorless Service with a hand-written slice (no controller owns it).
+    let pod_ips: Vec<Ipv4Addr> = lab.pods.iter().map(|p| p.1).collect();
+    let web = rt
+        .block_on(services.create(&PostParams::default(), &http_service("web", "NodePort")))
+        .unwrap();
+    rt.block_on(slices.create(&PostParams::default(), &slice("web", &pod_ips)))
+        .unwrap();
+    let spec = web.spec.unwrap();
+    let cluster_ip: Ipv4Addr = spec.cluster_ip.unwrap().parse().unwrap();
+    let vip = SocketAddr::from((cluster_ip, 80));
+    wait_for(&lab, 60, "first connection to the ClusterIP", || {
+        in_netns(&lab.client, || {
+            TcpStream::connect_timeout(&vip, Duration::from_millis(200)).ok()
+        })
+    });
+    let m = hosts(&lab, vip, 60);
+    assert_eq!(m.len(), 2, "both endpoints must answer: {m:?}");
+    let np = SocketAddr::from((NODE_IP, spec.ports.unwrap()[0].node_port.unwrap() as u16));
+    let m = hosts(&lab, np, 40);
+    assert_eq!(m.len(), 2, "{m:?}");
+    let denied = cp.audit_denials("system:kube-proxy");
+    assert!(denied.is_empty(), "denied requests of kube-proxy: {denied:#?}");
 }
