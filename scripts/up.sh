@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The README's main command: brings up a single-node knode cluster on this machine — a private
-# containerd, knode-control-plane, the kubelet (with knode-bridge pod networking) and kube-proxy —
+# containerd, a control plane, the kubelet (with knode-bridge pod networking) and kube-proxy —
 # then runs a demo pod and Service and prints the kubectl lines to try next.
 #
 #   scripts/up.sh                 # set up the host, build, start everything, run the demo
 #   scripts/up.sh --down          # stop everything and remove the cluster's state
-#   options: --dir DIR (state, default /var/lib/knode-up), --no-setup (skip apt/host setup),
-#            --no-build, --node-ip IP, --registry-port N (default 5000), --api-port N (default 6443)
+#   --control-plane knode         # (default) knode-control-plane: one Rust process, seconds to start
+#   --control-plane upstream      # the real kube-apiserver, controller-manager, scheduler and etcd
+#                                 # (v1.37.2, built from Go modules and cached: the first run builds
+#                                 # for tens of minutes); the node joins by bootstrap token as with
+#                                 # `kubeadm join`, and kubectl is the built v1.37.2
+#   options (both modes): --dir DIR (state, default /var/lib/knode-up; --down reads the mode from
+#            it), --no-setup (skip apt/host setup), --no-build, --node-ip IP, --registry-port N
+#            (default 5000), --api-port N (default 6443)
 #
 # Everything the cluster creates lives under DIR (containerd root and socket, control plane data,
 # kubelet root, pod logs, CNI state) plus, in the network namespace it runs in, the knode0 bridge
@@ -22,6 +28,7 @@ DOWN=0
 NODE_IP=""
 REG_PORT=5000
 API_PORT=6443
+MODE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) DIR=$2; shift 2 ;;
@@ -31,7 +38,8 @@ while [ $# -gt 0 ]; do
     --node-ip) NODE_IP=$2; shift 2 ;;
     --registry-port) REG_PORT=$2; shift 2 ;;
     --api-port) API_PORT=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --control-plane) MODE=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "up.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,15 +48,17 @@ CGROUP_ROOT=${KNODE_CGROUP_ROOT:-/knode-up}
 SOCK=$DIR/containerd/c.sock
 NODE=$(tr -d '\n' < /proc/sys/kernel/hostname | tr 'A-Z' 'a-z')
 KUBECONFIG_ADMIN=$DIR/admin.conf
+if [ -z "$MODE" ]; then MODE=$(cat "$DIR/mode" 2>/dev/null || echo knode); fi
+case "$MODE" in knode|upstream) ;; *) echo "up.sh: --control-plane must be knode or upstream" >&2; exit 2 ;; esac
 
 log() { echo "up.sh: $*" >&2; }
 
-stop_pid() {
+stop_pid() { # name [seconds to wait before SIGKILL]
   local f=$DIR/$1.pid
   if [ -f "$f" ]; then
     local pid; pid=$(cat "$f")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq $((${2:-5} * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$f"
   fi
@@ -68,7 +78,8 @@ down() {
       ctr --address "$SOCK" -n k8s.io containers rm "$id" >/dev/null 2>&1 || true
     done
   fi
-  stop_pid control-plane
+  # The upstream plane stops its own processes (each up to 10 s) and removes its state.
+  stop_pid control-plane 60
   stop_pid containerd
   stop_pid registry
   [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -87,19 +98,26 @@ down() {
 
 if [ "$DOWN" = 1 ]; then down; exit 0; fi
 
-if [ "$SETUP" = 1 ]; then scripts/setup-host.sh; fi
+if [ "$SETUP" = 1 ]; then
+  if [ "$MODE" = upstream ]; then scripts/setup-host.sh --upstream; else scripts/setup-host.sh; fi
+fi
 if [ "$BUILD" = 1 ]; then
   log "building knode (debug profile)"
   cargo build -p knode-control-plane -p kubelet -p kube-proxy -p cni -p knode-harness --bins
   scripts/build-testimg.sh
 fi
-for b in knode-control-plane kubelet kube-proxy knode-bridge knode-push-test-images; do
+if [ "$MODE" = upstream ]; then
+  log "upstream components (built once, then cached; see scripts/build-upstream.sh)"
+  scripts/build-upstream.sh >/dev/null
+fi
+for b in knode-control-plane kubelet kube-proxy knode-bridge knode-push-test-images knode-upstream-plane; do
   [ -x "$BIN/$b" ] || { echo "up.sh: $BIN/$b is missing (run without --no-build)" >&2; exit 1; }
 done
 if [ -f "$DIR/kubelet.pid" ] && kill -0 "$(cat "$DIR/kubelet.pid")" 2>/dev/null; then
   echo "up.sh: a cluster is already running in $DIR (scripts/up.sh --down first)" >&2; exit 1
 fi
 mkdir -p "$DIR"/{containerd,registry,cp,kubelet,logs,cni/net.d,cni/ipam,manifests}
+echo "$MODE" > "$DIR/mode"
 sysctl -qw net.ipv4.ip_forward=1 || true
 ip link set lo up 2>/dev/null || true
 if [ -z "$NODE_IP" ]; then
@@ -144,13 +162,32 @@ containerd --config "$DIR/containerd/config.toml" > "$DIR/containerd.log" 2>&1 &
 echo $! > "$DIR/containerd.pid"
 wait_for "containerd" 30 ctr --address "$SOCK" version
 
-# 3. The control plane, an admin kubeconfig and a node identity.
-"$BIN/knode-control-plane" --listen "127.0.0.1:$API_PORT" --data-dir "$DIR/cp" \
-  --write-kubeconfig "$KUBECONFIG_ADMIN" > "$DIR/control-plane.log" 2>&1 &
-echo $! > "$DIR/control-plane.pid"
-wait_for "the control plane" 30 test -s "$KUBECONFIG_ADMIN"
-"$BIN/knode-control-plane" issue-kubeconfig --data-dir "$DIR/cp" --user "system:node:$NODE" \
-  --group system:nodes --server "https://127.0.0.1:$API_PORT" --out "$DIR/node.conf" >/dev/null
+# 3. The control plane, an admin kubeconfig and the node's credentials.
+if [ "$MODE" = knode ]; then
+  "$BIN/knode-control-plane" --listen "127.0.0.1:$API_PORT" --data-dir "$DIR/cp" \
+    --write-kubeconfig "$KUBECONFIG_ADMIN" > "$DIR/control-plane.log" 2>&1 &
+  echo $! > "$DIR/control-plane.pid"
+  wait_for "the control plane" 30 test -s "$KUBECONFIG_ADMIN"
+  "$BIN/knode-control-plane" issue-kubeconfig --data-dir "$DIR/cp" --user "system:node:$NODE" \
+    --group system:nodes --server "https://127.0.0.1:$API_PORT" --out "$DIR/node.conf" >/dev/null
+  CA_FILE=$DIR/cp/pki/ca.crt
+  KUBELET_CREDS=(--kubeconfig "$DIR/node.conf")
+  PROXY_KUBECONFIG=$DIR/node.conf
+  KUBECTL=kubectl
+else
+  # As `kubeadm init`: PKI, etcd, the apiserver advertising the node IP, the controller-manager
+  # (CSR signing and auto-approval, nodeipam) and the scheduler; a bootstrap token for the node.
+  "$BIN/knode-upstream-plane" --dir "$DIR/cp" --advertise-address "$NODE_IP" --port "$API_PORT" \
+    > "$DIR/control-plane.log" 2>&1 &
+  echo $! > "$DIR/control-plane.pid"
+  wait_for "the upstream control plane" 180 test -s "$DIR/cp/ready"
+  cp "$DIR/cp/admin.conf" "$KUBECONFIG_ADMIN"
+  CA_FILE=$DIR/cp/ca.crt
+  KUBELET_CREDS=(--bootstrap-kubeconfig "$DIR/cp/bootstrap-kubelet.conf" --kubeconfig "$DIR/kubelet/kubelet.conf")
+  PROXY_KUBECONFIG=$DIR/cp/kube-proxy.conf
+  KUBECTL=$DIR/cp/kubectl
+fi
+kubectl() { "$KUBECTL" "$@"; }
 export KUBECONFIG=$KUBECONFIG_ADMIN
 
 # 4. Pod networking: knode-bridge on the node's pod CIDR (the first node gets 10.244.0.0/24).
@@ -167,23 +204,34 @@ kind: KubeletConfiguration
 podLogsDir: $DIR/logs
 staticPodPath: $DIR/manifests
 authentication:
-  x509: {clientCAFile: $DIR/cp/pki/ca.crt}
+  x509: {clientCAFile: $CA_FILE}
+  webhook: {enabled: true}
 authorization: {mode: Webhook}
+rotateCertificates: true
+serverTLSBootstrap: $([ "$MODE" = upstream ] && echo true || echo false)
+clusterDomain: cluster.local
 # Absolute disk floors instead of upstream's 10 %/15 %: a developer's disk is often fuller than
 # that, and the demo node would refuse its pod under DiskPressure.
 evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi, imagefs.available: 1Gi}
 EOF
-"$BIN/kubelet" --kubeconfig "$DIR/node.conf" --config "$DIR/kubelet-config.yaml" \
+"$BIN/kubelet" "${KUBELET_CREDS[@]}" --config "$DIR/kubelet-config.yaml" \
   --hostname-override "$NODE" --node-ip "$NODE_IP" --root-dir "$DIR/kubelet" \
   --container-runtime-endpoint "unix://$SOCK" --insecure-registry "127.0.0.1:$REG_PORT" \
   --cgroup-root "$CGROUP_ROOT" --cni-conf-dir "$DIR/cni/net.d" --cni-bin-dir "$BIN,/usr/lib/cni" \
   > "$DIR/kubelet.log" 2>&1 &
 echo $! > "$DIR/kubelet.pid"
-"$BIN/kube-proxy" --kubeconfig "$DIR/node.conf" --hostname-override "$NODE" \
+"$BIN/kube-proxy" --kubeconfig "$PROXY_KUBECONFIG" --hostname-override "$NODE" \
   --cluster-cidr 10.244.0.0/16 --healthz-bind-address 127.0.0.1:10256 \
   --metrics-bind-address 127.0.0.1:10249 > "$DIR/kube-proxy.log" 2>&1 &
 echo $! > "$DIR/kube-proxy.pid"
-wait_for "node $NODE Ready" 60 sh -c "kubectl get node '$NODE' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+if [ "$MODE" = upstream ]; then
+  # The serving certificate is not auto-approved upstream; kubeadm users approve it like this.
+  wait_for "the kubelet's serving CSR" 120 sh -c "'$KUBECTL' get csr -o jsonpath='{range .items[?(@.spec.signerName==\"kubernetes.io/kubelet-serving\")]}{.metadata.name}{\"\\n\"}{end}' | grep -q ."
+  for csr in $(kubectl get csr -o jsonpath='{range .items[?(@.spec.signerName=="kubernetes.io/kubelet-serving")]}{.metadata.name}{"\n"}{end}'); do
+    kubectl certificate approve "$csr" >/dev/null
+  done
+fi
+wait_for "node $NODE Ready" 120 sh -c "'$KUBECTL' get node '$NODE' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 
 # 6. The demo: a pod serving HTTP and a NodePort Service in front of it.
 kubectl apply -f - >/dev/null <<EOF
@@ -213,11 +261,11 @@ ANSWER=$(curl -s --max-time 2 "http://$CLUSTER_IP/hostname")
 
 cat <<EOF
 
-knode single-node cluster is up (node $NODE, $NODE_IP). The demo pod answered "$ANSWER" through
+knode single-node cluster is up ($MODE control plane; node $NODE, $NODE_IP). The demo pod answered "$ANSWER" through
 Service demo ($CLUSTER_IP:80, NodePort $NODE_PORT).
 
 Try next:
-  export KUBECONFIG=$KUBECONFIG_ADMIN
+  export KUBECONFIG=$KUBECONFIG_ADMIN$([ "$MODE" = upstream ] && printf '\n  alias kubectl=%s    # v1.37.2, matching the control plane' "$KUBECTL")
   kubectl get nodes -o wide
   kubectl get pods -o wide
   kubectl get svc,endpointslices
