@@ -173,7 +173,7 @@ if [ "$MODE" = knode ]; then
   CA_FILE=$DIR/cp/pki/ca.crt
   KUBELET_CREDS=(--kubeconfig "$DIR/node.conf")
   PROXY_KUBECONFIG=$DIR/node.conf
-  KUBECTL=kubectl
+  KUBECTL=$(command -v kubectl)
 else
   # As `kubeadm init`: PKI, etcd, the apiserver advertising the node IP, the controller-manager
   # (CSR signing and auto-approval, nodeipam) and the scheduler; a bootstrap token for the node.

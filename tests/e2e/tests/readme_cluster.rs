@@ -1,7 +1,9 @@
 //! The README's main command (`scripts/up.sh`) end to end, so it cannot rot: run inside a
 //! test-created network namespace (its own loopback, bridge and nftables; the host's network is
 //! untouched) with a private state dir, it must bring up containerd, the control plane, the
-//! kubelet and kube-proxy, serve the demo through its Service, and `--down` must remove it all.
+//! kubelet and kube-proxy, serve the demo through its Service, and `--down` must remove it all —
+//! with knode's control plane (the default) and with the upstream one (`--control-plane upstream`,
+//! the node joining by bootstrap token).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,18 +29,27 @@ impl Drop for Down<'_> {
 
 #[test]
 fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() {
+    up_demo_down("knode", "10.201.0.1");
+}
+
+#[test]
+fn readme_main_command_with_the_upstream_control_plane() {
+    up_demo_down("upstream", "10.201.1.1");
+}
+
+fn up_demo_down(mode: &str, node_ip: &str) {
     knode_harness::require_root().unwrap();
     let root = knode_harness::workspace_root();
     let up = root.join("scripts/up.sh").display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster").display().to_string();
-    let ns = NodeNetns::create(&format!("kn-up-{}", std::process::id()), "10.201.0.1", true).unwrap();
+    let ns = NodeNetns::create(&format!("kn-up{mode:.1}-{}", std::process::id()), node_ip, true).unwrap();
     let bin_dir = knode_harness::control_plane::target_bin("kubelet")
         .parent()
         .unwrap()
         .display()
         .to_string();
-    let cgroup = format!("/knode-up-test-{}", std::process::id());
+    let cgroup = format!("/knode-up-test-{mode}-{}", std::process::id());
     let env_owned: Vec<(&'static str, String)> =
         vec![("KNODE_BIN_DIR", bin_dir), ("KNODE_CGROUP_ROOT", cgroup.clone())];
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -57,7 +68,9 @@ fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() 
                 "--no-setup",
                 "--no-build",
                 "--node-ip",
-                "10.201.0.1",
+                node_ip,
+                "--control-plane",
+                mode,
             ],
             &env,
         )
@@ -85,13 +98,27 @@ fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() 
     );
     assert!(stdout.contains("knode single-node cluster is up"), "{stdout}");
     assert!(stdout.contains("The demo pod answered \"demo\""), "{stdout}");
-    // The printed kubectl lines work.
+    // The printed kubectl lines work (upstream mode: with the built kubectl it prints).
     let kc = format!("{dir}/admin.conf");
+    let kubectl = if mode == "upstream" {
+        format!("{dir}/cp/kubectl")
+    } else {
+        "kubectl".to_string()
+    };
+    let kubectl = kubectl.as_str();
+    if mode == "upstream" {
+        assert!(stdout.contains(&format!("alias kubectl={kubectl}")), "{stdout}");
+        let nodes = ns
+            .run(&[kubectl, "--kubeconfig", &kc, "get", "csr"], &[])
+            .unwrap();
+        let csrs = String::from_utf8_lossy(&nodes.stdout).into_owned();
+        assert!(
+            csrs.contains("kube-apiserver-client-kubelet") && csrs.contains("kubelet-serving"),
+            "the node joined by CSRs: {csrs}"
+        );
+    }
     let pods = ns
-        .run(
-            &["kubectl", "--kubeconfig", &kc, "get", "pods", "-o", "wide"],
-            &[],
-        )
+        .run(&[kubectl, "--kubeconfig", &kc, "get", "pods", "-o", "wide"], &[])
         .unwrap();
     let pods = String::from_utf8_lossy(&pods.stdout).into_owned();
     assert!(
@@ -99,7 +126,7 @@ fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() 
         "{pods}"
     );
     let logs = ns
-        .run(&["kubectl", "--kubeconfig", &kc, "logs", "demo"], &[])
+        .run(&[kubectl, "--kubeconfig", &kc, "logs", "demo"], &[])
         .unwrap();
     assert!(
         logs.status.success(),
@@ -109,7 +136,7 @@ fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() 
     let slices = ns
         .run(
             &[
-                "kubectl",
+                kubectl,
                 "--kubeconfig",
                 &kc,
                 "get",
@@ -134,6 +161,15 @@ fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() 
     assert!(
         !tables.contains("kube-proxy") && !tables.contains("knode-cni"),
         "{tables}"
+    );
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &dir])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
     );
     for ctl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         assert!(

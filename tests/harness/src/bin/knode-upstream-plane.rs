@@ -23,7 +23,10 @@ fn main() {
     let mut opts = UpstreamOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().unwrap_or_else(|| fail(format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| fail(format!("{name} needs a value")))
+        };
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(value("--dir"))),
             "--advertise-address" => {
@@ -66,7 +69,10 @@ fn main() {
     }
     copy(&cp.kubeconfig, "admin.conf");
     copy(&cp.ca_file, "ca.crt");
-    write("bootstrap-kubelet.conf", cp.bootstrap_kubeconfig(&dir.join("bootstrap-kubelet.conf")));
+    write(
+        "bootstrap-kubelet.conf",
+        cp.bootstrap_kubeconfig(&dir.join("bootstrap-kubelet.conf")),
+    );
     write(
         "kube-proxy.conf",
         cp.issue_kubeconfig("system:kube-proxy", &[], &dir.join("kube-proxy.conf")),
