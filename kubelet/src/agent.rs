@@ -580,6 +580,9 @@ async fn manager(
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     // Mirror pods seen in the API (by their API UID), to delete those whose static pod is gone.
     let mut mirrors: HashMap<String, MirrorRef> = HashMap::new();
+    // Static pods whose manifest is gone: their mirror pods go when their workers end (not those
+    // stopped by a node shutdown, which keep their terminal status).
+    let mut static_removed: std::collections::HashSet<String> = Default::default();
     let mut shutting_down = false;
     let mut orphan_check = tokio::time::interval(Duration::from_secs(20));
     orphan_check.tick().await;
@@ -606,7 +609,7 @@ async fn manager(
                     // Mirror pods of static pods removed while the kubelet was down (upstream's
                     // HandlePodCleanups deletes orphaned mirror pods the same way).
                     for m in mirrors.values().filter(|m| !workers.contains_key(&m.hash)) {
-                        delete_mirror(&ctx.client, m).await;
+                        tokio::spawn(delete_mirror(ctx.client.clone(), m.clone()));
                     }
                     gc.pods_reported(workers.keys());
                 }
@@ -698,6 +701,9 @@ async fn manager(
             ManagerMsg::Gone(uid) => {
                 mirrors.remove(&uid);
                 if let Some(w) = workers.get(&uid) {
+                    if is_static(&w.pod) {
+                        static_removed.insert(uid.clone());
+                    }
                     let _ = w.tx.send(WorkerMsg::Removed).await;
                 }
             }
@@ -716,10 +722,11 @@ async fn manager(
                 // its mirror pod with it, as upstream; the mirror of a changed manifest's new
                 // version carries another hash and stays.
                 if let Some(w) = workers.remove(&uid)
-                    && is_static(&w.pod)
+                    && static_removed.remove(&uid)
                     && let Some(m) = MirrorRef::of(&w.pod)
                 {
-                    delete_mirror(&ctx.client, &m).await;
+                    // Off the main loop: it also feeds the watchdog.
+                    tokio::spawn(delete_mirror(ctx.client.clone(), m));
                 }
             }
             ManagerMsg::ProbeFailed(ev) => {
@@ -912,6 +919,7 @@ fn is_static(pod: &Pod) -> bool {
 }
 
 /// A mirror pod by name and the static pod hash (the static pod's UID here) it mirrors.
+#[derive(Debug, Clone)]
 struct MirrorRef {
     namespace: String,
     name: String,
@@ -921,29 +929,30 @@ struct MirrorRef {
 }
 
 impl MirrorRef {
-    /// From a mirror pod seen in the API, or from the static pod it mirrors.
+    /// From a mirror pod seen in the API (it carries `config.mirror`; its copied annotations say
+    /// `config.source: file` too), or from the static pod it mirrors.
     fn of(pod: &Pod) -> Option<MirrorRef> {
         let ann = pod.metadata.annotations.as_ref();
-        let hash = ann
-            .and_then(|a| a.get("kubernetes.io/config.mirror"))
-            .or_else(|| ann.and_then(|a| a.get("kubernetes.io/config.hash")))?;
+        let (hash, api_uid) = match ann.and_then(|a| a.get("kubernetes.io/config.mirror")) {
+            Some(h) => (h.clone(), pod.metadata.uid.clone().unwrap_or_default()),
+            None => (
+                ann.and_then(|a| a.get("kubernetes.io/config.hash"))?.clone(),
+                String::new(),
+            ),
+        };
         Some(MirrorRef {
             namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             name: pod.metadata.name.clone()?,
-            hash: hash.clone(),
-            api_uid: if is_static(pod) {
-                String::new()
-            } else {
-                pod.metadata.uid.clone().unwrap_or_default()
-            },
+            hash,
+            api_uid,
         })
     }
 }
 
 /// Deletes a mirror pod if it still mirrors `m.hash` (a newer mirror of the same name is kept);
 /// grace 0 with a UID precondition, as upstream's `DeleteMirrorPod`.
-async fn delete_mirror(client: &kube::Client, m: &MirrorRef) {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &m.namespace);
+async fn delete_mirror(client: kube::Client, m: MirrorRef) {
+    let api: Api<Pod> = Api::namespaced(client, &m.namespace);
     let pod = format!("{}/{}", m.namespace, m.name);
     let existing = match api.get_opt(&m.name).await {
         Ok(Some(p)) => p,

@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::request::{CsrSpec, request};
+use super::request::{CsrSpec, request, request_with_key};
 use super::store::{Pair, Store};
 use super::{CertError, Validity};
 
@@ -140,9 +140,17 @@ async fn client_from(kc: Kubeconfig, what: &str) -> Result<kube::Client, CertErr
 async fn bootstrap_once(opts: &ClientOptions, bootstrap: &Path) -> Result<(), CertError> {
     let bkc = read_kubeconfig(bootstrap, "--bootstrap-kubeconfig")?;
     let client = client_from(bkc.clone(), "--bootstrap-kubeconfig").await?;
-    let pair = request(&client, &CsrSpec::client(&opts.node_name, true), APPROVAL_WAIT).await?;
+    let key = bootstrap_key(&opts.cert_dir)?;
+    let pair = request_with_key(
+        &client,
+        &CsrSpec::client(&opts.node_name, true),
+        key,
+        APPROVAL_WAIT,
+    )
+    .await?;
     let store = Store::new(&opts.cert_dir, "client");
     store.save(&pair)?;
+    let _ = std::fs::remove_file(opts.cert_dir.join(BOOTSTRAP_KEY));
     let kc = node_kubeconfig(&bkc, &store.current_path())?;
     let text = serde_json::to_string_pretty(&kc).map_err(|e| CertError::Invalid {
         what: "kubeconfig".into(),
@@ -154,12 +162,39 @@ async fn bootstrap_once(opts: &ClientOptions, bootstrap: &Path) -> Result<(), Ce
             source,
         })?;
     }
-    std::fs::write(&opts.kubeconfig, text).map_err(|source| CertError::Write {
+    super::store::write_private(&opts.kubeconfig, text.as_bytes()).map_err(|source| CertError::Write {
         path: opts.kubeconfig.display().to_string(),
         source,
     })?;
     tracing::info!(kubeconfig = %opts.kubeconfig.display(), "TLS bootstrap done: client certificate issued");
     Ok(())
+}
+
+/// The key a bootstrap in progress uses, kept across attempts and restarts.
+const BOOTSTRAP_KEY: &str = "kubelet-client.key.tmp";
+
+fn bootstrap_key(cert_dir: &Path) -> Result<rcgen::KeyPair, CertError> {
+    let path = cert_dir.join(BOOTSTRAP_KEY);
+    if let Ok(pem) = std::fs::read_to_string(&path)
+        && let Ok(key) = rcgen::KeyPair::from_pem(&pem)
+    {
+        return Ok(key);
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| CertError::Invalid {
+        what: "bootstrap private key".into(),
+        message: e.to_string(),
+    })?;
+    std::fs::create_dir_all(cert_dir).map_err(|source| CertError::Write {
+        path: cert_dir.display().to_string(),
+        source,
+    })?;
+    super::store::write_private(&path, key.serialize_pem().as_bytes()).map_err(|source| {
+        CertError::Write {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
+    Ok(key)
 }
 
 /// The kubelet's API client: bootstraps first when `--kubeconfig` is not usable and a bootstrap
@@ -178,16 +213,24 @@ pub async fn connect(opts: &ClientOptions) -> Result<kube::Client, CertError> {
     }
     let kc = read_kubeconfig(&opts.kubeconfig, "--kubeconfig")?;
     let store = Store::new(&opts.cert_dir, "client");
-    let managed = client_cert_file(&kc).is_some_and(|f| f == store.current_path());
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let managed = client_cert_file(&kc).is_some_and(|f| absolute(f) == absolute(store.current_path()));
     if !(opts.rotate && managed) {
         return client_from(kc, "--kubeconfig").await;
     }
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+    let cfg = kube::Config::from_custom_kubeconfig(kc.clone(), &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| CertError::Invalid {
             what: "--kubeconfig".into(),
             message: e.to_string(),
         })?;
+    if cfg.accept_invalid_certs || cfg.tls_server_name.is_some() || cfg.proxy_url.is_some() {
+        tracing::warn!(
+            "--kubeconfig sets insecure-skip-tls-verify, tls-server-name or proxy-url: the client \
+             certificate is not rotated in place (restart the kubelet after it is renewed)"
+        );
+        return client_from(kc, "--kubeconfig").await;
+    }
     let pair = store.load()?.ok_or_else(|| CertError::Invalid {
         what: store.current_path().display().to_string(),
         message: "missing".into(),
@@ -232,6 +275,15 @@ async fn rotate_client(client: kube::Client, rotating: RotatingClient, store: St
                     break;
                 }
                 Err(e) => {
+                    let expired = store.load().ok().flatten().is_some_and(|p| {
+                        Validity::of_pem(p.cert_pem.as_bytes()).is_ok_and(|v| v.expired(SystemTime::now()))
+                    });
+                    if expired {
+                        // As upstream: exit so the next start bootstraps again (the kubeconfig
+                        // then names an expired certificate, so it is not usable).
+                        tracing::error!(error = %e, "the client certificate expired and could not be renewed; exiting");
+                        std::process::exit(1);
+                    }
                     tracing::error!(error = %e, retry_in = ?delay, "client certificate rotation failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(60));
@@ -322,6 +374,8 @@ impl RotatingClient {
 fn hyper_client(tls: &Arc<rustls::ClientConfig>) -> HyperClient<Https, kube::client::Body> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
+    // kube's own client connects with a 30 s timeout too; without one a dead API host stalls calls.
+    http.set_connect_timeout(Some(Duration::from_secs(30)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((**tls).clone())
         .https_or_http()

@@ -37,8 +37,9 @@ pub enum CertError {
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
     #[error(
-        "the API server refused {action} (HTTP {code}: {message}); check the bootstrap token in \
-         --bootstrap-kubeconfig and its RBAC (system:node-bootstrapper)"
+        "the API server refused {action} (HTTP {code}: {message}); while joining, check the bootstrap \
+         token in --bootstrap-kubeconfig and its RBAC (system:node-bootstrapper); after, the node's \
+         client certificate"
     )]
     Refused {
         action: String,

@@ -57,13 +57,22 @@ impl CsrSpec {
     }
 }
 
-/// A new private key (PEM) and the PKCS#10 request (PEM) for `spec`.
+/// A new private key and the PKCS#10 request (PEM) for `spec`.
 pub fn build_request(spec: &CsrSpec) -> Result<(rcgen::KeyPair, String), CertError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| CertError::Invalid {
+        what: format!("private key for {}", spec.common_name),
+        message: e.to_string(),
+    })?;
+    let pem = build_request_for(spec, &key)?;
+    Ok((key, pem))
+}
+
+/// The PKCS#10 request (PEM) for `spec`, signed with `key`.
+pub fn build_request_for(spec: &CsrSpec, key: &rcgen::KeyPair) -> Result<String, CertError> {
     let invalid = |e: rcgen::Error| CertError::Invalid {
         what: format!("certificate request for {}", spec.common_name),
         message: e.to_string(),
     };
-    let key = rcgen::KeyPair::generate().map_err(invalid)?;
     let mut params = rcgen::CertificateParams::new(spec.dns_names.clone()).map_err(invalid)?;
     params
         .subject_alt_names
@@ -72,9 +81,8 @@ pub fn build_request(spec: &CsrSpec) -> Result<(rcgen::KeyPair, String), CertErr
     dn.push(rcgen::DnType::OrganizationName, spec.organization.clone());
     dn.push(rcgen::DnType::CommonName, spec.common_name.clone());
     params.distinguished_name = dn;
-    let csr = params.serialize_request(&key).map_err(invalid)?;
-    let pem = csr.pem().map_err(invalid)?;
-    Ok((key, pem))
+    let csr = params.serialize_request(key).map_err(invalid)?;
+    csr.pem().map_err(invalid)
 }
 
 /// The CertificateSigningRequest object for a request PEM.
@@ -105,19 +113,35 @@ pub fn csr_object(spec: &CsrSpec, request_pem: &str, public_key: &[u8]) -> Certi
     }
 }
 
-/// Creates the request and waits (up to `wait`) for the signed certificate.
+/// Creates the request with a new key and waits (up to `wait`) for the signed certificate.
 pub async fn request(client: &kube::Client, spec: &CsrSpec, wait: Duration) -> Result<Pair, CertError> {
-    let (key, request_pem) = build_request(spec)?;
+    let key = rcgen::KeyPair::generate().map_err(|e| CertError::Invalid {
+        what: format!("private key for {}", spec.common_name),
+        message: e.to_string(),
+    })?;
+    request_with_key(client, spec, key, wait).await
+}
+
+/// As [`request`] with a given key: a bootstrap that retries keeps its key, so its request keeps
+/// its `node-csr-<digest>` name and an existing request is waited on again (upstream keeps the key
+/// in `kubelet-client.key.tmp` for the same reason).
+pub async fn request_with_key(
+    client: &kube::Client,
+    spec: &CsrSpec,
+    key: rcgen::KeyPair,
+    wait: Duration,
+) -> Result<Pair, CertError> {
+    let request_pem = build_request_for(spec, &key)?;
     let obj = csr_object(spec, &request_pem, key.public_key_pem().as_bytes());
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let created = api
-        .create(&PostParams::default(), &obj)
-        .await
-        .map_err(CertError::api(format!(
-            "creating a certificate signing request for {}",
-            spec.common_name
-        )))?;
-    let name = created.metadata.name.clone().unwrap_or_default();
+    let action = format!("creating a certificate signing request for {}", spec.common_name);
+    let name = match api.create(&PostParams::default(), &obj).await {
+        Ok(created) => created.metadata.name.clone().unwrap_or_default(),
+        Err(kube::Error::Api(e)) if e.code == 409 && obj.metadata.name.is_some() => {
+            obj.metadata.name.clone().unwrap_or_default()
+        }
+        Err(e) => return Err(CertError::api(action)(e)),
+    };
     tracing::info!(
         csr = name,
         signer = spec.signer,

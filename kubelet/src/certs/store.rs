@@ -65,8 +65,7 @@ impl Store {
             .strftime("%Y-%m-%d-%H-%M-%S")
             .to_string();
         let file = self.dir.join(format!("kubelet-{}-{stamp}.pem", self.kind));
-        std::fs::write(&file, format!("{}{}", pair.cert_pem, pair.key_pem)).map_err(werr(&file))?;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(werr(&file))?;
+        write_private(&file, format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes()).map_err(werr(&file))?;
         let tmp = self.dir.join(format!(".kubelet-{}-current.tmp", self.kind));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&file, &tmp).map_err(werr(&tmp))?;
@@ -74,6 +73,20 @@ impl Store {
         std::fs::rename(&tmp, &current).map_err(werr(&current))?;
         Ok(file)
     }
+}
+
+/// Writes a file only its owner can read, created so (never readable by others in between).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
 }
 
 /// Splits a PEM bundle into its certificates and its private key.

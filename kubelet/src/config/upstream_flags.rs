@@ -281,13 +281,58 @@ pub fn apply(config: &mut KubeletConfiguration, flags: &[UpstreamFlag]) -> Resul
             no_effect.push(format!("--{}", f.name));
             continue;
         };
-        *slot = typed_value(slot, &f.name, &f.value).map_err(|m| bad(&f.name, m))?;
+        *slot = match f.name.as_str() {
+            // Merged over the file's gates, as upstream's flag precedence does.
+            "feature-gates" => feature_gates(slot, &f.value),
+            "register-with-taints" => taints(&f.value),
+            _ => typed_value(slot, &f.name, &f.value),
+        }
+        .map_err(|m| bad(&f.name, m))?;
         // Check each flag on its own so a wrong value names its flag.
         serde_json::from_value::<KubeletConfiguration>(json.clone())
             .map_err(|e| bad(&f.name, e.to_string()))?;
     }
     *config = serde_json::from_value(json).map_err(|e| bad("config", e.to_string()))?;
     Ok(no_effect)
+}
+
+/// `A=true,B=false` over the gates already set.
+fn feature_gates(current: &Value, raw: &str) -> Result<Value, String> {
+    let mut gates = current.as_object().cloned().unwrap_or_default();
+    for kv in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("{kv:?} is not Gate=true|false"))?;
+        let on = parse_bool(v.trim()).ok_or_else(|| format!("{kv:?}: {v:?} is not a boolean"))?;
+        gates.insert(k.trim().to_string(), Value::Bool(on));
+    }
+    Ok(Value::Object(gates))
+}
+
+/// `key[=value]:Effect,…` as upstream's `--register-with-taints`.
+fn taints(raw: &str) -> Result<Value, String> {
+    let mut out = Vec::new();
+    for t in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (kv, effect) = t
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{t:?} is not key[=value]:effect"))?;
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        let mut taint = serde_json::json!({"key": key, "effect": effect});
+        if !value.is_empty() {
+            taint["value"] = Value::from(value);
+        }
+        out.push(taint);
+    }
+    Ok(Value::Array(out))
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 fn typed_value(current: &Value, flag: &str, raw: &str) -> Result<Value, String> {
@@ -299,17 +344,16 @@ fn typed_value(current: &Value, flag: &str, raw: &str) -> Result<Value, String> 
             .collect()
     };
     Ok(match current {
-        Value::Bool(_) => Value::Bool(
-            raw.parse()
-                .map_err(|_| format!("{raw:?} is not a boolean (true or false)"))?,
-        ),
+        Value::Bool(_) => {
+            Value::Bool(parse_bool(raw).ok_or_else(|| format!("{raw:?} is not a boolean (true or false)"))?)
+        }
         Value::Number(_) => {
             let n: i64 = raw.parse().map_err(|_| format!("{raw:?} is not an integer"))?;
             Value::from(n)
         }
         Value::Array(_) => Value::from(list()),
         Value::Object(_) => {
-            let sep = if flag.starts_with("eviction-") && !flag.ends_with("grace-period") {
+            let sep = if matches!(flag, "eviction-hard" | "eviction-soft") {
                 '<'
             } else {
                 '='
@@ -397,6 +441,22 @@ mod tests {
         assert!(!c.authentication.anonymous.enabled);
         assert_eq!(c.eviction_hard["nodefs.available"], "10%");
         assert_eq!(no_effect, ["--fail-swap-on", "--kube-api-qps"]);
+        let mut c = KubeletConfiguration::default();
+        c.feature_gates.insert("FromFile".into(), true);
+        apply(
+            &mut c,
+            &[
+                f("feature-gates", "A=true,B=False"),
+                f(
+                    "register-with-taints",
+                    "dedicated=infra:NoSchedule,edge:NoExecute",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.feature_gates.len(), 3, "merged: {:?}", c.feature_gates);
+        assert!(!c.feature_gates["B"]);
+        assert_eq!(c.register_with_taints.len(), 2);
         let e = apply(&mut c, &[f("max-pods", "many")]).unwrap_err().to_string();
         assert_eq!(e, "flag --max-pods: \"many\" is not an integer");
         let e = apply(&mut c, &[f("sync-frequency", "soon")])

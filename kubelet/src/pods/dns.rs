@@ -253,7 +253,9 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, O
         .filter(|h| !h.is_empty())
         .unwrap_or(name);
     let hostname = if hostname.len() > 63 {
-        let cut = hostname[..63].trim_end_matches(['-', '.']).to_string();
+        // By characters: names not validated by the API (static pods) may hold any UTF-8.
+        let cut: String = hostname.chars().take(63).collect();
+        let cut = cut.trim_end_matches(['-', '.']).to_string();
         if cut.is_empty() {
             return Err(format!(
                 "hostname for pod {hostname:?} was invalid after truncation"
