@@ -347,30 +347,23 @@ spec:
         .expect("a renewal CSR by the node");
     assert_eq!(renewal["status"]["conditions"][0]["reason"], "AutoApproved");
     // Still talking to the API with the new certificate.
-    let before = kubectl(&[
-        "get",
-        "lease",
-        "-n",
-        "kube-node-lease",
-        &node,
-        "-o",
-        "jsonpath={.spec.renewTime}",
-    ]);
+    let renewed_at = || {
+        kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            &node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let before = renewed_at();
     eventually(
         "lease renewed after rotation",
         Duration::from_secs(60),
         &k.log,
-        || {
-            kubectl(&[
-                "get",
-                "lease",
-                "-n",
-                "kube-node-lease",
-                &node,
-                "-o",
-                "jsonpath={.spec.renewTime}",
-            ]) != before
-        },
+        || renewed_at() != before,
     );
 
     // Least privilege: nothing the node did was denied.

@@ -264,6 +264,12 @@ fn register_node(
     nodes: &Api<Node>,
     lab: &Lab,
 ) -> std::path::PathBuf {
+    create_node(rt, nodes, lab);
+    node_kubeconfig(cp, lab)
+}
+
+/// Creates the lab's Node object with its addresses (status patched too, whatever create kept).
+fn create_node(rt: &tokio::runtime::Runtime, nodes: &Api<Node>, lab: &Lab) {
     let node = node_object(&lab.node_name());
     rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
     rt.block_on(nodes.patch_status(
@@ -272,7 +278,6 @@ fn register_node(
         &Patch::Merge(serde_json::json!({"status": node.status})),
     ))
     .unwrap();
-    node_kubeconfig(cp, lab)
 }
 
 /// The value of an unlabelled sample (or a `_count`/`_sum`) in Prometheus text.
@@ -793,14 +798,7 @@ fn daemon_runs_as_system_kube_proxy_against_the_upstream_control_plane() {
         Api::all(client),
     );
     let mut lab = Lab::new(2);
-    let node = node_object(&lab.node_name());
-    rt.block_on(nodes.create(&PostParams::default(), &node)).unwrap();
-    rt.block_on(nodes.patch_status(
-        &lab.node_name(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"status": node.status})),
-    ))
-    .unwrap();
+    create_node(&rt, &nodes, &lab);
     let kubeconfig = lab._dir.path().join("kube-proxy.conf");
     cp.issue_kubeconfig("system:kube-proxy", &[], &kubeconfig)
         .unwrap();
