@@ -484,14 +484,15 @@ mod tests {
         }
         // Conditions the kubelet does not own and fields it does not set are not compared, and
         // quantities compare by value (the API may canonicalise `1048576Ki` to `1Gi`).
+        let network_unavailable = k8s_openapi::api::core::v1::NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: "False".into(),
+            ..Default::default()
+        };
         in_api
             .conditions
             .get_or_insert_with(Vec::new)
-            .push(k8s_openapi::api::core::v1::NodeCondition {
-                type_: "NetworkUnavailable".into(),
-                status: "False".into(),
-                ..Default::default()
-            });
+            .push(network_unavailable.clone());
         let t1 = "2026-01-01T00:01:00Z".parse().unwrap();
         let now = node_status(&info(), HEALTHY, Some(&in_api), t1);
         assert!(status_changed(&in_api, &now));
@@ -500,11 +501,7 @@ mod tests {
         caught_up
             .conditions
             .get_or_insert_with(Vec::new)
-            .push(k8s_openapi::api::core::v1::NodeCondition {
-                type_: "NetworkUnavailable".into(),
-                status: "False".into(),
-                ..Default::default()
-            });
+            .push(network_unavailable);
         let mem = caught_up.capacity.as_mut().unwrap().get_mut("memory").unwrap();
         let kib: u64 = mem.0.trim_end_matches("Ki").parse().unwrap();
         mem.0 = format!("{}", kib * 1024);
