@@ -2,15 +2,17 @@
 //! pinned release, see `scripts/build-upstream.sh`) in the foreground for `scripts/up.sh
 //! --control-plane upstream`, set up as `kubeadm init` leaves a cluster for joining nodes.
 //!
-//! `knode-upstream-plane --dir DIR [--advertise-address IP] [--port N]` writes into DIR:
-//! `admin.conf`, `bootstrap-kubelet.conf` (bootstrap token), `kube-proxy.conf` (`system:kube-proxy`),
-//! `ca.crt`, `kubectl` (a link to the built kubectl), then `ready`; it stops everything and removes
-//! the plane's own state on SIGTERM or SIGINT.
+//! `knode-upstream-plane --dir DIR [--advertise-address IP] [--port N] [--registry HOST:PORT]`
+//! writes into DIR: `admin.conf`, `bootstrap-kubelet.conf` (bootstrap token), `kube-proxy.conf`
+//! (`system:kube-proxy`), `ca.crt`, `kubectl` (a link to the built kubectl), then `ready`; it stops
+//! everything and removes the plane's own state on SIGTERM or SIGINT. With `--registry`, cluster
+//! DNS is deployed as kubeadm does (CoreDNS image pushed there, the `coredns` Deployment and the
+//! `kube-dns` Service at 10.96.0.10) before `ready`; it runs once a node joins.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use knode_harness::upstream::{UpstreamControlPlane, UpstreamOptions};
+use knode_harness::upstream::{UpstreamControlPlane, UpstreamOptions, coredns};
 use nix::sys::signal::{SigSet, Signal};
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -20,6 +22,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 
 fn main() {
     let mut dir: Option<PathBuf> = None;
+    let mut registry: Option<String> = None;
     let mut opts = UpstreamOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -39,8 +42,10 @@ fn main() {
                 let v = value("--port");
                 opts.secure_port = Some(v.parse().unwrap_or_else(|e| fail(format!("--port {v:?}: {e}"))));
             }
+            "--registry" => registry = Some(value("--registry")),
             other => fail(format!(
-                "unknown argument {other:?}; usage: --dir DIR [--advertise-address IP] [--port N]"
+                "unknown argument {other:?}; usage: --dir DIR [--advertise-address IP] [--port N] \
+                 [--registry HOST:PORT]"
             )),
         }
     }
@@ -81,6 +86,19 @@ fn main() {
     let _ = std::fs::remove_file(&link);
     if let Err(e) = std::os::unix::fs::symlink(cp.kubectl(), &link) {
         fail(format!("linking {}: {e}", link.display()));
+    }
+    if let Some(registry) = registry {
+        let pushed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(coredns::push_image(&registry, cp.binaries()))
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| fail(format!("pushing the CoreDNS image to {registry}: {e}")));
+        cp.deploy_coredns(&pushed.reference).unwrap_or_else(|e| fail(e));
+        eprintln!("knode-upstream-plane: CoreDNS {} deployed", pushed.reference);
     }
     if let Err(e) = std::fs::write(dir.join("ready"), &cp.server_url) {
         fail(format!("writing ready: {e}"));

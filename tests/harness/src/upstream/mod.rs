@@ -19,6 +19,7 @@
 
 pub mod binaries;
 pub mod bootstrap;
+pub mod coredns;
 pub mod pki;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -640,6 +641,22 @@ impl UpstreamControlPlane {
 
     /// Approves CertificateSigningRequest `name` (as an admin would a kubelet's serving CSR,
     /// which upstream never auto-approves).
+    /// Deploys cluster DNS as kubeadm does ([`coredns::addon_objects`]: the `coredns` Deployment
+    /// and the `kube-dns` Service at [`coredns::CLUSTER_DNS_IP`]) with `image`, e.g. the one
+    /// [`coredns::push_image`] pushed. Does not wait for it to be ready.
+    pub fn deploy_coredns(&self, image: &str) -> Result<()> {
+        let path = self.dir().join("coredns.json");
+        write_json(
+            &path,
+            &coredns::addon_objects(image, coredns::CLUSTER_DNS_IP, coredns::CLUSTER_DOMAIN),
+        )?;
+        self.run_kubectl(&["apply", "-f", &path.display().to_string()], None)
+            .map(|_| ())
+            .map_err(|e| {
+                HarnessError::NotReady(format!("applying the CoreDNS addon ({}): {e}", path.display()))
+            })
+    }
+
     pub fn approve_csr(&self, name: &str) -> Result<()> {
         self.run_kubectl(&["certificate", "approve", name], None)
             .map(|_| ())
