@@ -3,7 +3,8 @@
 //! scheduler, etcd at the pinned release, `scripts/build-upstream.sh`), joined the way `kubeadm
 //! join` does it:
 //!
-//! - a wrong bootstrap token: one clear error line per attempt, retried with backoff, no crash;
+//! - a wrong bootstrap token, and a denied CSR: one clear error line per attempt, retried with
+//!   backoff, no crash; the join goes through once the cause is fixed;
 //! - TLS bootstrap with the right token: the client CSR is auto-approved by the controller-manager,
 //!   `kubelet-client-current.pem` and `--kubeconfig` are written, the node registers and is Ready;
 //! - `serverTLSBootstrap`: nothing on the kubelet port until the serving CSR is approved;
@@ -168,13 +169,63 @@ async fn a_knode_node_joins_the_upstream_control_plane_by_bootstrap_token() {
     assert!(log.contains("check the bootstrap token"), "{log}");
     drop(k);
 
-    // The real token: the client CSR is auto-approved, the node registers and is Ready.
+    // The real token, but a denied CSR (auto-approval unbound, an admin denies it): one clear
+    // error per attempt, retried with backoff; once the request is deleted and auto-approval is
+    // back, the next attempt joins.
+    let kubectl = |a: &[&str]| cp.run_kubectl(a, None).unwrap_or_default();
+    let autoapprove = kubectl(&[
+        "get",
+        "clusterrolebinding",
+        "kubeadm:node-autoapprove-bootstrap",
+        "-o",
+        "json",
+    ]);
+    cp.run_kubectl(
+        &[
+            "delete",
+            "clusterrolebinding",
+            "kubeadm:node-autoapprove-bootstrap",
+        ],
+        None,
+    )
+    .unwrap();
     let good = cp
         .bootstrap_kubeconfig(&dir.path().join("bootstrap.conf"))
         .unwrap();
     args.push(format!("--bootstrap-kubeconfig={}", good.display()));
-    let k = start_kubelet(dir.path(), &args);
-    let kubectl = |a: &[&str]| cp.run_kubectl(a, None).unwrap_or_default();
+    let mut k = start_kubelet(dir.path(), &args);
+    let mut pending = String::new();
+    eventually("a pending client CSR", Duration::from_secs(60), &k.log, || {
+        pending = csrs(&cp)
+            .into_iter()
+            .find(|c| c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
+            .and_then(|c| c["metadata"]["name"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        !pending.is_empty()
+    });
+    cp.run_kubectl(&["certificate", "deny", &pending], None).unwrap();
+    eventually("two denied attempts", Duration::from_secs(30), &k.log, || {
+        std::fs::read_to_string(&k.log)
+            .unwrap_or_default()
+            .matches(&format!("certificate signing request {pending} was denied"))
+            .count()
+            >= 2
+    });
+    assert!(
+        k.child.try_wait().unwrap().is_none(),
+        "the kubelet keeps retrying"
+    );
+    let log = std::fs::read_to_string(&k.log).unwrap();
+    assert!(log.contains(&format!("kubectl delete csr {pending}")), "{log}");
+    let mut binding: Value = serde_json::from_str(&autoapprove).unwrap();
+    for field in ["resourceVersion", "uid", "creationTimestamp", "managedFields"] {
+        binding["metadata"].as_object_mut().unwrap().remove(field);
+    }
+    cp.run_kubectl(&["create", "-f", "-"], Some(&binding.to_string()))
+        .unwrap();
+    cp.run_kubectl(&["delete", "csr", &pending], None).unwrap();
+
+    // Then the client CSR is auto-approved, the node registers and is Ready.
     eventually("node Ready", Duration::from_secs(120), &k.log, || {
         kubectl(&[
             "get",

@@ -46,7 +46,11 @@ pub enum CertError {
         code: u16,
         message: String,
     },
-    #[error("certificate signing request {name} was {outcome}: {reason} {message}")]
+    #[error(
+        "certificate signing request {name} was {outcome} (reason {reason:?}, message {message:?}); \
+         the same request is read again on every retry until it is deleted: find out why it was \
+         {outcome}, then `kubectl delete csr {name}`"
+    )]
     Denied {
         name: String,
         outcome: &'static str,
