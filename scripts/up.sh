@@ -9,7 +9,8 @@
 #   --control-plane upstream      # the real kube-apiserver, controller-manager, scheduler and etcd
 #                                 # (v1.37.2, built from Go modules and cached: the first run builds
 #                                 # for tens of minutes); the node joins by bootstrap token as with
-#                                 # `kubeadm join`, and kubectl is the built v1.37.2
+#                                 # `kubeadm join`, CoreDNS serves cluster DNS (kube-dns at
+#                                 # 10.96.0.10) and kubectl is the built v1.37.2
 #   options (both modes): --dir DIR (state, default /var/lib/knode-up; --down reads the mode from
 #            it), --no-setup (skip apt/host setup), --no-build, --node-ip IP, --registry-port N
 #            (default 5000), --api-port N (default 6443)
@@ -177,8 +178,9 @@ if [ "$MODE" = knode ]; then
 else
   # As `kubeadm init`: PKI, etcd, the apiserver advertising the node IP, the controller-manager
   # (CSR signing and auto-approval, nodeipam) and the scheduler; a bootstrap token for the node.
+  # --registry: CoreDNS's image is pushed there and the addon deployed, as kubeadm does.
   "$BIN/knode-upstream-plane" --dir "$DIR/cp" --advertise-address "$NODE_IP" --port "$API_PORT" \
-    > "$DIR/control-plane.log" 2>&1 &
+    --registry "127.0.0.1:$REG_PORT" > "$DIR/control-plane.log" 2>&1 &
   echo $! > "$DIR/control-plane.pid"
   wait_for "the upstream control plane" 180 test -s "$DIR/cp/ready"
   cp "$DIR/cp/admin.conf" "$KUBECONFIG_ADMIN"
@@ -197,7 +199,18 @@ cat > "$DIR/cni/net.d/10-knode.conflist" <<EOF
  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.0.0/24"}]],"dataDir":"$DIR/cni/ipam"}}]}
 EOF
 
-# 5. The kubelet and kube-proxy.
+# 5. The kubelet and kube-proxy. Upstream mode has cluster DNS: pods get CoreDNS's address and the
+# cluster domain's search path (knode's light plane has no DNS server yet). With
+# systemd-resolved, the host's real upstream servers, as kubeadm configures it: 127.0.0.53 inside
+# CoreDNS's pod would be CoreDNS itself.
+DNS_CONFIG=""
+if [ "$MODE" = upstream ]; then
+  DNS_CONFIG="clusterDNS: [10.96.0.10]"
+  if grep -q '^nameserver 127\.0\.0\.53' /etc/resolv.conf 2>/dev/null && [ -f /run/systemd/resolve/resolv.conf ]; then
+    DNS_CONFIG="$DNS_CONFIG
+resolvConf: /run/systemd/resolve/resolv.conf"
+  fi
+fi
 cat > "$DIR/kubelet-config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -210,6 +223,7 @@ authorization: {mode: Webhook}
 rotateCertificates: true
 serverTLSBootstrap: $([ "$MODE" = upstream ] && echo true || echo false)
 clusterDomain: cluster.local
+$DNS_CONFIG
 # Absolute disk floors instead of upstream's 10 %/15 %: a developer's disk is often fuller than
 # that, and the demo node would refuse its pod under DiskPressure.
 evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi, imagefs.available: 1Gi}
@@ -258,19 +272,31 @@ CLUSTER_IP=$(kubectl get svc demo -o jsonpath='{.spec.clusterIP}')
 NODE_PORT=$(kubectl get svc demo -o jsonpath='{.spec.ports[0].nodePort}')
 wait_for "the demo Service at $CLUSTER_IP" 30 curl -sf --max-time 2 "http://$CLUSTER_IP/hostname"
 ANSWER=$(curl -s --max-time 2 "http://$CLUSTER_IP/hostname")
+DNS_LINE=""
+TRY_DNS=""
+if [ "$MODE" = upstream ]; then
+  TRY_DNS=$'  kubectl exec demo -- nslookup demo.default.svc.cluster.local\n  kubectl exec demo -- wget -qO- http://demo.default/hostname\n'
+  # Cluster DNS from inside the pod: CoreDNS (running on this node) answers for the Service.
+  wait_for "CoreDNS" 120 sh -c "'$KUBECTL' -n kube-system get deploy coredns -o jsonpath='{.status.availableReplicas}' | grep -qx 1"
+  wait_for "demo.default.svc.cluster.local in cluster DNS" 30 sh -c "'$KUBECTL' exec demo -- nslookup demo.default.svc.cluster.local | grep -q '$CLUSTER_IP'"
+  DNS_LINE="
+From the pod, cluster DNS (CoreDNS at 10.96.0.10) answers for the Service:
+$(kubectl exec demo -- nslookup demo.default.svc.cluster.local 2>&1 | sed 's/^/  /')
+"
+fi
 
 cat <<EOF
 
 knode single-node cluster is up ($MODE control plane; node $NODE, $NODE_IP). The demo pod answered "$ANSWER" through
 Service demo ($CLUSTER_IP:80, NodePort $NODE_PORT).
-
+$DNS_LINE
 Try next:
   export KUBECONFIG=$KUBECONFIG_ADMIN$([ "$MODE" = upstream ] && printf '\n  alias kubectl=%s    # v1.37.2, matching the control plane' "$KUBECTL")
   kubectl get nodes -o wide
   kubectl get pods -o wide
   kubectl get svc,endpointslices
   kubectl logs demo
-  curl http://$CLUSTER_IP/hostname
+${TRY_DNS}  curl http://$CLUSTER_IP/hostname
   curl http://$NODE_IP:$NODE_PORT/hostname
   kubectl delete pod demo
 

@@ -116,6 +116,44 @@ fn up_demo_down(mode: &str, node_ip: &str) {
             csrs.contains("kube-apiserver-client-kubelet") && csrs.contains("kubelet-serving"),
             "the node joined by CSRs: {csrs}"
         );
+        // Cluster DNS: up.sh showed the Service resolved from the pod; the printed lines work.
+        let cluster_ip = ns
+            .run(
+                &[
+                    kubectl,
+                    "--kubeconfig",
+                    &kc,
+                    "get",
+                    "svc",
+                    "demo",
+                    "-o",
+                    "jsonpath={.spec.clusterIP}",
+                ],
+                &[],
+            )
+            .unwrap();
+        let cluster_ip = String::from_utf8_lossy(&cluster_ip.stdout).into_owned();
+        let shown = stdout
+            .split("cluster DNS (CoreDNS at 10.96.0.10) answers for the Service:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no nslookup shown: {stdout}"));
+        assert!(!cluster_ip.is_empty() && shown.contains(&cluster_ip), "{stdout}");
+        for line in [
+            "kubectl exec demo -- nslookup demo.default.svc.cluster.local",
+            "kubectl exec demo -- wget -qO- http://demo.default/hostname",
+        ] {
+            assert!(stdout.contains(line), "{stdout}");
+            let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let mut args = vec![kubectl, "--kubeconfig", &kc];
+            args.extend(words);
+            let o = ns.run(&args, &[]).unwrap();
+            let answer = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert!(
+                o.status.success() && (answer.contains(&cluster_ip) || answer == "demo"),
+                "{line}: {answer} {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
     let pods = ns
         .run(&[kubectl, "--kubeconfig", &kc, "get", "pods", "-o", "wide"], &[])
