@@ -14,7 +14,7 @@ use rtnetlink::{
 use serde_json::Value;
 
 use crate::ipam::HostLocalConf;
-use crate::ipnet::Ipv4Net;
+use crate::ipnet::{CidrError, Ipv4Net};
 use crate::types::{CniError, ErrorCode, Interface, IpConfig, NetConf, PluginResult, Route};
 
 /// The `bridge`-plugin fields knode-bridge honours (same names and defaults as the reference plugin).
@@ -30,6 +30,9 @@ pub struct BridgeConf {
     pub is_default_gateway: bool,
     /// Masquerade traffic from the subnet to outside it.
     pub ip_masq: bool,
+    /// `clusterCIDR` (knode's own field): with `ipMasq`, traffic to this range (all nodes' pod
+    /// subnets, reached by host-gw routes) is not masqueraded either. Must contain the subnet.
+    pub cluster_cidr: Option<Ipv4Net>,
     /// Hairpin mode on the host veth port.
     pub hairpin_mode: bool,
     /// MTU of the bridge and veths (default 1500).
@@ -77,15 +80,34 @@ impl BridgeConf {
             .as_ref()
             .ok_or_else(|| invalid("\"ipam\" section is required".into()))?;
         let is_default_gateway = bool_field(conf, "isDefaultGateway")?;
+        let ipam = HostLocalConf::from_ipam(ipam)?;
+        let cluster_cidr = match conf.extra.get("clusterCIDR") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                let net: Ipv4Net = s
+                    .parse()
+                    .map_err(|e: CidrError| invalid(format!("clusterCIDR: {}", e.0)))?;
+                let net = net.trunc();
+                if !net.contains(ipam.subnet.network()) || net.mask() > ipam.subnet.mask() {
+                    return Err(invalid(format!(
+                        "clusterCIDR: {s} does not contain the IPAM subnet {}",
+                        ipam.subnet
+                    )));
+                }
+                Some(net)
+            }
+            Some(v) => return Err(invalid(format!("clusterCIDR: expected a CIDR string, got {v}"))),
+        };
         Ok(BridgeConf {
             network: conf.name.clone(),
             bridge,
             is_gateway: bool_field(conf, "isGateway")? || is_default_gateway,
             is_default_gateway,
             ip_masq: bool_field(conf, "ipMasq")?,
+            cluster_cidr,
             hairpin_mode: bool_field(conf, "hairpinMode")?,
             mtu,
-            ipam: HostLocalConf::from_ipam(ipam)?,
+            ipam,
         })
     }
 }
@@ -535,6 +557,22 @@ mod tests {
         );
         assert!(bad(serde_json::json!({"name":"k","type":"t","ipMasq":"yes","ipam":{"type":"host-local","subnet":"10.0.0.0/24"}})).contains("ipMasq"));
         assert!(bad(serde_json::json!({"name":"k","type":"t"})).contains("ipam"));
+        assert!(bad(serde_json::json!({"name":"k","type":"t","clusterCIDR":"10.1.0.0/16","ipam":{"type":"host-local","subnet":"10.0.0.0/24"}})).contains("does not contain"));
+        assert!(bad(serde_json::json!({"name":"k","type":"t","clusterCIDR":"10.0.0.0/28","ipam":{"type":"host-local","subnet":"10.0.0.0/24"}})).contains("does not contain"));
+        assert!(bad(serde_json::json!({"name":"k","type":"t","clusterCIDR":"nope","ipam":{"type":"host-local","subnet":"10.0.0.0/24"}})).contains("clusterCIDR"));
+    }
+
+    #[test]
+    fn cluster_cidr_contains_the_node_subnet() {
+        let n = net(
+            serde_json::json!({"name":"k","type":"t","ipMasq":true,"clusterCIDR":"10.244.0.0/16",
+            "ipam":{"type":"host-local","subnet":"10.244.3.0/24"}}),
+        );
+        let c = BridgeConf::from_conf(&n).unwrap();
+        assert_eq!(
+            c.cluster_cidr.map(|n| n.to_string()).as_deref(),
+            Some("10.244.0.0/16")
+        );
     }
 
     #[test]

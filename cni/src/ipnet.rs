@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// An IPv4 network or interface address with prefix length (`10.22.0.5/24`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Net {
     /// The address (may have host bits set when used as an interface address).
     pub addr: Ipv4Addr,

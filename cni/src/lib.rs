@@ -7,10 +7,12 @@
 //! - [`ipnet`]: small IPv4 CIDR helpers used by configs and IPAM.
 //! - [`ipam`], [`bridge`], [`masq`]: the parts of the `knode-bridge` plugin (host-local-compatible
 //!   IPAM store, bridge/veth wiring over rtnetlink, masquerade over nftables netlink).
+//! - [`hostgw`]: routes to the other nodes' pod subnets via their addresses (`knode-hostgw`).
 
 pub mod bridge;
 pub mod config;
 pub mod exec;
+pub mod hostgw;
 pub mod ipam;
 pub mod ipnet;
 pub mod masq;

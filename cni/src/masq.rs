@@ -4,9 +4,11 @@
 //! ```text
 //! table ip knode-cni {
 //!     chain masq-<network> { type nat hook postrouting priority srcnat;
-//!         ip saddr <subnet> ip daddr != <subnet> masquerade } }
+//!         ip saddr <subnet> ip daddr != <exempt> masquerade } }
 //! ```
-//! One chain per network. Every ADD reads the chain back (one dump) and, unless it holds exactly
+//! `<exempt>` is the node's subnet, or the whole cluster CIDR when the network config gives
+//! `clusterCIDR`: pod-to-pod traffic between nodes (host-gw routes) keeps its source address, only
+//! traffic leaving the cluster is masqueraded. One chain per network. Every ADD reads the chain back (one dump) and, unless it holds exactly
 //! this rule, rewrites it atomically (add table, add chain, flush chain, add rule), so the ruleset
 //! does not grow with the number of pods and a concurrent ADD cannot duplicate it. Framing, the
 //! batch send and ack handling are `knode-netlink`'s; libnftnl encodes the objects.
@@ -35,37 +37,44 @@ pub fn chain_name(network: &str) -> String {
     format!("masq-{network}")
 }
 
-/// The comment (rule userdata) that identifies the rule for `subnet`.
-fn comment(subnet: Ipv4Net) -> String {
-    format!("knode-cni masquerade {subnet}")
+/// The comment (rule userdata) that identifies the rule for `subnet` exempting `exempt`.
+fn comment(subnet: Ipv4Net, exempt: Ipv4Net) -> String {
+    if subnet == exempt {
+        format!("knode-cni masquerade {subnet}")
+    } else {
+        format!("knode-cni masquerade {subnet} except {exempt}")
+    }
 }
 
-/// Installs the masquerade rule for `subnet` of `network`, unless exactly that rule is already the
-/// chain's only rule: a read-only dump is much cheaper than an nftables transaction, and every ADD
-/// calls this.
-pub fn ensure(network: &str, subnet: Ipv4Net) -> Result<(), CniError> {
+/// Installs the masquerade rule for `subnet` of `network` (traffic to `exempt`, which contains the
+/// subnet, is not masqueraded), unless exactly that rule is already the chain's only rule: a
+/// read-only dump is much cheaper than an nftables transaction, and every ADD calls this.
+pub fn ensure(network: &str, subnet: Ipv4Net, exempt: Ipv4Net) -> Result<(), CniError> {
     let subnet = subnet.trunc();
+    let exempt = exempt.trunc();
     let mut sock = Socket::open(libc::NETLINK_NETFILTER).map_err(|e| kernel_err(subnet, e))?;
-    if matches!(is_programmed(&mut sock, network, subnet), Ok(true)) {
+    if matches!(is_programmed(&mut sock, network, subnet, exempt), Ok(true)) {
         return Ok(());
     }
-    program(&mut sock, network, subnet)
+    program(&mut sock, network, subnet, exempt)
 }
 
 fn kernel_err(subnet: Ipv4Net, e: knode_netlink::Error) -> CniError {
     err(format!("programming nft masquerade for {subnet}"), e)
 }
 
-/// Whether the chain of `network` holds exactly one rule, carrying the comment for `subnet`.
+/// Whether the chain of `network` holds exactly one rule, carrying the comment for `subnet` and
+/// `exempt`.
 pub fn is_programmed(
     sock: &mut Socket,
     network: &str,
     subnet: Ipv4Net,
+    exempt: Ipv4Net,
 ) -> Result<bool, knode_netlink::Error> {
     const NFTA_RULE_TABLE: u16 = 1;
     const NFTA_RULE_CHAIN: u16 = 2;
     let chain = chain_name(network);
-    let want = comment(subnet).into_bytes();
+    let want = comment(subnet, exempt).into_bytes();
     let (mut rules, mut matching) = (0, 0);
     let r = sock.request(
         |seq| {
@@ -92,7 +101,7 @@ pub fn is_programmed(
 }
 
 /// Writes table, chain and rule in one transaction (flushing the chain first).
-fn program(sock: &mut Socket, network: &str, subnet: Ipv4Net) -> Result<(), CniError> {
+fn program(sock: &mut Socket, network: &str, subnet: Ipv4Net, exempt: Ipv4Net) -> Result<(), CniError> {
     let table_name = CString::new(TABLE).map_err(|e| err("table name".into(), e))?;
     let chain = CString::new(chain_name(network))
         .map_err(|e| err(format!("network name {network:?} cannot name an nft chain"), e))?;
@@ -106,7 +115,7 @@ fn program(sock: &mut Socket, network: &str, subnet: Ipv4Net) -> Result<(), CniE
     // A rule delete without a handle flushes the chain.
     batch.add(&Rule::new(&ch), MsgType::Del);
     let mut rule = Rule::new(&ch);
-    let note = CString::new(comment(subnet)).map_err(|e| err("rule comment".into(), e))?;
+    let note = CString::new(comment(subnet, exempt)).map_err(|e| err("rule comment".into(), e))?;
     rule.set_comment(&note)
         .map_err(|e| err("rule comment".into(), e))?;
     let mask = Ipv4Addr::from(subnet.mask());
@@ -114,8 +123,9 @@ fn program(sock: &mut Socket, network: &str, subnet: Ipv4Net) -> Result<(), CniE
     rule.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
     rule.add_expr(&nft_expr!(cmp == subnet.addr));
     rule.add_expr(&nft_expr!(payload ipv4 daddr));
-    rule.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
-    rule.add_expr(&nft_expr!(cmp != subnet.addr));
+    let exempt_mask = Ipv4Addr::from(exempt.mask());
+    rule.add_expr(&nft_expr!(bitwise mask exempt_mask, xor Ipv4Addr::UNSPECIFIED));
+    rule.add_expr(&nft_expr!(cmp != exempt.addr));
     rule.add_expr(&nft_expr!(masquerade));
     batch.add(&rule, MsgType::Add);
     let fin = batch.finalize();

@@ -478,7 +478,8 @@ fn pod_network(settings: &Settings) -> Option<CniSetup> {
         dir.clone(),
         settings.cni_bin_dirs.clone(),
         settings.root_dir.join("cni").join("networks"),
-    );
+    )
+    .with_cluster_cidr(settings.cluster_cidr);
     // A config already in place makes the node network-ready before it first reports.
     net.sync(None);
     Some(Arc::new(net))

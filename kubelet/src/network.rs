@@ -141,8 +141,8 @@ pub fn decide(dir: &ConfDir, pod_cidr: Option<&str>) -> Decision {
 
 /// The default network config for `pod_cidr`: knode-bridge on `knode0`, gateway `.1`, default route,
 /// masquerade for traffic leaving the pod CIDR, hairpin, host-local's store under `ipam_dir`.
-pub fn default_conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> String {
-    let v = serde_json::json!({
+pub fn default_conflist(pod_cidr: Ipv4Net, ipam_dir: &Path, cluster_cidr: Option<Ipv4Net>) -> String {
+    let mut v = serde_json::json!({
         "cniVersion": cni::SPEC_VERSION,
         "name": DEFAULT_NETWORK,
         "plugins": [{
@@ -159,6 +159,10 @@ pub fn default_conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> String {
             }
         }]
     });
+    // Only a range containing the node's subnet can exempt it (knode-bridge checks the same).
+    if let Some(c) = cluster_cidr.filter(|c| c.prefix <= pod_cidr.prefix && c.contains(pod_cidr.addr)) {
+        v["plugins"][0]["clusterCIDR"] = serde_json::Value::String(c.trunc().to_string());
+    }
     let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
     s.push('\n');
     s
@@ -226,6 +230,8 @@ pub struct PodNetwork {
     not_ready: Mutex<Option<String>>,
     /// Plugin time limit per invocation.
     timeout: Duration,
+    /// `--cluster-cidr`: not masqueraded by the default config.
+    cluster_cidr: Option<Ipv4Net>,
 }
 
 impl PodNetwork {
@@ -238,7 +244,14 @@ impl PodNetwork {
             ipam_dir,
             not_ready: Mutex::new(Some("not checked yet".into())),
             timeout: Duration::from_secs(60),
+            cluster_cidr: None,
         }
+    }
+
+    /// With `--cluster-cidr`: the default config does not masquerade traffic to it.
+    pub fn with_cluster_cidr(mut self, cluster_cidr: Option<Ipv4Net>) -> Self {
+        self.cluster_cidr = cluster_cidr;
+        self
     }
 
     /// The conf dir.
@@ -293,7 +306,7 @@ impl PodNetwork {
         };
         // Written under a name without a CNI extension, then renamed: a reader never sees half a file.
         let tmp = self.conf_dir.join(format!(".{DEFAULT_CONFLIST}.tmp"));
-        std::fs::write(&tmp, default_conflist(net, &self.ipam_dir)).map_err(err)?;
+        std::fs::write(&tmp, default_conflist(net, &self.ipam_dir, self.cluster_cidr)).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)?;
         Ok(path)
     }
@@ -522,7 +535,11 @@ mod tests {
     #[test]
     fn default_config_is_knode_bridge_over_the_pod_cidr_and_loads() {
         let d = tempfile::tempdir().unwrap();
-        let text = default_conflist("10.244.5.0/24".parse().unwrap(), Path::new("/var/lib/x/networks"));
+        let text = default_conflist(
+            "10.244.5.0/24".parse().unwrap(),
+            Path::new("/var/lib/x/networks"),
+            None,
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "knode");
@@ -540,6 +557,20 @@ mod tests {
         let bc = cni::bridge::BridgeConf::from_conf(&conf).unwrap();
         assert_eq!(bc.ipam.subnet.to_string(), "10.244.5.0/24");
         assert!(bc.ip_masq && bc.is_gateway && bc.hairpin_mode);
+        assert_eq!(bc.cluster_cidr, None);
+    }
+
+    #[test]
+    fn the_cluster_cidr_is_exempt_from_masquerade_when_it_holds_the_node_subnet() {
+        let node: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+        let with = |c: &str| {
+            let text = default_conflist(node, Path::new("/x"), Some(c.parse().unwrap()));
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["plugins"][0]["clusterCIDR"].as_str().map(str::to_string)
+        };
+        assert_eq!(with("10.244.0.0/16").as_deref(), Some("10.244.0.0/16"));
+        assert_eq!(with("10.96.0.0/12"), None);
+        assert_eq!(with("10.244.5.0/28"), None);
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //!
 //! ```json
 //! {"cniVersion":"1.0.0","name":"knode","type":"knode-bridge","bridge":"knode0","isDefaultGateway":true,
-//!  "ipMasq":true,"hairpinMode":true,"mtu":1500,
+//!  "ipMasq":true,"clusterCIDR":"10.244.0.0/16","hairpinMode":true,"mtu":1500,
 //!  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.0.0/24"}]],"dataDir":"/var/lib/cni/networks"}}
 //! ```
+//!
+//! `clusterCIDR` (optional, knode's own) exempts traffic to the other nodes' pod subnets from the
+//! masquerade, for host-gw routing between nodes (`knode-hostgw`).
 
 use std::net::Ipv4Addr;
 
@@ -50,7 +53,7 @@ impl Plugin for KnodeBridge {
         })
         .and_then(|r| {
             if c.ip_masq {
-                cni::masq::ensure(&c.network, c.ipam.subnet)?;
+                cni::masq::ensure(&c.network, c.ipam.subnet, c.cluster_cidr.unwrap_or(c.ipam.subnet))?;
             }
             Ok(r)
         });

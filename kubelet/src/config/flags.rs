@@ -111,6 +111,11 @@ pub struct KubeletFlags {
     /// knode: the containerd namespace the kubelet's containers and images live in.
     #[arg(long, default_value = "k8s.io")]
     pub containerd_namespace: String,
+    /// knode: the cluster's pod network (every node's podCIDR, as kube-proxy's `--cluster-cidr`).
+    /// The default CNI config the kubelet writes does not masquerade traffic to it, so pods on
+    /// other nodes (routed by `knode-hostgw`) see pod source addresses.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
     /// Upstream flags clap does not parse (see [`upstream_flags`]).
     #[arg(skip)]
     pub upstream: Vec<UpstreamFlag>,
@@ -134,6 +139,7 @@ pub struct Settings {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub containerd_namespace: String,
+    pub cluster_cidr: Option<cni::ipnet::Ipv4Net>,
     /// Upstream flags given that have no effect in knode (logged once at start-up).
     pub no_effect_flags: Vec<String>,
 }
@@ -258,6 +264,17 @@ impl KubeletFlags {
                 message: "at most one IPv4 and one IPv6 address".into(),
             });
         }
+        let cluster_cidr = match &self.cluster_cidr {
+            None => None,
+            Some(c) => Some(
+                c.parse::<cni::ipnet::Ipv4Net>()
+                    .map_err(|e| ConfigError::Flag {
+                        flag: "--cluster-cidr".into(),
+                        message: e.to_string(),
+                    })?
+                    .trunc(),
+            ),
+        };
         let mut node_labels = BTreeMap::new();
         for kv in self.node_labels.iter().filter(|s| !s.is_empty()) {
             let Some((k, v)) = kv.split_once('=') else {
@@ -289,6 +306,7 @@ impl KubeletFlags {
             cni_conf_dir: self.cni_conf_dir.clone(),
             cni_bin_dirs: self.cni_bin_dir.clone(),
             containerd_namespace: self.containerd_namespace.clone(),
+            cluster_cidr,
             no_effect_flags,
         })
     }
