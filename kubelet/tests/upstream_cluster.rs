@@ -16,10 +16,11 @@
 
 mod common;
 
+use common::upstream::{eventually, read_lines_then_kill, spawn};
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use knode_harness::containerd::PrivateContainerd;
 use knode_harness::control_plane::target_bin;
@@ -30,51 +31,6 @@ use knode_harness::upstream::coredns::{self, CLUSTER_DNS_IP, CLUSTER_DOMAIN};
 use knode_harness::upstream::{UpstreamBinaries, UpstreamControlPlane, UpstreamOptions};
 
 const NODE_IP: &str = "10.200.0.1";
-
-/// A daemon of the node, killed on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(ns: &NodeNetns, bin: &str, args: &[String], log: &Path) -> Daemon {
-    let file = std::fs::File::create(log).unwrap();
-    Daemon(
-        ns.command(target_bin(bin))
-            .args(args)
-            .env("RUST_LOG", "info,kube_client=warn")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn eventually(what: &str, timeout: Duration, logs: &[&Path], mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > timeout {
-            let tails: Vec<String> = logs
-                .iter()
-                .map(|l| {
-                    let t = std::fs::read_to_string(l).unwrap_or_default();
-                    let lines: Vec<&str> = t.lines().collect();
-                    format!(
-                        "== {}\n{}",
-                        l.display(),
-                        lines[lines.len().saturating_sub(40)..].join("\n")
-                    )
-                })
-                .collect();
-            panic!("timed out waiting for {what}\n{}", tails.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_networked_knode_node_runs_cluster_dns_services_attach_and_port_forward_upstream() {
@@ -450,29 +406,4 @@ spec:
     drop(kubelet);
     drop(cp);
     common::cleanup_containerd(&containerd, &ns, dir.path());
-}
-
-/// Reads `child`'s stdout until `want` lines matched `is_match` (or 30 s), then kills it.
-fn read_lines_then_kill(mut child: Child, want: usize, is_match: impl Fn(&str) -> bool) -> Vec<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while lines.iter().filter(|l: &&String| is_match(l)).count() < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => lines.push(l),
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    lines
 }

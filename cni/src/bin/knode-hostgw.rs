@@ -6,7 +6,7 @@
 //! not a node (so the apiserver reaches pods).
 //!
 //! ```text
-//! knode-hostgw --kubeconfig /etc/kubernetes/kubelet.conf [--hostname-override NAME]
+//! knode-hostgw --kubeconfig /etc/kubernetes/kube-proxy.conf [--hostname-override NAME]
 //! knode-hostgw --cleanup        # remove its routes (protocol 76) and exit
 //! ```
 //! The Node watch (kube-rs, relists included) gives every change; the table is also re-read every
@@ -31,7 +31,9 @@ use kube::runtime::{WatchStreamExt, watcher};
     about = "Routes to the other nodes' pod subnets (host-gw)"
 )]
 struct Args {
-    /// Kubeconfig to watch Nodes with (the node's own credentials suffice).
+    /// Kubeconfig to watch Nodes with: an identity that may list and watch every Node, e.g.
+    /// kube-proxy's (`system:node-proxier`). A node's own does not: the Node authorizer lets a
+    /// kubelet read only its own Node object.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// This node's name (its own podCIDR is local, not routed); default: the hostname, lowercased.

@@ -1,7 +1,8 @@
-//! A private OCI registry (Debian's docker-registry) on a free 127.0.0.1 port.
+//! A private OCI registry (Debian's docker-registry) on a free 127.0.0.1 port, or on a given
+//! address inside a test-made network namespace (a multi-node cluster's segment).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ pub struct PrivateRegistry {
     dir: Option<tempfile::TempDir>,
     child: Child,
     port: u16,
+    addr: Ipv4Addr,
+    netns: Option<String>,
 }
 
 impl PrivateRegistry {
@@ -26,12 +29,20 @@ impl PrivateRegistry {
         Self::start_opts(Some((user, password)))
     }
 
+    /// Starts an anonymous registry on `addr:5000` inside network namespace `netns` (reachable
+    /// by every node on that segment; push to it from inside, e.g. with [`crate::netns::in_netns`]).
+    pub fn start_in(netns: &str, addr: Ipv4Addr) -> Result<Self> {
+        let mut reg = Self::spawn(5000, None, addr, Some(netns.to_string()))?;
+        reg.wait_ready(Duration::from_secs(20), false)?;
+        Ok(reg)
+    }
+
     fn start_opts(auth: Option<(&str, &str)>) -> Result<Self> {
         let mut last = HarnessError::NotReady("docker-registry: no attempt made".into());
         // The free port is probed, then bound by the registry: another process may take it in
         // between, so a bind failure is retried on a new port.
         for _attempt in 0..5 {
-            let mut reg = Self::spawn(free_port()?, auth)?;
+            let mut reg = Self::spawn(free_port()?, auth, Ipv4Addr::LOCALHOST, None)?;
             match reg.wait_ready(Duration::from_secs(20), auth.is_some()) {
                 Ok(()) => return Ok(reg),
                 Err(e) => {
@@ -46,10 +57,10 @@ impl PrivateRegistry {
         Err(last)
     }
 
-    fn spawn(port: u16, auth: Option<(&str, &str)>) -> Result<Self> {
+    fn spawn(port: u16, auth: Option<(&str, &str)>, addr: Ipv4Addr, netns: Option<String>) -> Result<Self> {
         let dir = crate::private_dir("kn-reg-")?;
         let config = dir.path().join("config.yml");
-        let mut yaml = config_yaml(&dir.path().join("storage").display().to_string(), port);
+        let mut yaml = config_yaml(&dir.path().join("storage").display().to_string(), addr, port);
         if let Some((user, password)) = auth {
             let htpasswd = dir.path().join("htpasswd");
             let out = Command::new("htpasswd")
@@ -69,7 +80,17 @@ impl PrivateRegistry {
         let log = std::fs::File::create(dir.path().join("registry.log"))
             .map_err(HarnessError::io("creating registry.log"))?;
         let log2 = log.try_clone().map_err(HarnessError::io("dup registry.log"))?;
-        let child = Command::new("docker-registry")
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg("docker-registry");
+                c
+            }
+            None => Command::new("docker-registry"),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
@@ -83,6 +104,8 @@ impl PrivateRegistry {
             dir: Some(dir),
             child,
             port,
+            addr,
+            netns,
         })
     }
 
@@ -96,20 +119,30 @@ impl PrivateRegistry {
                     "docker-registry exited with {status}"
                 )));
             }
-            if http_status(self.port, "/v2/").is_some_and(|s| s == ready) {
+            let status = match &self.netns {
+                Some(ns) => {
+                    let (addr, port) = (self.addr, self.port);
+                    crate::netns::in_netns(ns, move || http_status_at(addr, port, "/v2/"))
+                        .ok()
+                        .flatten()
+                }
+                None => http_status(self.port, "/v2/"),
+            };
+            if status.is_some_and(|s| s == ready) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(HarnessError::NotReady(format!(
-            "docker-registry did not answer on 127.0.0.1:{} within {timeout:?}",
-            self.port
+            "docker-registry did not answer on {}:{} within {timeout:?}",
+            self.addr, self.port
         )))
     }
 
-    /// `127.0.0.1:<port>`: the registry part of image references.
+    /// `<address>:<port>` (`127.0.0.1:<port>` unless started in a namespace): the registry part
+    /// of image references.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.addr, self.port)
     }
 
     /// The listening port.
@@ -152,9 +185,14 @@ fn free_port() -> Result<u16> {
 
 /// Status code of a plain `GET path` on 127.0.0.1:port, or None if nothing answers.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    http_status_at(Ipv4Addr::LOCALHOST, port, path)
+}
+
+/// Status code of a plain `GET path` on addr:port, or None if nothing answers.
+pub fn http_status_at(addr: Ipv4Addr, port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut head = [0u8; 64];
     let n = s.read(&mut head).ok()?;
     std::str::from_utf8(&head[..n])
@@ -165,7 +203,7 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
         .ok()
 }
 
-fn config_yaml(storage: &str, port: u16) -> String {
+fn config_yaml(storage: &str, addr: Ipv4Addr, port: u16) -> String {
     format!(
         r#"version: 0.1
 log:
@@ -176,7 +214,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:{port}
+  addr: {addr}:{port}
 "#
     )
 }
