@@ -1,266 +1,82 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Two knode nodes in one upstream cluster on one machine: each node is a network namespace on a
-//! shared L2 segment (a bridge in the control plane's namespace, where the apiserver, the registry
-//! and CoreDNS's Service are reached), with its own containerd, kubelet (joined by bootstrap token,
-//! default CNI config written from its podCIDR), kube-proxy and knode-hostgw.
+//! Several knode nodes in one upstream cluster on one machine (`knode_harness::cluster`): each
+//! node a network namespace on a shared L2 segment, with its own containerd, kubelet (joined by
+//! bootstrap token), kube-proxy and knode-hostgw; the control plane, the registry and CoreDNS's
+//! Service reached over the segment. Driven by the built kubectl, as a user would.
 //!
-//! - nodeipam gives each node a podCIDR; knode-hostgw routes them (the nodes', and the control
-//!   plane host's, so the apiserver reaches pods);
-//! - a Deployment spreads over both nodes and a DaemonSet puts exactly one client on each;
-//! - every client reaches every web pod by pod IP across nodes, unmasqueraded (the server sees the
-//!   client pod's IP);
-//! - a Service by name (CoreDNS, running on one of the nodes) load-balances over pods on both nodes
-//!   from every node, its NodePort answers on every node from outside, a headless Service returns
-//!   the pod IPs;
-//! - no request of either node's identity, or of kube-proxy's (which knode-hostgw runs as), was
-//!   denied.
-
-mod common;
+//! - networking: pods reach each other across nodes by IP, unmasqueraded; a Service by name
+//!   load-balances over both nodes from every node; its NodePort answers from outside; a headless
+//!   Service returns the pod IPs; the control-plane host reaches pods;
+//! - workloads: a Deployment spreads, scales, rolls (never below `maxUnavailable`) and rolls back;
+//!   a DaemonSet keeps one pod per node, rolls, and a node joining later gets its pod; Jobs complete
+//!   and a failing one stops at `backoffLimit`; `kubectl drain` honours a PodDisruptionBudget;
+//! - node failure: a kubelet stopped → NotReady, tainted, its short-toleration pods evicted and
+//!   dropped from the endpoints; back → Ready with its surviving container untouched; a node
+//!   removed entirely → its routes gone from the survivors;
+//! - no request of a node's identity, or of kube-proxy's, was denied.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use common::upstream::{Daemon, eventually, spawn};
-use knode_harness::containerd::PrivateContainerd;
-use knode_harness::control_plane::target_bin;
-use knode_harness::image::push_test_images;
-use knode_harness::netns::{NodeNetns, Segment, in_netns};
-use knode_harness::registry::PrivateRegistry;
-use knode_harness::upstream::coredns::{self, CLUSTER_DNS_IP};
-use knode_harness::upstream::{CLUSTER_CIDR, UpstreamBinaries, UpstreamControlPlane, UpstreamOptions};
+use knode_harness::cluster::{ClusterOptions, KnodeCluster};
 use serde_json::Value;
 
-struct KnodeNode {
-    name: String,
-    netns: NodeNetns,
-    containerd: PrivateContainerd,
-    ns: String,
-    dir: tempfile::TempDir,
-    daemons: Vec<Daemon>,
+/// The clusters are heavy for a 2-core machine: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const T: Duration = Duration::from_secs(180);
+
+fn wait(c: &KnodeCluster, what: &str, f: impl FnMut() -> bool) {
+    c.wait_for(what, T, f).unwrap();
 }
 
-impl KnodeNode {
-    fn log(&self, daemon: &str) -> std::path::PathBuf {
-        self.dir.path().join(format!("{daemon}.log"))
-    }
+fn apply(c: &KnodeCluster, yaml: &str) {
+    c.cp.run_kubectl(&["apply", "-f", "-"], Some(yaml))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_knode_nodes_route_pods_and_services_across_nodes() {
-    knode_harness::require_root().unwrap();
-    let bins = UpstreamBinaries::locate(false).unwrap();
-    let id = std::process::id();
-    let seg = Segment::create(&format!("knseg-{id}"), "10.210.0.").unwrap();
-    let gateway = seg.gateway().to_string();
-    let registry = PrivateRegistry::start_in(&seg.ns.name, gateway.parse().unwrap()).unwrap();
-    let host = registry.host();
-    let (images, dns_image) = {
-        let (host, bins) = (host.clone(), bins.clone());
-        in_netns(&seg.ns.name, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                (
-                    push_test_images(&host).await.unwrap(),
-                    coredns::push_image(&host, &bins).await.unwrap(),
-                )
-            })
+/// (name, node, IP) of the pods with label `app`, not terminating.
+fn pods_of(c: &KnodeCluster, app: &str) -> Vec<(String, String, String)> {
+    let pods: Value = serde_json::from_str(&c.kubectl(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]))
+        .unwrap_or(Value::Null);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&p["metadata"]["name"]), s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"]))
         })
-        .unwrap()
-    };
-    let cp = UpstreamControlPlane::start(UpstreamOptions {
-        advertise_address: gateway.parse().unwrap(),
-        netns: Some(seg.ns.name.clone()),
-        ..Default::default()
-    })
-    .unwrap();
-    let kubectl = |a: &[&str]| cp.run_kubectl(a, None).unwrap_or_default();
+        .collect()
+}
 
-    // The nodes, joining as `kubeadm join` does.
-    let mut nodes = Vec::new();
-    for i in 0..2u8 {
-        let containerd = PrivateContainerd::start().await.unwrap();
-        let ns = containerd.unique_namespace(&format!("mn{i}"));
-        let netns = seg.add_node(&format!("knn-{id}-{i}"), i).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let name = format!("mn{i}-{}", &ns[ns.len().saturating_sub(5)..]).to_lowercase();
-        std::fs::create_dir_all(dir.path().join("cni")).unwrap();
-        let config = dir.path().join("kubelet-config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-                 podLogsDir: {logs}\naddress: {ip}\nrotateCertificates: true\nserverTLSBootstrap: true\n\
-                 clusterDomain: cluster.local\nclusterDNS: [{CLUSTER_DNS_IP}]\n\
-                 authentication:\n  x509:\n    clientCAFile: {ca}\n  webhook:\n    enabled: true\n\
-                 authorization:\n  mode: Webhook\nevictionHard:\n  memory.available: 100Mi\n  \
-                 nodefs.available: 100Mi\n  imagefs.available: 100Mi\nimageGCHighThresholdPercent: 100\n",
-                logs = dir.path().join("logs").display(),
-                ip = netns.node_ip,
-                ca = cp.ca_file.display(),
-            ),
-        )
-        .unwrap();
-        let bootstrap = cp
-            .bootstrap_kubeconfig(&dir.path().join("bootstrap-kubelet.conf"))
-            .unwrap();
-        let kubelet = spawn(
-            &netns,
-            "kubelet",
-            &[
-                format!("--bootstrap-kubeconfig={}", bootstrap.display()),
-                format!("--kubeconfig={}", dir.path().join("kubelet.conf").display()),
-                format!("--config={}", config.display()),
-                format!("--hostname-override={name}"),
-                format!("--node-ip={}", netns.node_ip),
-                format!("--root-dir={}", dir.path().join("root").display()),
-                format!(
-                    "--container-runtime-endpoint=unix://{}",
-                    containerd.socket().display()
-                ),
-                format!("--containerd-namespace={ns}"),
-                format!("--insecure-registry={host}"),
-                format!("--cgroup-root=/knode-test/{ns}"),
-                // Empty: the kubelet writes knode-bridge's config from the node's podCIDR.
-                format!("--cni-conf-dir={}", dir.path().join("cni").display()),
-                format!(
-                    "--cni-bin-dir={}",
-                    target_bin("knode-bridge").parent().unwrap().display()
-                ),
-                format!("--cluster-cidr={CLUSTER_CIDR}"),
-            ],
-            &dir.path().join("kubelet.log"),
-        );
-        nodes.push(KnodeNode {
-            name,
-            netns,
-            containerd,
-            ns,
-            dir,
-            daemons: vec![kubelet],
-        });
-    }
-    let logs: Vec<std::path::PathBuf> = nodes
-        .iter()
-        .flat_map(|n| ["kubelet", "kube-proxy", "knode-hostgw"].map(|d| n.log(d)))
-        .collect();
-    let logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
-    eventually(
-        "both serving CSRs approved",
-        Duration::from_secs(120),
-        &logs,
-        || {
-            let pending = kubectl(&[
-                "get",
-                "csr",
-                "-o",
-                "jsonpath={range .items[?(@.spec.signerName==\"kubernetes.io/kubelet-serving\")]}{.metadata.name} {.status.certificate}{\"\\n\"}{end}",
-            ]);
-            for line in pending.lines() {
-                if let Some(name) = line
-                    .split_whitespace()
-                    .next()
-                    .filter(|_| line.split_whitespace().count() == 1)
-                {
-                    let _ = cp.approve_csr(name);
-                }
-            }
-            pending.lines().count() >= 2
-        },
-    );
-    let proxy_conf = cp.dir().join("kube-proxy-test.conf");
-    cp.issue_kubeconfig("system:kube-proxy", &[], &proxy_conf)
-        .unwrap();
-    for n in &mut nodes {
-        let kube_proxy = spawn(
-            &n.netns,
-            "kube-proxy",
-            &[
-                format!("--kubeconfig={}", proxy_conf.display()),
-                format!("--hostname-override={}", n.name),
-                format!("--cluster-cidr={CLUSTER_CIDR}"),
-                "--healthz-bind-address=127.0.0.1:10256".into(),
-                "--metrics-bind-address=127.0.0.1:10249".into(),
-            ],
-            &n.log("kube-proxy"),
-        );
-        n.daemons.push(kube_proxy);
-    }
-    for n in &mut nodes {
-        let name = n.name.clone();
-        eventually(
-            &format!("node {name} Ready"),
-            Duration::from_secs(120),
-            &logs,
-            || {
-                kubectl(&[
-                    "get",
-                    "node",
-                    &name,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ]) == "True"
-            },
-        );
-        // The route daemon lists every Node, which the Node authorizer refuses a node's own
-        // identity (it may read only its own Node object): it runs as kube-proxy does, whose
-        // `system:node-proxier` role may list and watch Nodes, as flannel runs with its own role.
-        let hostgw = spawn(
-            &n.netns,
-            "knode-hostgw",
-            &[
-                format!("--kubeconfig={}", proxy_conf.display()),
-                format!("--hostname-override={}", n.name),
-            ],
-            &n.log("knode-hostgw"),
-        );
-        n.daemons.push(hostgw);
-    }
-    // The control-plane host routes to every podCIDR too (the apiserver's proxy to pods).
-    let cp_hostgw_log = cp.dir().join("knode-hostgw.log");
-    let _cp_hostgw = spawn(
-        &seg.ns,
-        "knode-hostgw",
-        &[
-            format!("--kubeconfig={}", cp.kubeconfig.display()),
-            "--hostname-override=control-plane".into(),
-        ],
-        &cp_hostgw_log,
-    );
-    let cidrs: Vec<String> = nodes
-        .iter()
-        .map(|n| kubectl(&["get", "node", &n.name, "-o", "jsonpath={.spec.podCIDR}"]))
-        .collect();
-    assert!(
-        cidrs.iter().all(|c| c.starts_with("10.244.")) && cidrs[0] != cidrs[1],
-        "{cidrs:?}"
-    );
-    for (i, n) in nodes.iter().enumerate() {
-        let other = &cidrs[1 - i];
-        eventually(
-            &format!("route to {other} on {}", n.name),
-            Duration::from_secs(60),
-            &logs,
-            || {
-                let o = n.netns.run(&["ip", "route", "show", "proto", "76"], &[]).unwrap();
-                String::from_utf8_lossy(&o.stdout)
-                    .contains(&format!("{other} via {}", nodes[1 - i].netns.node_ip))
-            },
-        );
-    }
+fn exec(c: &KnodeCluster, pod: &str, cmd: &str) -> String {
+    c.cp.run_kubectl(&["exec", pod, "--", "sh", "-c", cmd], None)
+        .unwrap_or_else(|e| format!("failed: {e}"))
+}
 
-    cp.deploy_coredns(&dns_image.reference).unwrap();
-    let img = &images.testimg.reference;
-    cp.run_kubectl(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            r#"apiVersion: apps/v1
+fn no_denials(c: &KnodeCluster) {
+    for user in c
+        .nodes
+        .iter()
+        .map(|n| format!("system:node:{}", n.name))
+        .chain(["system:kube-proxy".to_string()])
+    {
+        let denied = c.cp.audit_denials(&user);
+        assert!(denied.is_empty(), "denied requests of {user}: {denied:#?}");
+    }
+}
+
+fn web_yaml(img: &str, replicas: u32, extra_spec: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
 spec:
-  replicas: 4
+  replicas: {replicas}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 1, maxSurge: 1}}}}
   selector: {{matchLabels: {{app: web}}}}
   template:
     metadata: {{labels: {{app: web}}}}
@@ -268,20 +84,10 @@ spec:
       terminationGracePeriodSeconds: 1
       topologySpreadConstraints:
       - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: web}}}}}}
-      containers:
+{extra_spec}      containers:
       - {{name: main, image: {img}, args: ["serve"], ports: [{{name: http, containerPort: 8080}}],
+         env: [{{name: VERSION, value: "1"}}],
          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}}}
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {{name: client}}
-spec:
-  selector: {{matchLabels: {{app: client}}}}
-  template:
-    metadata: {{labels: {{app: client}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers: [{{name: main, image: {img}, args: ["sleep", "infinity", "--exit-on-sigterm"]}}]
 ---
 apiVersion: v1
 kind: Service
@@ -290,80 +96,62 @@ spec:
   type: NodePort
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web-headless}}
-spec:
-  clusterIP: None
-  selector: {{app: web}}
-  ports: [{{name: http, port: 8080}}]
 "#
-        )),
     )
-    .unwrap();
-    eventually(
-        "web, client and CoreDNS ready",
-        Duration::from_secs(240),
-        &logs,
-        || {
-            kubectl(&["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"]) == "4"
-                && kubectl(&["get", "ds", "client", "-o", "jsonpath={.status.numberReady}"]) == "2"
-                && kubectl(&[
-                    "get",
-                    "deploy",
-                    "-n",
-                    "kube-system",
-                    "coredns",
-                    "-o",
-                    "jsonpath={.status.readyReplicas}",
-                ]) == "1"
-        },
+}
+
+fn client_ds_yaml(img: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: client}}
+spec:
+  selector: {{matchLabels: {{app: client}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 1}}}}
+  template:
+    metadata: {{labels: {{app: client}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{{name: main, image: {img}, args: ["sleep", "infinity", "--exit-on-sigterm"]}}]
+"#
+    )
+}
+
+fn ready_replicas(c: &KnodeCluster, kind: &str, name: &str) -> String {
+    let field = if kind == "ds" { "numberReady" } else { "readyReplicas" };
+    c.kubectl(&["get", kind, name, "-o", &format!("jsonpath={{.status.{field}}}")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_services_reach_across_two_knode_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let c = KnodeCluster::start(ClusterOptions::default()).await.unwrap();
+    let img = c.images.testimg.reference.clone();
+    apply(&c, &web_yaml(&img, 4, ""));
+    apply(&c, &client_ds_yaml(&img));
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-headless}\nspec:\n  clusterIP: None\n  \
+         selector: {app: web}\n  ports: [{name: http, port: 8080}]\n",
     );
-    let pods: Value = serde_json::from_str(&kubectl(&["get", "pods", "-o", "json"])).unwrap();
-    let pods = pods["items"].as_array().unwrap().clone();
-    let of = |app: &str| -> Vec<(String, String, String)> {
-        pods.iter()
-            .filter(|p| p["metadata"]["labels"]["app"] == app)
-            .map(|p| {
-                (
-                    p["metadata"]["name"].as_str().unwrap().to_string(),
-                    p["spec"]["nodeName"].as_str().unwrap().to_string(),
-                    p["status"]["podIP"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
-    let (webs, clients) = (of("web"), of("client"));
+    wait(&c, "web, client and CoreDNS ready", || {
+        ready_replicas(&c, "deploy", "web") == "4"
+            && ready_replicas(&c, "ds", "client") == "2"
+            && c.kubectl(&["get", "deploy", "-n", "kube-system", "coredns", "-o", "jsonpath={.status.readyReplicas}"])
+                == "1"
+    });
+    let (webs, clients) = (pods_of(&c, "web"), pods_of(&c, "client"));
     let web_nodes: BTreeSet<&String> = webs.iter().map(|w| &w.1).collect();
     assert_eq!(web_nodes.len(), 2, "web spread over both nodes: {webs:?}");
     let client_nodes: BTreeSet<&String> = clients.iter().map(|c| &c.1).collect();
-    assert_eq!(
-        (clients.len(), client_nodes.len()),
-        (2, 2),
-        "one client per node: {clients:?}"
-    );
+    assert_eq!((clients.len(), client_nodes.len()), (2, 2), "one client per node: {clients:?}");
 
-    let exec = |pod: &str, cmd: &str| {
-        cp.run_kubectl(&["exec", pod, "--", "sh", "-c", cmd], None)
-            .unwrap_or_else(|e| format!("failed: {e}"))
-    };
     // Pod to pod by IP, across nodes and on the same node, source address kept.
     for (client, client_node, client_ip) in &clients {
         for (web, web_node, web_ip) in &webs {
-            let answer = exec(
-                client,
-                &format!("timeout 10 wget -qO- http://{web_ip}:8080/hostname"),
-            );
-            assert_eq!(
-                answer.trim(),
-                web,
-                "{client} ({client_node}) → {web} ({web_node})"
-            );
-            let seen = exec(
-                client,
-                &format!("timeout 10 wget -qO- http://{web_ip}:8080/clientip"),
-            );
+            let answer = exec(&c, client, &format!("timeout 10 wget -qO- http://{web_ip}:8080/hostname"));
+            assert_eq!(answer.trim(), web, "{client} ({client_node}) → {web} ({web_node})");
+            let seen = exec(&c, client, &format!("timeout 10 wget -qO- http://{web_ip}:8080/clientip"));
             assert!(
                 seen.starts_with(&format!("{client_ip}:")),
                 "{web} on {web_node} saw {seen:?}, not {client} ({client_ip}) on {client_node}: masqueraded"
@@ -375,7 +163,7 @@ spec:
     for (client, client_node, _) in &clients {
         let mut seen = BTreeSet::new();
         for _ in 0..40 {
-            let a = exec(client, "timeout 10 wget -qO- http://web/hostname");
+            let a = exec(&c, client, "timeout 10 wget -qO- http://web/hostname");
             seen.insert(a.trim().to_string());
             if seen.len() == webs.len() {
                 break;
@@ -383,85 +171,249 @@ spec:
         }
         let seen_refs: BTreeSet<&str> = seen.iter().map(String::as_str).collect();
         assert_eq!(seen_refs, web_names, "Service web from {client} on {client_node}");
-        let headless = exec(client, "nslookup web-headless.default.svc.cluster.local");
+        let headless = exec(&c, client, "nslookup web-headless.default.svc.cluster.local");
         for (_, _, ip) in &webs {
-            assert!(
-                headless.contains(ip.as_str()),
-                "headless answer from {client_node}: {headless}"
-            );
+            assert!(headless.contains(ip.as_str()), "headless answer from {client_node}: {headless}");
         }
     }
-    // The NodePort on every node, from outside the nodes (the control plane's host).
-    let node_port = kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
-    for n in &nodes {
-        let o = seg
-            .ns
-            .run(
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    &format!("http://{}:{node_port}/hostname", n.netns.node_ip),
-                ],
-                &[],
-            )
-            .unwrap();
-        let answer = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        assert!(
-            web_names.contains(answer.as_str()),
-            "NodePort on {}: {answer:?}",
-            n.name
-        );
+    // The NodePort on every node, from outside the nodes (the control plane's host), and the
+    // control-plane host reaches a pod IP directly (apiserver → pod).
+    let node_port = c.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let curl = |url: String| {
+        let o = c.segment.ns.run(&["curl", "-sS", "--max-time", "5", &url], &[]).unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    for n in &c.nodes {
+        let answer = curl(format!("http://{}:{node_port}/hostname", n.netns.node_ip));
+        assert!(web_names.contains(answer.as_str()), "NodePort on {}: {answer:?}", n.name);
     }
-    // And the control-plane host reaches a pod IP directly (apiserver → pod).
-    let o = seg
-        .ns
-        .run(
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{}:8080/hostname", webs[0].2),
-            ],
-            &[],
-        )
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), webs[0].0);
+    assert_eq!(curl(format!("http://{}:8080/hostname", webs[0].2)), webs[0].0);
+    no_denials(&c);
+}
 
-    for user in nodes
-        .iter()
-        .map(|n| format!("system:node:{}", n.name))
-        .chain(["system:kube-proxy".to_string()])
-    {
-        let denied = cp.audit_denials(&user);
-        assert!(denied.is_empty(), "denied requests of {user}: {denied:#?}");
-    }
-
-    cp.run_kubectl(&["delete", "deploy", "web", "--wait=false"], None)
-        .unwrap();
-    cp.run_kubectl(&["delete", "ds", "client", "--wait=false"], None)
-        .unwrap();
-    cp.run_kubectl(
-        &["delete", "deploy", "-n", "kube-system", "coredns", "--wait=false"],
-        None,
-    )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = KnodeCluster::start(ClusterOptions {
+        coredns: false,
+        ..Default::default()
+    })
+    .await
     .unwrap();
-    eventually("pods gone", Duration::from_secs(120), &logs, || {
-        kubectl(&["get", "pods", "-A", "-o", "name"]).trim().is_empty()
+    let img = c.images.testimg.reference.clone();
+
+    // Deployment: 6 spread over the nodes, scaled to 9 and back to 3.
+    apply(&c, &web_yaml(&img, 6, ""));
+    apply(&c, &client_ds_yaml(&img));
+    wait(&c, "6 web replicas", || ready_replicas(&c, "deploy", "web") == "6");
+    let per_node = |c: &KnodeCluster| {
+        let mut m = std::collections::BTreeMap::new();
+        for (_, node, _) in pods_of(c, "web") {
+            *m.entry(node).or_insert(0) += 1;
+        }
+        m
+    };
+    assert_eq!(per_node(&c).values().copied().collect::<Vec<i32>>(), [3, 3], "spread: {:?}", per_node(&c));
+    c.kubectl(&["scale", "deploy", "web", "--replicas=9"]);
+    wait(&c, "9 web replicas", || ready_replicas(&c, "deploy", "web") == "9");
+    c.kubectl(&["scale", "deploy", "web", "--replicas=3"]);
+    wait(&c, "3 web pods", || {
+        ready_replicas(&c, "deploy", "web") == "3" && c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count() == 3
     });
-    for n in nodes {
-        let KnodeNode {
-            netns,
-            containerd,
-            ns,
-            dir,
-            daemons,
-            ..
-        } = n;
-        drop(daemons);
-        common::cleanup_containerd(&containerd, &ns, dir.path());
-        drop(netns);
+
+    // A rolling update never has fewer than replicas - maxUnavailable ready; then an undo.
+    c.kubectl(&["set", "env", "deploy/web", "VERSION=2"]);
+    let watcher = {
+        let kubectl = c.cp.kubectl();
+        let kubeconfig = c.cp.kubeconfig.clone();
+        let ns = c.segment.ns.name.clone();
+        std::thread::spawn(move || {
+            let mut lowest = i64::MAX;
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(150) {
+                let o = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&kubectl)
+                    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                    .args(["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas} {.status.updatedReplicas} {.status.replicas}"])
+                    .output();
+                let text = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                let n: Vec<i64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+                if let [ready, updated, replicas] = n[..] {
+                    lowest = lowest.min(ready);
+                    if updated == 3 && ready == 3 && replicas == 3 {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            lowest
+        })
+    };
+    let rollout = c
+        .cp
+        .run_kubectl(&["rollout", "status", "deploy/web", "--timeout=150s"], None)
+        .unwrap_or_else(|e| panic!("rollout status: {e}\n{}", c.log_tails(20)));
+    assert!(rollout.contains("successfully rolled out"), "{rollout}");
+    let lowest = watcher.join().unwrap();
+    assert!(lowest >= 2, "ready replicas fell to {lowest} (maxUnavailable 1 of 3)");
+    let envs = || {
+        pods_of(&c, "web")
+            .iter()
+            .map(|(p, _, _)| exec(&c, p, "echo $VERSION").trim().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(envs(), BTreeSet::from(["2".to_string()]));
+    c.cp.run_kubectl(&["rollout", "undo", "deploy/web"], None).unwrap();
+    c.cp.run_kubectl(&["rollout", "status", "deploy/web", "--timeout=150s"], None)
+        .unwrap();
+    wait(&c, "3 web pods after the undo", || {
+        c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count() == 3
+    });
+    assert_eq!(envs(), BTreeSet::from(["1".to_string()]));
+
+    // DaemonSet: one per node, rolled, and a node joining later gets its pod.
+    wait(&c, "client on both nodes", || ready_replicas(&c, "ds", "client") == "2");
+    c.kubectl(&["set", "env", "ds/client", "ROUND=2"]);
+    c.cp.run_kubectl(&["rollout", "status", "ds/client", "--timeout=150s"], None)
+        .unwrap_or_else(|e| panic!("ds rollout: {e}"));
+    let i = c.add_node().await.unwrap();
+    let newcomer = c.nodes[i].name.clone();
+    wait(&c, "client on the new node", || {
+        ready_replicas(&c, "ds", "client") == "3" && pods_of(&c, "client").iter().any(|p| p.1 == newcomer)
+    });
+    let clients = pods_of(&c, "client");
+    let nodes: BTreeSet<&String> = clients.iter().map(|p| &p.1).collect();
+    assert_eq!((clients.len(), nodes.len()), (3, 3), "{clients:?}");
+
+    // Jobs: 3 completions 2 at a time; a failing one stops at backoffLimit.
+    apply(
+        &c,
+        &format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: three}}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: main, image: {img}, args: ["exit", "0"]}}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: failing}}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: main, image: {img}, args: ["exit", "3"]}}]
+"#
+        ),
+    );
+    wait(&c, "job three complete", || {
+        c.kubectl(&["get", "job", "three", "-o", "jsonpath={.status.succeeded}"]) == "3"
+            && c.kubectl(&["get", "job", "three", "-o", "jsonpath={.status.conditions[?(@.type==\"Complete\")].status}"])
+                == "True"
+    });
+    wait(&c, "job failing failed", || {
+        c.kubectl(&["get", "job", "failing", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"])
+            == "BackoffLimitExceeded"
+    });
+    assert_eq!(c.kubectl(&["get", "job", "failing", "-o", "jsonpath={.status.failed}"]), "2");
+
+    // Drain a node holding web pods, with a PodDisruptionBudget: evicted, rescheduled elsewhere.
+    apply(
+        &c,
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web}\nspec:\n  minAvailable: 2\n  \
+         selector: {matchLabels: {app: web}}\n",
+    );
+    let victim = pods_of(&c, "web")[0].1.clone();
+    let drained = c.cp.run_kubectl(
+        &["drain", &victim, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=150s"],
+        None,
+    );
+    assert!(drained.is_ok(), "kubectl drain: {drained:?}\n{}", c.log_tails(20));
+    wait(&c, "web ready elsewhere", || {
+        let pods = pods_of(&c, "web");
+        ready_replicas(&c, "deploy", "web") == "3" && pods.len() == 3 && pods.iter().all(|p| p.1 != victim)
+    });
+    assert_eq!(c.kubectl(&["get", "node", &victim, "-o", "jsonpath={.spec.unschedulable}"]), "true");
+    c.kubectl(&["uncordon", &victim]);
+    assert_eq!(c.kubectl(&["get", "node", &victim, "-o", "jsonpath={.spec.unschedulable}"]), "");
+    no_denials(&c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = KnodeCluster::start(ClusterOptions {
+        coredns: false,
+        // Seconds instead of upstream's 40–50 s, so the test waits for the real controller.
+        controller_manager_args: vec!["--node-monitor-grace-period=16s".into(), "--node-monitor-period=2s".into()],
+        kubelet_config: "nodeStatusUpdateFrequency: 2s\nnodeLeaseDurationSeconds: 8".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let img = c.images.testimg.reference.clone();
+    let tolerations = "      tolerations:\n      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n";
+    apply(&c, &web_yaml(&img, 2, tolerations));
+    // DaemonSet pods tolerate unreachable for ever: they stay on a failed node.
+    apply(&c, &client_ds_yaml(&img));
+    wait(&c, "web on both nodes", || {
+        ready_replicas(&c, "deploy", "web") == "2" && ready_replicas(&c, "ds", "client") == "2"
+    });
+    let failing = c.nodes[1].name.clone();
+    let on_failing = |c: &KnodeCluster, app: &str| pods_of(c, app).into_iter().find(|p| p.1 == failing);
+    let (evicted, _, evicted_ip) = on_failing(&c, "web").expect("a web pod on node 1");
+    let (survivor, _, _) = on_failing(&c, "client").expect("a client pod on node 1");
+    let container_of = |c: &KnodeCluster, pod: &str| {
+        c.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}"])
+    };
+    let survivor_before = container_of(&c, &survivor);
+
+    c.nodes[1].stop_kubelet();
+    wait(&c, "node NotReady (Unknown) and tainted unreachable", || {
+        c.node_ready_is(&failing, "Unknown")
+            && c.kubectl(&["get", "node", &failing, "-o", "jsonpath={.spec.taints[*].key}"])
+                .contains("node.kubernetes.io/unreachable")
+    });
+    wait(&c, "the web pod evicted and replaced on the healthy node", || {
+        let pods = pods_of(&c, "web");
+        ready_replicas(&c, "deploy", "web") == "2" && pods.iter().all(|p| p.1 != failing)
+    });
+    let slices = c.kubectl(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "json"]);
+    let slices: Value = serde_json::from_str(&slices).unwrap();
+    for ep in slices["items"].as_array().unwrap().iter().flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default()) {
+        if ep["addresses"][0] == evicted_ip.as_str() {
+            assert_ne!(ep["conditions"]["ready"], true, "the evicted pod is still a ready endpoint: {ep}");
+        }
     }
+
+    c.nodes[1].start_kubelet().unwrap();
+    wait(&c, "node Ready again", || c.node_ready_is(&failing, "True"));
+    wait(&c, "the evicted pod gone", || {
+        c.kubectl(&["get", "pod", &evicted, "-o", "name"]).is_empty()
+    });
+    assert_eq!(container_of(&c, &survivor), survivor_before, "the DaemonSet pod's container was kept");
+
+    // The whole node removed: its Node deleted, the survivors drop the route to its pods.
+    let cidr = c.kubectl(&["get", "node", &failing, "-o", "jsonpath={.spec.podCIDR}"]);
+    drop(c.nodes.remove(1));
+    c.kubectl(&["delete", "node", &failing]);
+    wait(&c, "routes to the removed node gone", || {
+        [&c.nodes[0].netns, &c.segment.ns].iter().all(|ns| {
+            ns.run(&["ip", "route", "show", "proto", "76"], &[])
+                .map(|o| !String::from_utf8_lossy(&o.stdout).contains(&cidr))
+                .unwrap_or(false)
+        })
+    });
+    wait(&c, "web and client only on the survivor", || {
+        ready_replicas(&c, "deploy", "web") == "2" && pods_of(&c, "client").len() == 1
+    });
+    no_denials(&c);
 }

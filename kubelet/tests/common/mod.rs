@@ -353,19 +353,10 @@ pub fn cleanup_containerd(containerd: &PrivateContainerd, ns: &str, dir: &std::p
         .flatten()
     {
         let base = ctl.path().join("knode-test").join(ns);
-        remove_tree(&base);
+        knode_harness::cleanup::remove_cgroup_tree(&base);
         // Where `ctr run` (benchmark baselines) puts containers of this namespace.
-        remove_tree(&ctl.path().join(ns));
+        knode_harness::cleanup::remove_cgroup_tree(&ctl.path().join(ns));
     }
-}
-
-fn remove_tree(p: &std::path::Path) {
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            remove_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(p);
 }
 
 pub fn pod_yaml(name: &str, image: &str, restart: &str, args: &[&str]) -> String {

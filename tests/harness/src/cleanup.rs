@@ -153,3 +153,14 @@ mod tests {
         let _ = child.wait();
     }
 }
+
+/// Removes cgroup directory `p` and every cgroup below it (deepest first; a cgroup with live
+/// processes stays).
+pub fn remove_cgroup_tree(p: &std::path::Path) {
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}

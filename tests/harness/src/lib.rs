@@ -15,6 +15,7 @@
 //! any shim they left), mounts under the private directories, and the directories themselves.
 
 pub mod cleanup;
+pub mod cluster;
 pub mod containerd;
 pub mod control_plane;
 pub mod image;

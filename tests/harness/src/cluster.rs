@@ -1,0 +1,414 @@
+//! A multi-node knode cluster on one machine, for e2e tests: the upstream control plane, the
+//! registry and the nodes' shared L2 segment live in one network namespace ([`Segment`]); each
+//! node is a namespace on that segment with its own containerd (own root, socket and containerd
+//! namespace), cgroup root, kubelet (joined by bootstrap token; its default CNI config written from
+//! the podCIDR nodeipam gives it), kube-proxy and knode-hostgw. The control plane's namespace runs
+//! knode-hostgw too, so it routes to every pod (the apiserver's proxy to pods).
+//!
+//! Everything is removed on drop: daemons killed, containers and shims stopped, mounts and cgroups
+//! removed, namespaces (and every link in them) deleted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::PrivateContainerd;
+use crate::control_plane::target_bin;
+use crate::image::{PushedImage, TestImages, push_test_images};
+use crate::netns::{NodeNetns, Segment, in_netns};
+use crate::registry::PrivateRegistry;
+use crate::upstream::coredns::{self, CLUSTER_DNS_IP, CLUSTER_DOMAIN};
+use crate::upstream::{CLUSTER_CIDR, UpstreamBinaries, UpstreamControlPlane, UpstreamOptions};
+use crate::{HarnessError, Result, cleanup};
+
+/// How to build the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Nodes joined at start (more with [`KnodeCluster::add_node`]).
+    pub nodes: usize,
+    /// Deploy CoreDNS (as kubeadm does) once the nodes are Ready.
+    pub coredns: bool,
+    /// Extra KubeletConfiguration lines (YAML, top-level keys not set by the harness).
+    pub kubelet_config: String,
+    /// Extra kube-controller-manager flags (e.g. a short `--node-monitor-grace-period`).
+    pub controller_manager_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 2,
+            coredns: true,
+            kubelet_config: String::new(),
+            controller_manager_args: Vec::new(),
+        }
+    }
+}
+
+/// One knode node of the cluster.
+pub struct ClusterNode {
+    pub name: String,
+    pub netns: NodeNetns,
+    /// The containerd namespace the kubelet uses.
+    pub ns: String,
+    kubelet: Option<Child>,
+    kubelet_args: Vec<String>,
+    others: Vec<Child>,
+    containerd: PrivateContainerd,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("name", &self.name)
+            .field("ip", &self.netns.node_ip)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn_in(ns: &NodeNetns, bin: &str, args: &[String], log: &Path) -> Result<Child> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(HarnessError::io(format!("opening {}", log.display())))?;
+    ns.command(target_bin(bin))
+        .args(args)
+        .env("RUST_LOG", "info,kube_client=warn")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(HarnessError::io(format!("spawning {bin} (cargo build --workspace --bins)")))
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl ClusterNode {
+    /// The log file of one of the node's daemons (`kubelet`, `kube-proxy`, `knode-hostgw`).
+    pub fn log(&self, daemon: &str) -> PathBuf {
+        self.dir.path().join(format!("{daemon}.log"))
+    }
+
+    /// The node's private directory (kubelet root, logs, CNI).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the kubelet (SIGKILL); its containers keep running, as on a real node.
+    pub fn stop_kubelet(&mut self) {
+        if let Some(mut k) = self.kubelet.take() {
+            kill(&mut k);
+        }
+    }
+
+    /// Starts the kubelet again with the same flags (it adopts what runs).
+    pub fn start_kubelet(&mut self) -> Result<()> {
+        self.stop_kubelet();
+        self.kubelet = Some(spawn_in(&self.netns, "kubelet", &self.kubelet_args, &self.log("kubelet"))?);
+        Ok(())
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop_kubelet();
+        for c in &mut self.others {
+            kill(c);
+        }
+        self.containerd.stop();
+        cleanup::unmount_under(self.dir.path());
+        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            cleanup::remove_cgroup_tree(&ctl.path().join("knode-test").join(&self.ns));
+        }
+    }
+}
+
+/// A running multi-node cluster; see the module doc.
+pub struct KnodeCluster {
+    /// Dropped first: nodes, then the plane's host daemon, the plane, the registry, the segment.
+    pub nodes: Vec<ClusterNode>,
+    cp_hostgw: Option<Child>,
+    pub cp: UpstreamControlPlane,
+    pub images: TestImages,
+    pub coredns_image: PushedImage,
+    pub registry: PrivateRegistry,
+    proxy_kubeconfig: PathBuf,
+    kubelet_config: String,
+    joined: usize,
+    pub segment: Segment,
+}
+
+impl std::fmt::Debug for KnodeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnodeCluster")
+            .field("nodes", &self.nodes)
+            .field("cp", &self.cp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KnodeCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if let Some(c) = &mut self.cp_hostgw {
+            kill(c);
+        }
+    }
+}
+
+impl KnodeCluster {
+    /// Builds the segment, registry (test images and CoreDNS pushed from inside), the upstream
+    /// control plane and `opts.nodes` nodes, each Ready; then CoreDNS if asked (not waited for).
+    pub async fn start(opts: ClusterOptions) -> Result<KnodeCluster> {
+        crate::require_root()?;
+        let bins = UpstreamBinaries::locate(false)?;
+        let id = std::process::id();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let segment = Segment::create(&format!("knseg-{id}-{seq}"), "10.210.0.")?;
+        let gateway = segment.gateway().to_string();
+        let gw_ip = gateway
+            .parse()
+            .map_err(|e| HarnessError::NotReady(format!("gateway {gateway}: {e}")))?;
+        let registry = PrivateRegistry::start_in(&segment.ns.name, gw_ip)?;
+        let host = registry.host();
+        let (images, coredns_image) = {
+            let (host, bins) = (host.clone(), bins.clone());
+            in_netns(&segment.ns.name, move || -> Result<(TestImages, PushedImage)> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(HarnessError::io("building a runtime to push images"))?;
+                rt.block_on(async {
+                    Ok((push_test_images(&host).await?, coredns::push_image(&host, &bins).await?))
+                })
+            })??
+        };
+        let cp = UpstreamControlPlane::start(UpstreamOptions {
+            advertise_address: std::net::IpAddr::V4(gw_ip),
+            netns: Some(segment.ns.name.clone()),
+            controller_manager_args: opts.controller_manager_args.clone(),
+            ..Default::default()
+        })?;
+        let proxy_kubeconfig = cp.dir().join("kube-proxy-nodes.conf");
+        cp.issue_kubeconfig("system:kube-proxy", &[], &proxy_kubeconfig)?;
+        let cp_hostgw = spawn_in(
+            &segment.ns,
+            "knode-hostgw",
+            &[
+                format!("--kubeconfig={}", cp.kubeconfig.display()),
+                "--hostname-override=control-plane".into(),
+            ],
+            &cp.dir().join("knode-hostgw.log"),
+        )?;
+        let mut cluster = KnodeCluster {
+            nodes: Vec::new(),
+            cp_hostgw: Some(cp_hostgw),
+            cp,
+            images,
+            coredns_image,
+            registry,
+            proxy_kubeconfig,
+            kubelet_config: opts.kubelet_config.clone(),
+            joined: 0,
+            segment,
+        };
+        for _ in 0..opts.nodes {
+            cluster.add_node().await?;
+        }
+        if opts.coredns {
+            cluster.cp.deploy_coredns(&cluster.coredns_image.reference)?;
+        }
+        Ok(cluster)
+    }
+
+    /// `kubectl` as cluster admin; stdout, or "" on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.cp.run_kubectl(args, None).unwrap_or_default()
+    }
+
+    /// Every daemon log of every node (for failure messages).
+    pub fn logs(&self) -> Vec<PathBuf> {
+        self.nodes
+            .iter()
+            .flat_map(|n| ["kubelet", "kube-proxy", "knode-hostgw"].map(|d| n.log(d)))
+            .collect()
+    }
+
+    /// The last `lines` lines of every daemon log, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.logs()
+            .iter()
+            .map(|l| {
+                let t = std::fs::read_to_string(l).unwrap_or_default();
+                let all: Vec<&str> = t.lines().collect();
+                format!("== {}\n{}", l.display(), all[all.len().saturating_sub(lines)..].join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Polls `f` every 500 ms until it holds; an error naming `what` (with the daemons' log tails)
+    /// after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > timeout {
+                return Err(HarnessError::NotReady(format!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.log_tails(30)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
+    /// Whether node `name`'s Ready condition is `status`.
+    pub fn node_ready_is(&self, name: &str, status: &str) -> bool {
+        self.kubectl(&[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) == status
+    }
+
+    /// Joins one more node (its kubelet, kube-proxy and knode-hostgw) and waits until it is Ready
+    /// and the other nodes route to its podCIDR. Returns its index.
+    pub async fn add_node(&mut self) -> Result<usize> {
+        let i = self.joined;
+        let index = u8::try_from(i).map_err(|_| HarnessError::NotReady("at most 245 nodes".into()))?;
+        let containerd = PrivateContainerd::start().await?;
+        let ns = containerd.unique_namespace(&format!("kc{i}"));
+        let netns = self.segment.add_node(&format!("knn-{}-{i}", &self.segment.ns.name[6..]), index)?;
+        let dir = crate::private_dir("kn-node-")?;
+        let name = format!("node{i}-{}", &ns[ns.len().saturating_sub(5)..]).to_lowercase();
+        let cni = dir.path().join("cni");
+        std::fs::create_dir_all(&cni).map_err(HarnessError::io("creating the CNI conf dir"))?;
+        let config = dir.path().join("kubelet-config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 podLogsDir: {logs}\naddress: {ip}\nrotateCertificates: true\nserverTLSBootstrap: true\n\
+                 clusterDomain: {CLUSTER_DOMAIN}\nclusterDNS: [{CLUSTER_DNS_IP}]\n\
+                 authentication:\n  x509:\n    clientCAFile: {ca}\n  webhook:\n    enabled: true\n\
+                 authorization:\n  mode: Webhook\nevictionHard:\n  memory.available: 100Mi\n  \
+                 nodefs.available: 100Mi\n  imagefs.available: 100Mi\nimageGCHighThresholdPercent: 100\n{extra}\n",
+                logs = dir.path().join("logs").display(),
+                ip = netns.node_ip,
+                ca = self.cp.ca_file.display(),
+                extra = self.kubelet_config,
+            ),
+        )
+        .map_err(HarnessError::io("writing the kubelet config"))?;
+        let bootstrap = self
+            .cp
+            .bootstrap_kubeconfig(&dir.path().join("bootstrap-kubelet.conf"))?;
+        let kubelet_args = vec![
+            format!("--bootstrap-kubeconfig={}", bootstrap.display()),
+            format!("--kubeconfig={}", dir.path().join("kubelet.conf").display()),
+            format!("--config={}", config.display()),
+            format!("--hostname-override={name}"),
+            format!("--node-ip={}", netns.node_ip),
+            format!("--root-dir={}", dir.path().join("root").display()),
+            format!("--container-runtime-endpoint=unix://{}", containerd.socket().display()),
+            format!("--containerd-namespace={ns}"),
+            format!("--insecure-registry={}", self.registry.host()),
+            format!("--cgroup-root=/knode-test/{ns}"),
+            // Empty: the kubelet writes knode-bridge's config from the node's podCIDR.
+            format!("--cni-conf-dir={}", cni.display()),
+            format!(
+                "--cni-bin-dir={}",
+                target_bin("knode-bridge")
+                    .parent()
+                    .unwrap_or(Path::new("/nonexistent"))
+                    .display()
+            ),
+            format!("--cluster-cidr={CLUSTER_CIDR}"),
+        ];
+        let mut node = ClusterNode {
+            name: name.clone(),
+            netns,
+            ns,
+            kubelet: None,
+            kubelet_args,
+            others: Vec::new(),
+            containerd,
+            dir,
+        };
+        node.start_kubelet()?;
+        let proxy = spawn_in(
+            &node.netns,
+            "kube-proxy",
+            &[
+                format!("--kubeconfig={}", self.proxy_kubeconfig.display()),
+                format!("--hostname-override={name}"),
+                format!("--cluster-cidr={CLUSTER_CIDR}"),
+                "--healthz-bind-address=127.0.0.1:10256".into(),
+                "--metrics-bind-address=127.0.0.1:10249".into(),
+            ],
+            &node.log("kube-proxy"),
+        )?;
+        node.others.push(proxy);
+        // The Node authorizer lets a kubelet read only its own Node: knode-hostgw lists them all
+        // with kube-proxy's identity (`system:node-proxier`).
+        let hostgw = spawn_in(
+            &node.netns,
+            "knode-hostgw",
+            &[
+                format!("--kubeconfig={}", self.proxy_kubeconfig.display()),
+                format!("--hostname-override={name}"),
+            ],
+            &node.log("knode-hostgw"),
+        )?;
+        node.others.push(hostgw);
+        self.nodes.push(node);
+        self.joined += 1;
+        let user = format!("system:node:{name}");
+        // As kubeadm users do: approve the node's serving certificate.
+        self.wait_for(&format!("{name}'s serving CSR"), Duration::from_secs(120), || {
+            let pending = self.kubectl(&[
+                "get",
+                "csr",
+                "-o",
+                "jsonpath={range .items[?(@.spec.signerName==\"kubernetes.io/kubelet-serving\")]}{.metadata.name} {.spec.username} {.status.certificate}{\"\\n\"}{end}",
+            ]);
+            pending.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() == 2 && w[1] == user && self.cp.approve_csr(w[0]).is_ok()
+            })
+        })?;
+        self.wait_for(&format!("node {name} Ready"), Duration::from_secs(120), || {
+            self.node_ready_is(&name, "True")
+        })?;
+        let cidr = self.kubectl(&["get", "node", &name, "-o", "jsonpath={.spec.podCIDR}"]);
+        let ip = self.nodes[i].netns.node_ip.clone();
+        let route = format!("{cidr} via {ip}");
+        self.wait_for(&format!("routes to {name}'s {cidr}"), Duration::from_secs(60), || {
+            self.nodes
+                .iter()
+                .map(|n| &n.netns)
+                .filter(|n| n.node_ip != ip)
+                .chain([&self.segment.ns])
+                .all(|ns| {
+                    ns.run(&["ip", "route", "show", "proto", "76"], &[])
+                        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&route))
+                        .unwrap_or(false)
+                })
+        })?;
+        Ok(i)
+    }
+
+    /// Index of the node called `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
