@@ -83,7 +83,7 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       topologySpreadConstraints:
-      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: web}}}}}}
+      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{app: web}}}}}}
 {extra_spec}      containers:
       - {{name: main, image: {img}, args: ["serve"], ports: [{{name: http, containerPort: 8080}}],
          env: [{{name: VERSION, value: "1"}}],
@@ -213,7 +213,9 @@ async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
         }
         m
     };
-    assert_eq!(per_node(&c).values().copied().collect::<Vec<i32>>(), [3, 3], "spread: {:?}", per_node(&c));
+    // A soft constraint (a cordoned node still counts as a domain, so a hard one would block the
+    // drain below): spread, not necessarily evenly.
+    assert_eq!(per_node(&c).len(), 2, "spread: {:?}", per_node(&c));
     c.kubectl(&["scale", "deploy", "web", "--replicas=9"]);
     wait(&c, "9 web replicas", || ready_replicas(&c, "deploy", "web") == "9");
     c.kubectl(&["scale", "deploy", "web", "--replicas=3"]);

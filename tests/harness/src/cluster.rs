@@ -259,7 +259,7 @@ impl KnodeCluster {
             if start.elapsed() > timeout {
                 return Err(HarnessError::NotReady(format!(
                     "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.log_tails(30)
+                    self.log_tails(12)
                 )));
             }
             std::thread::sleep(Duration::from_millis(500));
