@@ -29,27 +29,37 @@ impl Drop for Down<'_> {
 
 #[test]
 fn readme_main_command_brings_up_a_cluster_serving_the_demo_and_tears_it_down() {
-    up_demo_down("knode", "10.201.0.1");
+    up_demo_down("knode", "10.201.0.1", 1);
 }
 
 #[test]
 fn readme_main_command_with_the_upstream_control_plane() {
-    up_demo_down("upstream", "10.201.1.1");
+    up_demo_down("upstream", "10.201.1.1", 1);
 }
 
-fn up_demo_down(mode: &str, node_ip: &str) {
+#[test]
+fn readme_main_command_with_three_nodes() {
+    up_demo_down("knode", "10.201.2.1", 3);
+}
+
+#[test]
+fn readme_main_command_with_two_nodes_and_the_upstream_control_plane() {
+    up_demo_down("upstream", "10.201.3.1", 2);
+}
+
+fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
     knode_harness::require_root().unwrap();
     let root = knode_harness::workspace_root();
     let up = root.join("scripts/up.sh").display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster").display().to_string();
-    let ns = NodeNetns::create(&format!("kn-up{mode:.1}-{}", std::process::id()), node_ip, true).unwrap();
+    let ns = NodeNetns::create(&format!("kn-up{mode:.1}{nodes}-{}", std::process::id()), node_ip, true).unwrap();
     let bin_dir = knode_harness::control_plane::target_bin("kubelet")
         .parent()
         .unwrap()
         .display()
         .to_string();
-    let cgroup = format!("/knode-up-test-{mode}-{}", std::process::id());
+    let cgroup = format!("/knode-up-test-{mode}{nodes}-{}", std::process::id());
     let env_owned: Vec<(&'static str, String)> =
         vec![("KNODE_BIN_DIR", bin_dir), ("KNODE_CGROUP_ROOT", cgroup.clone())];
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -59,22 +69,24 @@ fn up_demo_down(mode: &str, node_ip: &str) {
         dir: dir.clone(),
         env: env_owned.clone(),
     };
-    let out = ns
-        .run(
-            &[
-                &up,
-                "--dir",
-                &dir,
-                "--no-setup",
-                "--no-build",
-                "--node-ip",
-                node_ip,
-                "--control-plane",
-                mode,
-            ],
-            &env,
-        )
-        .unwrap();
+    let count = nodes.to_string();
+    let mut args = vec![
+        up.as_str(),
+        "--dir",
+        &dir,
+        "--no-setup",
+        "--no-build",
+        "--control-plane",
+        mode,
+        "--nodes",
+        &count,
+    ];
+    if nodes == 1 {
+        args.extend(["--node-ip", node_ip]);
+    }
+    let started = std::time::Instant::now();
+    let out = ns.run(&args, &env).unwrap();
+    let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let logs = || {
         ["kubelet", "kube-proxy", "control-plane"]
@@ -96,7 +108,12 @@ fn up_demo_down(mode: &str, node_ip: &str) {
         String::from_utf8_lossy(&out.stderr),
         logs()
     );
-    assert!(stdout.contains("knode single-node cluster is up"), "{stdout}");
+    if nodes == 1 {
+        assert!(stdout.contains("knode single-node cluster is up"), "{stdout}");
+    } else {
+        assert!(stdout.contains(&format!("knode cluster of {nodes} nodes is up")), "{stdout}");
+        eprintln!("up.sh --nodes {nodes} ({mode}): {:.1} s to the demo", took.as_secs_f64());
+    }
     assert!(stdout.contains("The demo pod answered \"demo\""), "{stdout}");
     // The printed kubectl lines work (upstream mode: with the built kubectl it prints).
     let kc = format!("{dir}/admin.conf");
@@ -160,9 +177,43 @@ fn up_demo_down(mode: &str, node_ip: &str) {
         .unwrap();
     let pods = String::from_utf8_lossy(&pods.stdout).into_owned();
     assert!(
-        pods.contains("demo") && pods.contains("Running") && pods.contains("10.244.0."),
+        pods.contains("demo") && pods.contains("Running") && pods.contains("10.244."),
         "{pods}"
     );
+    if nodes > 1 {
+        let ready = ns
+            .run(
+                &[kubectl, "--kubeconfig", &kc, "get", "nodes", "-o",
+                  "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"],
+                &[],
+            )
+            .unwrap();
+        let ready = String::from_utf8_lossy(&ready.stdout).into_owned();
+        assert_eq!(ready.lines().filter(|l| *l == "True").count(), nodes, "{ready}");
+        // Every printed curl line works from where the user stands (this "host" namespace).
+        let curls: Vec<&str> = stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("curl ") || l.starts_with("nsenter "))
+            .collect();
+        assert_eq!(curls.len(), 3, "{stdout}");
+        for line in curls {
+            let words: Vec<&str> = line.split('#').next().unwrap().split_whitespace().collect();
+            let mut args = words.clone();
+            args.insert(1, "-sS");
+            if words[0] == "nsenter" {
+                args = words.clone();
+                args.insert(3, "-sS");
+            }
+            let o = ns.run(&args, &[]).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                "demo",
+                "{line}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
     let logs = ns
         .run(&[kubectl, "--kubeconfig", &kc, "logs", "demo"], &[])
         .unwrap();
@@ -189,7 +240,32 @@ fn up_demo_down(mode: &str, node_ip: &str) {
         String::from_utf8_lossy(&slices.stdout).contains("endpointslice"),
         "{slices:?}"
     );
+    let tag_netns = |ns: &NodeNetns| {
+        let o = ns.run(&["ip", "-o", "link", "show"], &[]).unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let links_before = tag_netns(&ns);
     drop(guard);
+    if nodes > 1 {
+        assert!(links_before.contains("knbr-"), "{links_before}");
+        let links = tag_netns(&ns);
+        assert!(!links.contains("knbr-") && !links.contains("kn-"), "links left: {links}");
+        let netns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let netns = String::from_utf8_lossy(&netns.stdout).into_owned();
+        let routes = ns.run(&["ip", "route", "show", "proto", "76"], &[]).unwrap();
+        assert!(routes.stdout.is_empty(), "knode-hostgw routes left: {:?}", routes);
+        // The host ends of the nodes' veths are named after the nodes' namespaces.
+        let node_namespaces: Vec<&str> = links_before
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter_map(|n| n.split('@').next())
+            .filter(|n| n.starts_with("kn-"))
+            .collect();
+        assert_eq!(node_namespaces.len(), nodes, "{links_before}");
+        for n in node_namespaces {
+            assert!(!netns.lines().any(|l| l.starts_with(n)), "namespace {n} left: {netns}");
+        }
+    }
     assert!(
         !std::path::Path::new(&dir).exists(),
         "--down removed the state dir"
