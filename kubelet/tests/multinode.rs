@@ -38,8 +38,9 @@ fn apply(c: &KnodeCluster, yaml: &str) {
 
 /// (name, node, IP) of the pods with label `app`, not terminating.
 fn pods_of(c: &KnodeCluster, app: &str) -> Vec<(String, String, String)> {
-    let pods: Value = serde_json::from_str(&c.kubectl(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]))
-        .unwrap_or(Value::Null);
+    let pods: Value =
+        serde_json::from_str(&c.kubectl(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]))
+            .unwrap_or(Value::Null);
     pods["items"]
         .as_array()
         .into_iter()
@@ -47,7 +48,11 @@ fn pods_of(c: &KnodeCluster, app: &str) -> Vec<(String, String, String)> {
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (s(&p["metadata"]["name"]), s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"]))
+            (
+                s(&p["metadata"]["name"]),
+                s(&p["spec"]["nodeName"]),
+                s(&p["status"]["podIP"]),
+            )
         })
         .collect()
 }
@@ -118,7 +123,11 @@ spec:
 }
 
 fn ready_replicas(c: &KnodeCluster, kind: &str, name: &str) -> String {
-    let field = if kind == "ds" { "numberReady" } else { "readyReplicas" };
+    let field = if kind == "ds" {
+        "numberReady"
+    } else {
+        "readyReplicas"
+    };
     c.kubectl(&["get", kind, name, "-o", &format!("jsonpath={{.status.{field}}}")])
 }
 
@@ -137,21 +146,44 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
     wait(&c, "web, client and CoreDNS ready", || {
         ready_replicas(&c, "deploy", "web") == "4"
             && ready_replicas(&c, "ds", "client") == "2"
-            && c.kubectl(&["get", "deploy", "-n", "kube-system", "coredns", "-o", "jsonpath={.status.readyReplicas}"])
-                == "1"
+            && c.kubectl(&[
+                "get",
+                "deploy",
+                "-n",
+                "kube-system",
+                "coredns",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]) == "1"
     });
     let (webs, clients) = (pods_of(&c, "web"), pods_of(&c, "client"));
     let web_nodes: BTreeSet<&String> = webs.iter().map(|w| &w.1).collect();
     assert_eq!(web_nodes.len(), 2, "web spread over both nodes: {webs:?}");
     let client_nodes: BTreeSet<&String> = clients.iter().map(|c| &c.1).collect();
-    assert_eq!((clients.len(), client_nodes.len()), (2, 2), "one client per node: {clients:?}");
+    assert_eq!(
+        (clients.len(), client_nodes.len()),
+        (2, 2),
+        "one client per node: {clients:?}"
+    );
 
     // Pod to pod by IP, across nodes and on the same node, source address kept.
     for (client, client_node, client_ip) in &clients {
         for (web, web_node, web_ip) in &webs {
-            let answer = exec(&c, client, &format!("timeout 10 wget -qO- http://{web_ip}:8080/hostname"));
-            assert_eq!(answer.trim(), web, "{client} ({client_node}) → {web} ({web_node})");
-            let seen = exec(&c, client, &format!("timeout 10 wget -qO- http://{web_ip}:8080/clientip"));
+            let answer = exec(
+                &c,
+                client,
+                &format!("timeout 10 wget -qO- http://{web_ip}:8080/hostname"),
+            );
+            assert_eq!(
+                answer.trim(),
+                web,
+                "{client} ({client_node}) → {web} ({web_node})"
+            );
+            let seen = exec(
+                &c,
+                client,
+                &format!("timeout 10 wget -qO- http://{web_ip}:8080/clientip"),
+            );
             assert!(
                 seen.starts_with(&format!("{client_ip}:")),
                 "{web} on {web_node} saw {seen:?}, not {client} ({client_ip}) on {client_node}: masqueraded"
@@ -173,19 +205,30 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
         assert_eq!(seen_refs, web_names, "Service web from {client} on {client_node}");
         let headless = exec(&c, client, "nslookup web-headless.default.svc.cluster.local");
         for (_, _, ip) in &webs {
-            assert!(headless.contains(ip.as_str()), "headless answer from {client_node}: {headless}");
+            assert!(
+                headless.contains(ip.as_str()),
+                "headless answer from {client_node}: {headless}"
+            );
         }
     }
     // The NodePort on every node, from outside the nodes (the control plane's host), and the
     // control-plane host reaches a pod IP directly (apiserver → pod).
     let node_port = c.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
     let curl = |url: String| {
-        let o = c.segment.ns.run(&["curl", "-sS", "--max-time", "5", &url], &[]).unwrap();
+        let o = c
+            .segment
+            .ns
+            .run(&["curl", "-sS", "--max-time", "5", &url], &[])
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     for n in &c.nodes {
         let answer = curl(format!("http://{}:{node_port}/hostname", n.netns.node_ip));
-        assert!(web_names.contains(answer.as_str()), "NodePort on {}: {answer:?}", n.name);
+        assert!(
+            web_names.contains(answer.as_str()),
+            "NodePort on {}: {answer:?}",
+            n.name
+        );
     }
     assert_eq!(curl(format!("http://{}:8080/hostname", webs[0].2)), webs[0].0);
     no_denials(&c);
@@ -205,7 +248,9 @@ async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
     // Deployment: 6 spread over the nodes, scaled to 9 and back to 3.
     apply(&c, &web_yaml(&img, 6, ""));
     apply(&c, &client_ds_yaml(&img));
-    wait(&c, "6 web replicas", || ready_replicas(&c, "deploy", "web") == "6");
+    wait(&c, "6 web replicas", || {
+        ready_replicas(&c, "deploy", "web") == "6"
+    });
     let per_node = |c: &KnodeCluster| {
         let mut m = std::collections::BTreeMap::new();
         for (_, node, _) in pods_of(c, "web") {
@@ -217,10 +262,16 @@ async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
     // drain below): spread, not necessarily evenly.
     assert_eq!(per_node(&c).len(), 2, "spread: {:?}", per_node(&c));
     c.kubectl(&["scale", "deploy", "web", "--replicas=9"]);
-    wait(&c, "9 web replicas", || ready_replicas(&c, "deploy", "web") == "9");
+    wait(&c, "9 web replicas", || {
+        ready_replicas(&c, "deploy", "web") == "9"
+    });
     c.kubectl(&["scale", "deploy", "web", "--replicas=3"]);
     wait(&c, "3 web pods", || {
-        ready_replicas(&c, "deploy", "web") == "3" && c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count() == 3
+        ready_replicas(&c, "deploy", "web") == "3"
+            && c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])
+                .lines()
+                .count()
+                == 3
     });
 
     // A rolling update never has fewer than replicas - maxUnavailable ready; then an undo.
@@ -238,9 +289,17 @@ async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
                     .arg("--")
                     .arg(&kubectl)
                     .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                    .args(["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas} {.status.updatedReplicas} {.status.replicas}"])
+                    .args([
+                        "get",
+                        "deploy",
+                        "web",
+                        "-o",
+                        "jsonpath={.status.readyReplicas} {.status.updatedReplicas} {.status.replicas}",
+                    ])
                     .output();
-                let text = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                let text = o
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
                 let n: Vec<i64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
                 if let [ready, updated, replicas] = n[..] {
                     lowest = lowest.min(ready);
@@ -253,13 +312,15 @@ async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
             lowest
         })
     };
-    let rollout = c
-        .cp
-        .run_kubectl(&["rollout", "status", "deploy/web", "--timeout=150s"], None)
-        .unwrap_or_else(|e| panic!("rollout status: {e}\n{}", c.log_tails(20)));
+    let rollout =
+        c.cp.run_kubectl(&["rollout", "status", "deploy/web", "--timeout=150s"], None)
+            .unwrap_or_else(|e| panic!("rollout status: {e}\n{}", c.log_tails(20)));
     assert!(rollout.contains("successfully rolled out"), "{rollout}");
     let lowest = watcher.join().unwrap();
-    assert!(lowest >= 2, "ready replicas fell to {lowest} (maxUnavailable 1 of 3)");
+    assert!(
+        lowest >= 2,
+        "ready replicas fell to {lowest} (maxUnavailable 1 of 3)"
+    );
     let envs = || {
         pods_of(&c, "web")
             .iter()
@@ -267,16 +328,22 @@ async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
             .collect::<BTreeSet<_>>()
     };
     assert_eq!(envs(), BTreeSet::from(["2".to_string()]));
-    c.cp.run_kubectl(&["rollout", "undo", "deploy/web"], None).unwrap();
+    c.cp.run_kubectl(&["rollout", "undo", "deploy/web"], None)
+        .unwrap();
     c.cp.run_kubectl(&["rollout", "status", "deploy/web", "--timeout=150s"], None)
         .unwrap();
     wait(&c, "3 web pods after the undo", || {
-        c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count() == 3
+        c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .lines()
+            .count()
+            == 3
     });
     assert_eq!(envs(), BTreeSet::from(["1".to_string()]));
 
     // DaemonSet: one per node, rolled, and a node joining later gets its pod.
-    wait(&c, "client on both nodes", || ready_replicas(&c, "ds", "client") == "2");
+    wait(&c, "client on both nodes", || {
+        ready_replicas(&c, "ds", "client") == "2"
+    });
     c.kubectl(&["set", "env", "ds/client", "ROUND=2"]);
     c.cp.run_kubectl(&["rollout", "status", "ds/client", "--timeout=150s"], None)
         .unwrap_or_else(|e| panic!("ds rollout: {e}"));
@@ -318,14 +385,27 @@ spec:
     );
     wait(&c, "job three complete", || {
         c.kubectl(&["get", "job", "three", "-o", "jsonpath={.status.succeeded}"]) == "3"
-            && c.kubectl(&["get", "job", "three", "-o", "jsonpath={.status.conditions[?(@.type==\"Complete\")].status}"])
-                == "True"
+            && c.kubectl(&[
+                "get",
+                "job",
+                "three",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Complete\")].status}",
+            ]) == "True"
     });
     wait(&c, "job failing failed", || {
-        c.kubectl(&["get", "job", "failing", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"])
-            == "BackoffLimitExceeded"
+        c.kubectl(&[
+            "get",
+            "job",
+            "failing",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+        ]) == "BackoffLimitExceeded"
     });
-    assert_eq!(c.kubectl(&["get", "job", "failing", "-o", "jsonpath={.status.failed}"]), "2");
+    assert_eq!(
+        c.kubectl(&["get", "job", "failing", "-o", "jsonpath={.status.failed}"]),
+        "2"
+    );
 
     // Drain a node holding web pods, with a PodDisruptionBudget: evicted, rescheduled elsewhere.
     apply(
@@ -335,7 +415,13 @@ spec:
     );
     let victim = pods_of(&c, "web")[0].1.clone();
     let drained = c.cp.run_kubectl(
-        &["drain", &victim, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=150s"],
+        &[
+            "drain",
+            &victim,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=150s",
+        ],
         None,
     );
     assert!(drained.is_ok(), "kubectl drain: {drained:?}\n{}", c.log_tails(20));
@@ -343,9 +429,15 @@ spec:
         let pods = pods_of(&c, "web");
         ready_replicas(&c, "deploy", "web") == "3" && pods.len() == 3 && pods.iter().all(|p| p.1 != victim)
     });
-    assert_eq!(c.kubectl(&["get", "node", &victim, "-o", "jsonpath={.spec.unschedulable}"]), "true");
+    assert_eq!(
+        c.kubectl(&["get", "node", &victim, "-o", "jsonpath={.spec.unschedulable}"]),
+        "true"
+    );
     c.kubectl(&["uncordon", &victim]);
-    assert_eq!(c.kubectl(&["get", "node", &victim, "-o", "jsonpath={.spec.unschedulable}"]), "");
+    assert_eq!(
+        c.kubectl(&["get", "node", &victim, "-o", "jsonpath={.spec.unschedulable}"]),
+        ""
+    );
     no_denials(&c);
 }
 
@@ -355,7 +447,10 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
     let mut c = KnodeCluster::start(ClusterOptions {
         coredns: false,
         // Seconds instead of upstream's 40–50 s, so the test waits for the real controller.
-        controller_manager_args: vec!["--node-monitor-grace-period=16s".into(), "--node-monitor-period=2s".into()],
+        controller_manager_args: vec![
+            "--node-monitor-grace-period=16s".into(),
+            "--node-monitor-period=2s".into(),
+        ],
         kubelet_config: "nodeStatusUpdateFrequency: 2s\nnodeLeaseDurationSeconds: 8".into(),
         ..Default::default()
     })
@@ -374,7 +469,13 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
     let (evicted, _, evicted_ip) = on_failing(&c, "web").expect("a web pod on node 1");
     let (survivor, _, _) = on_failing(&c, "client").expect("a client pod on node 1");
     let container_of = |c: &KnodeCluster, pod: &str| {
-        c.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}"])
+        c.kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}",
+        ])
     };
     let survivor_before = container_of(&c, &survivor);
 
@@ -388,11 +489,26 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
         let pods = pods_of(&c, "web");
         ready_replicas(&c, "deploy", "web") == "2" && pods.iter().all(|p| p.1 != failing)
     });
-    let slices = c.kubectl(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "json"]);
+    let slices = c.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "json",
+    ]);
     let slices: Value = serde_json::from_str(&slices).unwrap();
-    for ep in slices["items"].as_array().unwrap().iter().flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default()) {
+    for ep in slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+    {
         if ep["addresses"][0] == evicted_ip.as_str() {
-            assert_ne!(ep["conditions"]["ready"], true, "the evicted pod is still a ready endpoint: {ep}");
+            assert_ne!(
+                ep["conditions"]["ready"], true,
+                "the evicted pod is still a ready endpoint: {ep}"
+            );
         }
     }
 
@@ -401,7 +517,11 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
     wait(&c, "the evicted pod gone", || {
         c.kubectl(&["get", "pod", &evicted, "-o", "name"]).is_empty()
     });
-    assert_eq!(container_of(&c, &survivor), survivor_before, "the DaemonSet pod's container was kept");
+    assert_eq!(
+        container_of(&c, &survivor),
+        survivor_before,
+        "the DaemonSet pod's container was kept"
+    );
 
     // The whole node removed: its Node deleted, the survivors drop the route to its pods.
     let cidr = c.kubectl(&["get", "node", &failing, "-o", "jsonpath={.spec.podCIDR}"]);
@@ -418,4 +538,130 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
         ready_replicas(&c, "deploy", "web") == "2" && pods_of(&c, "client").len() == 1
     });
     no_denials(&c);
+}
+
+/// Percentile `q` of sorted `v`.
+fn pct(v: &[f64], q: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// Pod start over several nodes and pod-to-pod latency across nodes vs on one node, measured in
+/// the same run. Quick by default (2 nodes, 6 replicas, 300 round trips); `KNODE_BENCH=full`: 3
+/// nodes, 30 replicas, 3000 round trips. Prints the numbers (the README keeps a full run's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_replicas_over_nodes_and_cross_node_latency() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let full = std::env::var("KNODE_BENCH").is_ok_and(|v| v == "full");
+    let (nodes, replicas, count) = if full { (3, 30, 3000) } else { (2, 6, 300) };
+    let c = KnodeCluster::start(ClusterOptions {
+        nodes,
+        coredns: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let img = c.images.testimg.reference.clone();
+    apply(&c, &client_ds_yaml(&img));
+    wait(&c, "a client on every node", || {
+        ready_replicas(&c, "ds", "client") == nodes.to_string()
+    });
+    let yaml = web_yaml(&img, replicas, "")
+        .replace(r#"args: ["serve"]"#, r#"args: ["serve", "--tcp-port", "9000"]"#);
+    apply(&c, &yaml);
+    wait(&c, "every replica Ready", || {
+        ready_replicas(&c, "deploy", "web") == replicas.to_string()
+    });
+    let pods: Value =
+        serde_json::from_str(&c.kubectl(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+    // The API's timestamps, parsed by k8s-openapi's own type.
+    let ts = |s: &Value| {
+        serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>(s.clone())
+            .map(|t| t.0.as_millisecond() as f64 / 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    let mut starts: Vec<f64> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let created = ts(&p["metadata"]["creationTimestamp"]);
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| ts(&c["lastTransitionTime"]))
+                .unwrap_or(f64::NAN);
+            ready - created
+        })
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    assert_eq!(starts.len(), replicas as usize);
+    assert!(starts.iter().all(|s| s.is_finite() && *s >= 0.0), "{starts:?}");
+
+    let (webs, clients) = (pods_of(&c, "web"), pods_of(&c, "client"));
+    let (client, client_node, _) = &clients[0];
+    let same = webs
+        .iter()
+        .find(|w| &w.1 == client_node)
+        .expect("a web pod beside the client");
+    let other = webs
+        .iter()
+        .find(|w| &w.1 != client_node)
+        .expect("a web pod on another node");
+    let rtt = |ip: &str| {
+        let out =
+            c.cp.run_kubectl(
+                &[
+                    "exec",
+                    client,
+                    "--",
+                    "/testimg",
+                    "tcp-rtt",
+                    &format!("{ip}:9000"),
+                    "--count",
+                    &count.to_string(),
+                ],
+                None,
+            )
+            .unwrap();
+        let field = |k: &str| -> f64 {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("tcp-rtt said {out:?}"))
+        };
+        (field("p50_us="), field("p99_us="))
+    };
+    // Interleaved, so machine noise hits both.
+    let (mut same_p50, mut cross_p50, mut same_p99, mut cross_p99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..3 {
+        let s = rtt(&same.2);
+        let x = rtt(&other.2);
+        same_p50.push(s.0);
+        same_p99.push(s.1);
+        cross_p50.push(x.0);
+        cross_p99.push(x.1);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (sp50, xp50, sp99, xp99) = (
+        med(&mut same_p50),
+        med(&mut cross_p50),
+        med(&mut same_p99),
+        med(&mut cross_p99),
+    );
+    assert!(sp50 > 0.0 && xp50 > 0.0);
+    println!(
+        "multi-node bench ({}): {nodes} nodes, {replicas} replicas: pod start (created → Ready) p50 {:.0} s, p99 {:.0} s, max {:.0} s; \
+         TCP round trip pod→pod same node p50 {sp50:.0} µs p99 {sp99:.0} µs, across nodes p50 {xp50:.0} µs p99 {xp99:.0} µs, \
+         cross/same p50 ratio {:.2}",
+        if full { "full" } else { "quick" },
+        pct(&starts, 0.5),
+        pct(&starts, 0.99),
+        starts[starts.len() - 1],
+        xp50 / sp50
+    );
 }

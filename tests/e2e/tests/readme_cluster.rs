@@ -53,7 +53,12 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
     let up = root.join("scripts/up.sh").display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster").display().to_string();
-    let ns = NodeNetns::create(&format!("kn-up{mode:.1}{nodes}-{}", std::process::id()), node_ip, true).unwrap();
+    let ns = NodeNetns::create(
+        &format!("kn-up{mode:.1}{nodes}-{}", std::process::id()),
+        node_ip,
+        true,
+    )
+    .unwrap();
     let bin_dir = knode_harness::control_plane::target_bin("kubelet")
         .parent()
         .unwrap()
@@ -111,8 +116,14 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
     if nodes == 1 {
         assert!(stdout.contains("knode single-node cluster is up"), "{stdout}");
     } else {
-        assert!(stdout.contains(&format!("knode cluster of {nodes} nodes is up")), "{stdout}");
-        eprintln!("up.sh --nodes {nodes} ({mode}): {:.1} s to the demo", took.as_secs_f64());
+        assert!(
+            stdout.contains(&format!("knode cluster of {nodes} nodes is up")),
+            "{stdout}"
+        );
+        eprintln!(
+            "up.sh --nodes {nodes} ({mode}): {:.1} s to the demo",
+            took.as_secs_f64()
+        );
     }
     assert!(stdout.contains("The demo pod answered \"demo\""), "{stdout}");
     // The printed kubectl lines work (upstream mode: with the built kubectl it prints).
@@ -249,8 +260,14 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
     if nodes > 1 {
         assert!(links_before.contains("knbr-"), "{links_before}");
         let links = tag_netns(&ns);
-        assert!(!links.contains("knbr-") && !links.contains("kn-"), "links left: {links}");
-        let netns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(
+            !links.contains("knbr-") && !links.contains("kn-"),
+            "links left: {links}"
+        );
+        let netns = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
         let netns = String::from_utf8_lossy(&netns.stdout).into_owned();
         let routes = ns.run(&["ip", "route", "show", "proto", "76"], &[]).unwrap();
         assert!(routes.stdout.is_empty(), "knode-hostgw routes left: {:?}", routes);
@@ -263,7 +280,10 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
             .collect();
         assert_eq!(node_namespaces.len(), nodes, "{links_before}");
         for n in node_namespaces {
-            assert!(!netns.lines().any(|l| l.starts_with(n)), "namespace {n} left: {netns}");
+            assert!(
+                !netns.lines().any(|l| l.starts_with(n)),
+                "namespace {n} left: {netns}"
+            );
         }
     }
     assert!(

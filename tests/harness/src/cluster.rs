@@ -79,7 +79,9 @@ fn spawn_in(ns: &NodeNetns, bin: &str, args: &[String], log: &Path) -> Result<Ch
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
-        .map_err(HarnessError::io(format!("spawning {bin} (cargo build --workspace --bins)")))
+        .map_err(HarnessError::io(format!(
+            "spawning {bin} (cargo build --workspace --bins)"
+        )))
 }
 
 fn kill(child: &mut Child) {
@@ -108,7 +110,12 @@ impl ClusterNode {
     /// Starts the kubelet again with the same flags (it adopts what runs).
     pub fn start_kubelet(&mut self) -> Result<()> {
         self.stop_kubelet();
-        self.kubelet = Some(spawn_in(&self.netns, "kubelet", &self.kubelet_args, &self.log("kubelet"))?);
+        self.kubelet = Some(spawn_in(
+            &self.netns,
+            "kubelet",
+            &self.kubelet_args,
+            &self.log("kubelet"),
+        )?);
         Ok(())
     }
 }
@@ -121,7 +128,11 @@ impl Drop for ClusterNode {
         }
         self.containerd.stop();
         cleanup::unmount_under(self.dir.path());
-        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for ctl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             cleanup::remove_cgroup_tree(&ctl.path().join("knode-test").join(&self.ns));
         }
     }
@@ -183,7 +194,10 @@ impl KnodeCluster {
                     .build()
                     .map_err(HarnessError::io("building a runtime to push images"))?;
                 rt.block_on(async {
-                    Ok((push_test_images(&host).await?, coredns::push_image(&host, &bins).await?))
+                    Ok((
+                        push_test_images(&host).await?,
+                        coredns::push_image(&host, &bins).await?,
+                    ))
                 })
             })??
         };
@@ -245,7 +259,11 @@ impl KnodeCluster {
             .map(|l| {
                 let t = std::fs::read_to_string(l).unwrap_or_default();
                 let all: Vec<&str> = t.lines().collect();
-                format!("== {}\n{}", l.display(), all[all.len().saturating_sub(lines)..].join("\n"))
+                format!(
+                    "== {}\n{}",
+                    l.display(),
+                    all[all.len().saturating_sub(lines)..].join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -285,7 +303,9 @@ impl KnodeCluster {
         let index = u8::try_from(i).map_err(|_| HarnessError::NotReady("at most 245 nodes".into()))?;
         let containerd = PrivateContainerd::start().await?;
         let ns = containerd.unique_namespace(&format!("kc{i}"));
-        let netns = self.segment.add_node(&format!("knn-{}-{i}", &self.segment.ns.name[6..]), index)?;
+        let netns = self
+            .segment
+            .add_node(&format!("knn-{}-{i}", &self.segment.ns.name[6..]), index)?;
         let dir = crate::private_dir("kn-node-")?;
         let name = format!("node{i}-{}", &ns[ns.len().saturating_sub(5)..]).to_lowercase();
         let cni = dir.path().join("cni");
@@ -317,7 +337,10 @@ impl KnodeCluster {
             format!("--hostname-override={name}"),
             format!("--node-ip={}", netns.node_ip),
             format!("--root-dir={}", dir.path().join("root").display()),
-            format!("--container-runtime-endpoint=unix://{}", containerd.socket().display()),
+            format!(
+                "--container-runtime-endpoint=unix://{}",
+                containerd.socket().display()
+            ),
             format!("--containerd-namespace={ns}"),
             format!("--insecure-registry={}", self.registry.host()),
             format!("--cgroup-root=/knode-test/{ns}"),
@@ -390,18 +413,22 @@ impl KnodeCluster {
         let cidr = self.kubectl(&["get", "node", &name, "-o", "jsonpath={.spec.podCIDR}"]);
         let ip = self.nodes[i].netns.node_ip.clone();
         let route = format!("{cidr} via {ip}");
-        self.wait_for(&format!("routes to {name}'s {cidr}"), Duration::from_secs(60), || {
-            self.nodes
-                .iter()
-                .map(|n| &n.netns)
-                .filter(|n| n.node_ip != ip)
-                .chain([&self.segment.ns])
-                .all(|ns| {
-                    ns.run(&["ip", "route", "show", "proto", "76"], &[])
-                        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&route))
-                        .unwrap_or(false)
-                })
-        })?;
+        self.wait_for(
+            &format!("routes to {name}'s {cidr}"),
+            Duration::from_secs(60),
+            || {
+                self.nodes
+                    .iter()
+                    .map(|n| &n.netns)
+                    .filter(|n| n.node_ip != ip)
+                    .chain([&self.segment.ns])
+                    .all(|ns| {
+                        ns.run(&["ip", "route", "show", "proto", "76"], &[])
+                            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&route))
+                            .unwrap_or(false)
+                    })
+            },
+        )?;
         Ok(i)
     }
 

@@ -57,6 +57,14 @@ enum Cmd {
     /// Print the hostname.
     Hostname,
     /// Allocate and touch MIB mebibytes, then hold them for --hold seconds (for OOM tests).
+    /// Measure TCP round trips to an echo server (`serve --tcp-port`): COUNT one-byte exchanges
+    /// over one connection; prints `p50_us=… p99_us=… count=…`.
+    TcpRtt {
+        /// host:port of the echo server.
+        addr: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
     AllocMem {
         mib: usize,
         #[arg(long, default_value_t = 3600)]
@@ -92,6 +100,28 @@ struct ServeArgs {
     readyz: u16,
 }
 
+/// Median and 99th percentile (µs) of `count` one-byte round trips to an echo server at `addr`.
+fn tcp_rtt(addr: &str, count: usize) -> std::io::Result<(u128, u128)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut samples = Vec::with_capacity(count);
+    let mut b = [0u8; 1];
+    for i in 0..count + 10 {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+        // The first exchanges warm the path (ARP, conntrack, caches).
+        if i >= 10 {
+            samples.push(t.elapsed().as_micros());
+        }
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
@@ -101,6 +131,16 @@ fn main() {
             exit_on_sigterm,
         } => runtime().block_on(sleep(&seconds, exit_on_sigterm)),
         Cmd::Exit { code } => code,
+        Cmd::TcpRtt { addr, count } => match tcp_rtt(&addr, count.max(1)) {
+            Ok((p50, p99)) => {
+                println!("p50_us={p50} p99_us={p99} count={count}");
+                0
+            }
+            Err(e) => {
+                eprintln!("testimg: tcp-rtt {addr}: {e}");
+                1
+            }
+        },
         Cmd::TerminationMessage { message, path, code } => match std::fs::write(&path, message) {
             Ok(()) => code,
             Err(e) => {
