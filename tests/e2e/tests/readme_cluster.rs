@@ -9,6 +9,107 @@
 
 use knode_harness::netns::NodeNetns;
 
+/// One pod pinned to each node (`spec.nodeName`), then the first reaches every other by pod IP
+/// with its own address kept (no masquerade between nodes): the control plane's pod CIDRs and
+/// knode-hostgw's routes at work.
+fn cross_node_pods(ns: &NodeNetns, kubectl: &str, kc: &str, nodes: usize) {
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = ns.command(kubectl);
+        cmd.arg("--kubeconfig").arg(kc).args(args);
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            let o = child.wait_with_output().unwrap();
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    let image = run(
+        &["get", "pod", "demo", "-o", "jsonpath={.spec.containers[0].image}"],
+        None,
+    );
+    let names = run(
+        &["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"],
+        None,
+    );
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(names.len(), nodes);
+    for (i, node) in names.iter().enumerate() {
+        run(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: pinned-{i}}}\nspec:\n  nodeName: {node}\n  \
+                 containers: [{{name: web, image: {image}, args: [serve]}}]\n"
+            )),
+        );
+    }
+    let start = std::time::Instant::now();
+    let ips = loop {
+        let ips = run(
+            &[
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[?(@.status.phase==\"Running\")]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        let pinned: Vec<(String, String)> = ips
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(n, ip)| n.starts_with("pinned-") && !ip.is_empty())
+            .map(|(n, ip)| (n.to_string(), ip.to_string()))
+            .collect();
+        if pinned.len() == nodes {
+            break pinned;
+        }
+        assert!(start.elapsed().as_secs() < 120, "pinned pods not running: {ips}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let from = &ips.iter().find(|(n, _)| n == "pinned-0").unwrap().1;
+    for (name, ip) in &ips {
+        let mut answer = String::new();
+        for _ in 0..20 {
+            answer = run(
+                &[
+                    "exec",
+                    "pinned-0",
+                    "--",
+                    "wget",
+                    "-qO-",
+                    &format!("http://{ip}:8080/hostname"),
+                ],
+                None,
+            );
+            if answer.trim() == name {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert_eq!(answer.trim(), name, "pinned-0 → {name} ({ip})");
+        let seen = run(
+            &[
+                "exec",
+                "pinned-0",
+                "--",
+                "wget",
+                "-qO-",
+                &format!("http://{ip}:8080/clientip"),
+            ],
+            None,
+        );
+        assert!(
+            seen.starts_with(&format!("{from}:")),
+            "{name} saw {seen:?}, not pinned-0 ({from})"
+        );
+    }
+}
+
 struct Down<'a> {
     ns: &'a NodeNetns,
     up: String,
@@ -201,6 +302,7 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
             .unwrap();
         let ready = String::from_utf8_lossy(&ready.stdout).into_owned();
         assert_eq!(ready.lines().filter(|l| *l == "True").count(), nodes, "{ready}");
+        cross_node_pods(&ns, kubectl, &kc, nodes);
         // Every printed curl line works from where the user stands (this "host" namespace).
         let curls: Vec<&str> = stdout
             .lines()
