@@ -666,7 +666,7 @@ async fn manager(
                         ctx.client.clone(),
                         pod.metadata.namespace.as_deref().unwrap_or("default"),
                     );
-                    let patch = serde_json::json!({"status": status});
+                    let patch = pods::status::status_patch(&status);
                     if let Some(name) = &pod.metadata.name {
                         let _ = api
                             .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))

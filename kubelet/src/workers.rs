@@ -993,7 +993,7 @@ async fn patch_status(ctx: &NodeContext, pod: &Pod, status: &PodStatus) -> Resul
         return Ok(());
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut patch = serde_json::json!({"status": status});
+    let mut patch = crate::pods::status::status_patch(status);
     if let Some(uid) = &pod.metadata.uid
         && !is_static(pod)
     {

@@ -11,8 +11,9 @@
 //!   a DaemonSet keeps one pod per node, rolls, and a node joining later gets its pod; Jobs complete
 //!   and a failing one stops at `backoffLimit`; `kubectl drain` honours a PodDisruptionBudget;
 //! - node failure: a kubelet stopped → NotReady, tainted, its short-toleration pods evicted and
-//!   dropped from the endpoints; back → Ready with its surviving container untouched; a node
-//!   removed entirely → its routes gone from the survivors;
+//!   dropped from the endpoints; back → Ready with its surviving container untouched; the whole
+//!   node dead and a fresh machine rejoining under its name → routes follow its new address, its
+//!   stale pods cleaned up; a node removed for good → its routes gone from the survivors;
 //! - no request of a node's identity, or of kube-proxy's, was denied.
 
 use std::collections::BTreeSet;
@@ -523,9 +524,48 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
         "the DaemonSet pod's container was kept"
     );
 
-    // The whole node removed: its Node deleted, the survivors drop the route to its pods.
+    // The whole node dies (namespace, containerd, containers) and a fresh machine rejoins under
+    // its name: new address (the survivors' routes follow it), the pods the dead node held are
+    // cleaned up (the evicted one finalized, the DaemonSet's started again), nothing stuck.
     let cidr = c.kubectl(&["get", "node", &failing, "-o", "jsonpath={.spec.podCIDR}"]);
     drop(c.nodes.remove(1));
+    wait(&c, "the dead node Unknown", || {
+        c.node_ready_is(&failing, "Unknown")
+    });
+    wait(&c, "its web pod evicted", || {
+        pods_of(&c, "web").iter().all(|p| p.1 != failing)
+    });
+    let back = c.rejoin(&failing).await.unwrap();
+    let new_ip = c.nodes[back].netns.node_ip.clone();
+    for ns in [&c.nodes[0].netns, &c.segment.ns] {
+        let o = ns.run(&["ip", "route", "show", "proto", "76"], &[]).unwrap();
+        let routes = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(routes.contains(&format!("{cidr} via {new_ip}")), "{routes}");
+    }
+    let settled = c.wait_for(
+        "the DaemonSet pod running again and nothing terminating",
+        T,
+        || {
+            let all: Value =
+                serde_json::from_str(&c.kubectl(&["get", "pods", "-o", "json"])).unwrap_or(Value::Null);
+            let stuck = all["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| !p["metadata"]["deletionTimestamp"].is_null());
+            !stuck && ready_replicas(&c, "ds", "client") == "2" && ready_replicas(&c, "deploy", "web") == "2"
+        },
+    );
+    if let Err(e) = settled {
+        panic!(
+            "{e}\npods:\n{}\nrejoined kubelet:\n{}",
+            c.kubectl(&["get", "pods", "-o", "wide"]),
+            std::fs::read_to_string(c.nodes[back].log("kubelet")).unwrap_or_default()
+        );
+    }
+
+    // The node removed for good: its Node deleted, the survivors drop the route to its pods.
+    drop(c.nodes.remove(back));
     c.kubectl(&["delete", "node", &failing]);
     wait(&c, "routes to the removed node gone", || {
         [&c.nodes[0].netns, &c.segment.ns].iter().all(|ns| {

@@ -594,3 +594,17 @@ pub fn status_changed(old: &PodStatus, new: &PodStatus) -> bool {
     };
     strip(old) != strip(new)
 }
+
+/// The strategic merge patch that sets `status`. `podIPs` and `hostIPs` are lists merged by `ip`
+/// in a strategic patch, so a plain patch would add a new sandbox's address beside the old one
+/// (the API then rejects two IPs of one family and every later update fails); they are replaced
+/// instead, as the deletions in upstream's two-way patch from the old status do.
+pub fn status_patch(status: &PodStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    for list in ["podIPs", "hostIPs"] {
+        if let Some(serde_json::Value::Array(items)) = value.get_mut(list) {
+            items.insert(0, serde_json::json!({"$patch": "replace"}));
+        }
+    }
+    serde_json::json!({ "status": value })
+}

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::fixtures::*;
 use super::observed::{AttemptState, Observed, StartError};
-use super::status::{phase, status, status_changed};
+use super::status::{phase, status, status_changed, status_patch};
 
 const NODE_IP: &str = "10.0.0.5";
 
@@ -773,4 +773,25 @@ fn pod_without_spec_does_not_panic() {
     let s = status(&pod, &Observed::default(), t(0), "");
     assert_eq!(s.phase.as_deref(), Some("Pending"));
     assert_eq!(s.host_ip, None);
+}
+
+#[test]
+fn the_status_patch_replaces_ip_lists_instead_of_merging_them() {
+    let pod = pod_with(vec![container("app", "img:1")], "Always");
+    let s = status(&pod, &obs(vec![running(&pod, "app", 0, t(3))]), t(5), NODE_IP);
+    let patch = status_patch(&s);
+    let ips = patch["status"]["podIPs"].as_array().unwrap();
+    assert_eq!(ips[0], serde_json::json!({"$patch": "replace"}));
+    assert_eq!(ips[1]["ip"], "10.88.0.7");
+    assert_eq!(
+        patch["status"]["hostIPs"][0],
+        serde_json::json!({"$patch": "replace"})
+    );
+    assert_eq!(patch["status"]["hostIPs"][1]["ip"], NODE_IP);
+    // Other lists merge as before (containerStatuses by name, conditions by type).
+    assert!(
+        patch["status"]["conditions"].as_array().unwrap()[0]
+            .get("$patch")
+            .is_none()
+    );
 }

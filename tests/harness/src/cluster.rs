@@ -297,8 +297,18 @@ impl KnodeCluster {
     }
 
     /// Joins one more node (its kubelet, kube-proxy and knode-hostgw) and waits until it is Ready
-    /// and the other nodes route to its podCIDR. Returns its index.
+    /// and the other nodes route to its podCIDR. Returns its index in [`Self::nodes`].
     pub async fn add_node(&mut self) -> Result<usize> {
+        self.join(None).await
+    }
+
+    /// Joins a fresh machine under an existing node's name (a node re-installed after it died):
+    /// new namespace, address, containerd and certificates, the same Node object.
+    pub async fn rejoin(&mut self, name: &str) -> Result<usize> {
+        self.join(Some(name)).await
+    }
+
+    async fn join(&mut self, reuse: Option<&str>) -> Result<usize> {
         let i = self.joined;
         let index = u8::try_from(i).map_err(|_| HarnessError::NotReady("at most 245 nodes".into()))?;
         let containerd = PrivateContainerd::start().await?;
@@ -307,7 +317,9 @@ impl KnodeCluster {
             .segment
             .add_node(&format!("knn-{}-{i}", &self.segment.ns.name[6..]), index)?;
         let dir = crate::private_dir("kn-node-")?;
-        let name = format!("node{i}-{}", &ns[ns.len().saturating_sub(5)..]).to_lowercase();
+        let name = reuse
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("node{i}-{}", &ns[ns.len().saturating_sub(5)..]).to_lowercase());
         let cni = dir.path().join("cni");
         std::fs::create_dir_all(&cni).map_err(HarnessError::io("creating the CNI conf dir"))?;
         let config = dir.path().join("kubelet-config.yaml");
@@ -393,6 +405,7 @@ impl KnodeCluster {
         node.others.push(hostgw);
         self.nodes.push(node);
         self.joined += 1;
+        let i = self.nodes.len() - 1;
         let user = format!("system:node:{name}");
         // As kubeadm users do: approve the node's serving certificate.
         self.wait_for(&format!("{name}'s serving CSR"), Duration::from_secs(120), || {
