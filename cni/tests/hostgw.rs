@@ -23,7 +23,10 @@ fn in_ns<T: Send + 'static>(
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let routes = rt.block_on(async { Routes::open() }).unwrap();
         f(&routes, &rt)
     })
@@ -45,8 +48,26 @@ fn routes_are_adopted_corrected_and_cleaned_up_without_touching_others() {
     ns.exec(&["ip", "link", "set", "seg", "up"]);
     // Someone else's route, and what a previous knode-hostgw left: one stale, one outdated.
     ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.50.0.9"]);
-    ns.exec(&["ip", "route", "add", "10.244.9.0/24", "via", "10.50.0.9", "proto", "76"]);
-    ns.exec(&["ip", "route", "add", "10.244.1.0/24", "via", "10.50.0.8", "proto", "76"]);
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "10.50.0.9",
+        "proto",
+        "76",
+    ]);
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.1.0/24",
+        "via",
+        "10.50.0.8",
+        "proto",
+        "76",
+    ]);
     let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
     let want = BTreeMap::from([
         (net("10.244.1.0/24"), Ipv4Addr::new(10, 50, 0, 2)),
@@ -57,14 +78,29 @@ fn routes_are_adopted_corrected_and_cleaned_up_without_touching_others() {
     assert_eq!(
         changes,
         [
-            RouteChange::Delete { dst: net("10.244.9.0/24"), via: Ipv4Addr::new(10, 50, 0, 9) },
-            RouteChange::Replace { dst: net("10.244.1.0/24"), via: Ipv4Addr::new(10, 50, 0, 2) },
-            RouteChange::Add { dst: net("10.244.2.0/24"), via: Ipv4Addr::new(10, 50, 0, 3) },
+            RouteChange::Delete {
+                dst: net("10.244.9.0/24"),
+                via: Ipv4Addr::new(10, 50, 0, 9)
+            },
+            RouteChange::Replace {
+                dst: net("10.244.1.0/24"),
+                via: Ipv4Addr::new(10, 50, 0, 2)
+            },
+            RouteChange::Add {
+                dst: net("10.244.2.0/24"),
+                via: Ipv4Addr::new(10, 50, 0, 3)
+            },
         ]
     );
     let table = routes(&ns);
-    assert!(table.contains("10.244.1.0/24 via 10.50.0.2 dev seg proto 76"), "{table}");
-    assert!(table.contains("10.244.2.0/24 via 10.50.0.3 dev seg proto 76"), "{table}");
+    assert!(
+        table.contains("10.244.1.0/24 via 10.50.0.2 dev seg proto 76"),
+        "{table}"
+    );
+    assert!(
+        table.contains("10.244.2.0/24 via 10.50.0.3 dev seg proto 76"),
+        "{table}"
+    );
     assert!(!table.contains("10.244.9.0"), "{table}");
     assert!(table.contains("10.99.0.0/24 via 10.50.0.9"), "{table}");
     // Read back as its own, and nothing to do a second time.

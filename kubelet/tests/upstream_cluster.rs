@@ -5,6 +5,7 @@
 //! the kubelet is allowed), the kubelet joins by bootstrap token, kube-proxy runs as
 //! `system:kube-proxy`, and CoreDNS is deployed as kubeadm deploys it — on this node.
 //!
+//! - a postStart hook runs;
 //! - CoreDNS becomes Ready on the node (ServiceAccount token, httpGet probes, capabilities,
 //!   read-only root, `dnsPolicy: Default`, the apiserver reached through kube-proxy's
 //!   `kubernetes` Service);
@@ -189,7 +190,8 @@ metadata: {{name: web, labels: {{app: web}}}}
 spec:
   containers:
   - {{name: main, image: {img}, imagePullPolicy: IfNotPresent, args: ["serve"], ports: [{{name: http, containerPort: 8080}}],
-     readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}}}
+     readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}},
+     lifecycle: {{postStart: {{exec: {{command: [sh, -c, "echo started > /tmp/poststart"]}}}}}}}}
 ---
 apiVersion: v1
 kind: Service
@@ -247,6 +249,11 @@ spec:
             .unwrap_or_else(|e| format!("failed: {e}"))
     };
 
+    // The postStart hook ran before the pod went on.
+    let hook = cp
+        .run_kubectl(&["exec", "web", "--", "cat", "/tmp/poststart"], None)
+        .unwrap_or_default();
+    assert_eq!(hook.trim(), "started", "postStart hook");
     // The pod's resolv.conf is the kubelet's ClusterFirst one.
     let resolv = exec("cat /etc/resolv.conf");
     assert!(
