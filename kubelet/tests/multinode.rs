@@ -17,14 +17,13 @@
 //! - no request of a node's identity, or of kube-proxy's, was denied.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use knode_harness::cluster::{ClusterOptions, KnodeCluster};
 use serde_json::Value;
 
 /// The clusters are heavy for a 2-core machine: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const T: Duration = Duration::from_secs(180);
 
@@ -134,7 +133,7 @@ fn ready_replicas(c: &KnodeCluster, kind: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_and_services_reach_across_two_knode_nodes() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let c = KnodeCluster::start(ClusterOptions::default()).await.unwrap();
     let img = c.images.testimg.reference.clone();
     apply(&c, &web_yaml(&img, 4, ""));
@@ -237,7 +236,7 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut c = KnodeCluster::start(ClusterOptions {
         coredns: false,
         ..Default::default()
@@ -444,7 +443,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut c = KnodeCluster::start(ClusterOptions {
         coredns: false,
         // Seconds instead of upstream's 40–50 s, so the test waits for the real controller.
@@ -590,7 +589,7 @@ fn pct(v: &[f64], q: f64) -> f64 {
 /// nodes, 30 replicas, 3000 round trips. Prints the numbers (the README keeps a full run's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_replicas_over_nodes_and_cross_node_latency() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let full = std::env::var("KNODE_BENCH").is_ok_and(|v| v == "full");
     let (nodes, replicas, count) = if full { (3, 30, 3000) } else { (2, 6, 300) };
     let c = KnodeCluster::start(ClusterOptions {

@@ -117,6 +117,17 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Removes cgroup directory `p` and every cgroup below it (deepest first; a cgroup with live
+/// processes stays).
+pub fn remove_cgroup_tree(p: &std::path::Path) {
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,15 +163,4 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// Removes cgroup directory `p` and every cgroup below it (deepest first; a cgroup with live
-/// processes stays).
-pub fn remove_cgroup_tree(p: &std::path::Path) {
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            remove_cgroup_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(p);
 }
