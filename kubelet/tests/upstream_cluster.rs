@@ -1,9 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! A networked knode node in the real upstream control plane, the way a kubeadm cluster runs: the
-//! node (kubelet, containerd's pods, knode-bridge, kube-proxy) and the plane share a test-made
-//! network namespace, the apiserver advertises the node's address (not loopback, so its proxy to
-//! the kubelet is allowed), the kubelet joins by bootstrap token, kube-proxy runs as
-//! `system:kube-proxy`, and CoreDNS is deployed as kubeadm deploys it — on this node.
+//! A networked knode node in the real upstream control plane, the way a kubeadm cluster runs
+//! (`knode_harness::cluster` with one node): the node (kubelet, containerd's pods, knode-bridge,
+//! kube-proxy) in its own network namespace on a segment with the plane, which advertises a
+//! routable address (not loopback, so its proxy to the kubelet is allowed); the kubelet joins by
+//! bootstrap token, kube-proxy runs as `system:kube-proxy`, and CoreDNS is deployed as kubeadm
+//! deploys it — on this node.
 //!
 //! - a postStart hook runs;
 //! - CoreDNS becomes Ready on the node (ServiceAccount token, httpGet probes, capabilities,
@@ -15,162 +16,35 @@
 //!   apiserver;
 //! - least privilege: no request of the node's or kube-proxy's identity was denied.
 
-mod common;
-
-use common::upstream::{eventually, read_lines_then_kill, spawn};
-
 use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
-use knode_harness::containerd::PrivateContainerd;
-use knode_harness::control_plane::target_bin;
-use knode_harness::image::push_test_images;
-use knode_harness::netns::NodeNetns;
-use knode_harness::registry::PrivateRegistry;
-use knode_harness::upstream::coredns::{self, CLUSTER_DNS_IP, CLUSTER_DOMAIN};
-use knode_harness::upstream::{UpstreamBinaries, UpstreamControlPlane, UpstreamOptions};
-
-const NODE_IP: &str = "10.200.0.1";
+use knode_harness::cluster::{ClusterOptions, KnodeCluster};
+use knode_harness::upstream::coredns::CLUSTER_DNS_IP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_networked_knode_node_runs_cluster_dns_services_attach_and_port_forward_upstream() {
-    knode_harness::require_root().unwrap();
-    let bins = UpstreamBinaries::locate(false).unwrap();
-    let registry = PrivateRegistry::start().unwrap();
-    let images = push_test_images(&registry.host()).await.unwrap();
-    let dns_image = coredns::push_image(&registry.host(), &bins).await.unwrap();
-    let containerd = PrivateContainerd::start().await.unwrap();
-    let ns = containerd.unique_namespace("kl-upc");
-    let netns = NodeNetns::create(
-        &format!("kn-{}", &ns[ns.len().saturating_sub(8)..]),
-        NODE_IP,
-        true,
-    )
-    .unwrap();
-    // The registry is on the host's loopback, out of the node's reach: images are pre-pulled and
-    // the pods (like kubeadm's CoreDNS) use IfNotPresent.
-    let runtime = kubelet::runtime::Containerd::new(containerd.channel().await.unwrap(), &ns).unwrap();
-    let puller = kubelet::runtime::image::ImageService::new(runtime, vec![registry.host()]);
-    for image in [&images.testimg.reference, &dns_image.reference] {
-        puller
-            .pull(image, &oci_client::secrets::RegistryAuth::Anonymous, &|_| {})
-            .await
-            .unwrap();
-    }
-    let cp = UpstreamControlPlane::start(UpstreamOptions {
-        advertise_address: NODE_IP.parse().unwrap(),
-        netns: Some(netns.name.clone()),
+    // One node of the multi-node harness: the plane in the segment's namespace, advertising a
+    // routable address; the node joined by bootstrap token with kube-proxy and knode-hostgw.
+    let c = KnodeCluster::start(ClusterOptions {
+        nodes: 1,
+        coredns: true,
         ..Default::default()
     })
+    .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let node = format!("upc-{}", &ns[ns.len().saturating_sub(6)..]).to_lowercase();
-
-    // The kubelet, as `kubeadm join` starts it.
-    let config = dir.path().join("kubelet-config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-             podLogsDir: {logs}\naddress: {NODE_IP}\nrotateCertificates: true\n\
-             serverTLSBootstrap: true\nclusterDomain: {CLUSTER_DOMAIN}\nclusterDNS: [{CLUSTER_DNS_IP}]\n\
-             authentication:\n  x509:\n    clientCAFile: {ca}\n  webhook:\n    enabled: true\n\
-             authorization:\n  mode: Webhook\nevictionHard:\n  memory.available: 100Mi\n  \
-             nodefs.available: 100Mi\n  imagefs.available: 100Mi\nimageGCHighThresholdPercent: 100\n",
-            logs = dir.path().join("logs").display(),
-            ca = cp.ca_file.display(),
-        ),
-    )
-    .unwrap();
-    let cni = dir.path().join("cni");
-    std::fs::create_dir_all(&cni).unwrap();
-    // The first node's podCIDR from nodeipam (asserted below).
-    std::fs::write(
-        cni.join("10-knode.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"knode","plugins":[{{"type":"knode-bridge","bridge":"knode0","isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.0.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
-            dir.path().join("ipam").display()
-        ),
-    )
-    .unwrap();
-    let bootstrap = cp
-        .bootstrap_kubeconfig(&dir.path().join("bootstrap-kubelet.conf"))
-        .unwrap();
-    let kubelet_log = dir.path().join("kubelet.log");
-    let proxy_log = dir.path().join("kube-proxy.log");
-    let logs = [kubelet_log.as_path(), proxy_log.as_path()];
-    let kubelet = spawn(
-        &netns,
-        "kubelet",
-        &[
-            format!("--bootstrap-kubeconfig={}", bootstrap.display()),
-            format!("--kubeconfig={}", dir.path().join("kubelet.conf").display()),
-            format!("--config={}", config.display()),
-            format!("--hostname-override={node}"),
-            format!("--node-ip={NODE_IP}"),
-            format!("--root-dir={}", dir.path().join("root").display()),
-            format!(
-                "--container-runtime-endpoint=unix://{}",
-                containerd.socket().display()
-            ),
-            format!("--containerd-namespace={ns}"),
-            format!("--cgroup-root=/knode-test/{ns}"),
-            format!("--cni-conf-dir={}", cni.display()),
-            format!(
-                "--cni-bin-dir={}",
-                target_bin("knode-bridge").parent().unwrap().display()
-            ),
-        ],
-        &kubelet_log,
-    );
+    let (cp, netns, node) = (&c.cp, &c.segment.ns, c.nodes[0].name.clone());
+    let node_ip = c.nodes[0].netns.node_ip.clone();
+    let eventually =
+        |what: &str, timeout: Duration, f: &mut dyn FnMut() -> bool| c.wait_for(what, timeout, f).unwrap();
     let kubectl = |a: &[&str]| cp.run_kubectl(a, None).unwrap_or_default();
     let apply = |yaml: &str| {
         cp.run_kubectl(&["apply", "-f", "-"], Some(yaml))
             .unwrap_or_else(|e| panic!("kubectl apply: {e}"))
     };
-    // As kubeadm users do: approve the kubelet's serving certificate.
-    eventually("the serving CSR", Duration::from_secs(120), &logs, || {
-        let pending = kubectl(&[
-            "get",
-            "csr",
-            "-o",
-            "jsonpath={range .items[?(@.spec.signerName==\"kubernetes.io/kubelet-serving\")]}{.metadata.name}{\"\\n\"}{end}",
-        ]);
-        pending.lines().any(|name| cp.approve_csr(name).is_ok())
-    });
-    let proxy_conf = dir.path().join("kube-proxy.conf");
-    cp.issue_kubeconfig("system:kube-proxy", &[], &proxy_conf)
-        .unwrap();
-    let proxy = spawn(
-        &netns,
-        "kube-proxy",
-        &[
-            format!("--kubeconfig={}", proxy_conf.display()),
-            format!("--hostname-override={node}"),
-            "--cluster-cidr=10.244.0.0/16".into(),
-            "--healthz-bind-address=127.0.0.1:10256".into(),
-            "--metrics-bind-address=127.0.0.1:10249".into(),
-        ],
-        &proxy_log,
-    );
-    eventually("node Ready", Duration::from_secs(120), &logs, || {
-        kubectl(&[
-            "get",
-            "node",
-            &node,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]) == "True"
-    });
-    assert_eq!(
-        kubectl(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]),
-        "10.244.0.0/24"
-    );
-
     // Cluster DNS, deployed as kubeadm does, runs on this node.
-    cp.deploy_coredns(&dns_image.reference).unwrap();
-    eventually("CoreDNS available", Duration::from_secs(180), &logs, || {
+    eventually("CoreDNS available", Duration::from_secs(180), &mut || {
         kubectl(&[
             "get",
             "deploy",
@@ -182,7 +56,7 @@ async fn a_networked_knode_node_runs_cluster_dns_services_attach_and_port_forwar
         ]) == "1"
     });
 
-    let img = &images.testimg.reference;
+    let img = &c.images.testimg.reference;
     apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -227,20 +101,15 @@ spec:
 "#
     ));
     for pod in ["web", "client", "talker"] {
-        eventually(
-            &format!("pod {pod} Ready"),
-            Duration::from_secs(120),
-            &logs,
-            || {
-                kubectl(&[
-                    "get",
-                    "pod",
-                    pod,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ]) == "True"
-            },
-        );
+        eventually(&format!("pod {pod} Ready"), Duration::from_secs(120), &mut || {
+            kubectl(&[
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]) == "True"
+        });
     }
     let cluster_ip = kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let node_port = kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
@@ -269,8 +138,7 @@ spec:
     eventually(
         "web resolved through CoreDNS",
         Duration::from_secs(60),
-        &logs,
-        || {
+        &mut || {
             answer = exec("nslookup web.default.svc.cluster.local");
             answer.contains(&cluster_ip)
         },
@@ -297,7 +165,7 @@ spec:
                 "-sS",
                 "--max-time",
                 "5",
-                &format!("http://{NODE_IP}:{node_port}/hostname"),
+                &format!("http://{node_ip}:{node_port}/hostname"),
             ],
             &[],
         )
@@ -405,12 +273,32 @@ spec:
         None,
     )
     .unwrap();
-    eventually("pods gone", Duration::from_secs(90), &logs, || {
+    eventually("pods gone", Duration::from_secs(90), &mut || {
         kubectl(&["get", "pods", "-A", "-o", "name"]).trim().is_empty()
     });
-    drop(proxy);
-    let _ = netns.command(target_bin("kube-proxy")).arg("--cleanup").output();
-    drop(kubelet);
-    drop(cp);
-    common::cleanup_containerd(&containerd, &ns, dir.path());
+}
+
+/// Reads `child`'s stdout until `want` lines matched `is_match` (or 30 s), then kills it.
+fn read_lines_then_kill(mut child: Child, want: usize, is_match: impl Fn(&str) -> bool) -> Vec<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while lines.iter().filter(|l: &&String| is_match(l)).count() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
 }

@@ -2,8 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod upstream;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
