@@ -68,14 +68,14 @@ put() {
 }
 
 if [ $mode = install ]; then
-  for b in kubelet kube-proxy knode-control-plane knode-bridge; do
+  for b in kubelet kube-proxy knode-control-plane knode-bridge knode-hostgw; do
     [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b not found: build with 'cargo build --release' or pass --bin-dir" >&2; exit 1; }
   done
   mkdir -p "$(dirname "$manifest")"
   touch "$manifest"
-  for b in kubelet kube-proxy knode-control-plane; do put "$bin_dir/$b" "/usr/local/bin/$b" 0755 bin; done
+  for b in kubelet kube-proxy knode-control-plane knode-hostgw; do put "$bin_dir/$b" "/usr/local/bin/$b" 0755 bin; done
   put "$bin_dir/knode-bridge" /opt/cni/bin/knode-bridge 0755 bin
-  for u in kubelet kube-proxy knode-control-plane; do put "$here/units/$u.service" "/etc/systemd/system/$u.service" 0644 unit; done
+  for u in kubelet kube-proxy knode-control-plane knode-hostgw; do put "$here/units/$u.service" "/etc/systemd/system/$u.service" 0644 unit; done
   put "$here/units/containerd.service.d/10-knode.conf" /etc/systemd/system/containerd.service.d/10-knode.conf 0644 unit
   put "$here/defaults/kubelet-config.yaml" /etc/knode/kubelet-config.yaml 0644 conf
   put "$here/defaults/kube-proxy-config.yaml" /etc/knode/kube-proxy-config.yaml 0644 conf
@@ -84,7 +84,7 @@ if [ $mode = install ]; then
   put "$here/defaults/10-knode.conflist" /etc/knode/10-knode.conflist 0644 conf
   mkdir -p "$root/etc/cni/net.d"
   put "$here/defaults/90-knode.conf" /etc/sysctl.d/90-knode.conf 0644 conf
-  for d in kubelet kube-proxy knode-control-plane; do put "$here/defaults/default-$d" "/etc/default/$d" 0644 conf; done
+  for d in kubelet kube-proxy knode-control-plane knode-hostgw; do put "$here/defaults/default-$d" "/etc/default/$d" 0644 conf; done
   mkdir -p "$root/etc/kubernetes/manifests" "$root/etc/kubernetes/pki"
   # Pods need IPv4 forwarding now, not only after the next boot (systemd-sysctl applies the file then).
   if [ -z "$root" ]; then sysctl -q -p "$root/etc/sysctl.d/90-knode.conf" >/dev/null 2>&1 || echo "install.sh: could not set net.ipv4.ip_forward=1 now (it applies at boot)"; fi
@@ -95,7 +95,7 @@ else
     echo "install.sh: nothing installed under ${root:-/} (no $manifest)"; exit 0
   fi
   if [ -z "$root" ] && [ -d /run/systemd/system ]; then
-    systemctl disable --now kubelet.service kube-proxy.service knode-control-plane.service 2>/dev/null || true
+    systemctl disable --now kubelet.service kube-proxy.service knode-control-plane.service knode-hostgw.service 2>/dev/null || true
   fi
   while read -r recorded path; do
     f="$root$path"
@@ -115,7 +115,7 @@ else
     # Configs kept by an earlier plain --uninstall are no longer in a manifest: knode's own paths.
     rm -f "$root"/etc/knode/*.yaml "$root"/etc/knode/*.conflist "$root"/etc/knode/*.knode-new "$root/etc/cni/net.d/10-knode.conflist" \
       "$root/etc/sysctl.d/90-knode.conf" "$root/etc/default/kubelet" "$root/etc/default/kube-proxy" \
-      "$root/etc/default/knode-control-plane"
+      "$root/etc/default/knode-control-plane" "$root/etc/default/knode-hostgw"
     rmdir "$root/etc/knode" "$root/etc/cni/net.d" "$root/etc/cni" 2>/dev/null || true
     rm -rf "$root/var/lib/kubelet" "$root/var/log/pods" "$root/var/lib/knode" "$root/var/lib/cni/networks/knode"
   fi

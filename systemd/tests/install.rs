@@ -8,7 +8,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BINS: &[&str] = &["kubelet", "kube-proxy", "knode-control-plane", "knode-bridge"];
+const BINS: &[&str] = &[
+    "kubelet",
+    "kube-proxy",
+    "knode-control-plane",
+    "knode-bridge",
+    "knode-hostgw",
+];
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("install.sh")
@@ -65,6 +71,9 @@ fn install_is_idempotent_keeps_user_config_and_uninstalls_cleanly() {
         "etc/systemd/system/kubelet.service",
         "etc/systemd/system/kube-proxy.service",
         "etc/systemd/system/knode-control-plane.service",
+        "etc/systemd/system/knode-hostgw.service",
+        "usr/local/bin/knode-hostgw",
+        "etc/default/knode-hostgw",
         "etc/systemd/system/containerd.service.d/10-knode.conf",
         "etc/knode/kubelet-config.yaml",
         "etc/knode/kube-proxy-config.yaml",

@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BINS: &[&str] = &["kubelet", "kube-proxy", "knode-control-plane", "knode-bridge"];
+const BINS: &[&str] = &[
+    "kubelet",
+    "kube-proxy",
+    "knode-control-plane",
+    "knode-bridge",
+    "knode-hostgw",
+];
 
 /// Where cargo put the daemons: test executables live in `<target>/<profile>/deps/`.
 fn bin_dir() -> PathBuf {
@@ -304,12 +310,17 @@ fn installed_units_run_under_systemd_and_uninstall_leaves_nothing() {
     ));
     m.wait("containerd", 30, "systemctl is-active containerd");
 
-    m.run("systemctl enable --now kubelet kube-proxy");
-    // Type=notify: `active` only once the daemon sent READY=1.
+    m.run("systemctl enable --now kubelet kube-proxy knode-hostgw");
+    // Type=notify: `active` only once the daemon sent READY=1 (knode-hostgw: once started).
     m.wait(
-        "kubelet and kube-proxy active",
+        "kubelet, kube-proxy and knode-hostgw active",
         60,
-        "[ \"$(systemctl is-active kubelet kube-proxy | sort -u)\" = active ]",
+        "[ \"$(systemctl is-active kubelet kube-proxy knode-hostgw | sort -u)\" = active ]",
+    );
+    m.wait(
+        "knode-hostgw watching Nodes",
+        30,
+        "journalctl -u knode-hostgw --no-pager | grep -q 'watching Nodes'",
     );
     m.wait(
         &format!("node {node} Ready"),

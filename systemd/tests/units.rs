@@ -10,6 +10,7 @@ const UNITS: &[&str] = &[
     "kubelet.service",
     "kube-proxy.service",
     "knode-control-plane.service",
+    "knode-hostgw.service",
 ];
 
 fn units_dir() -> &'static Path {
