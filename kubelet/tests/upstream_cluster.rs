@@ -14,6 +14,9 @@
 //!   resolv.conf), and the Service answers by name; its NodePort answers on the node's address;
 //! - `kubectl attach` (output, and stdin with `-i`) and `kubectl port-forward` through the real
 //!   apiserver;
+//! - the kubelet API's authentication and authorization as upstream's: every endpoint × identity
+//!   (anonymous, a client certificate from another CA, a ServiceAccount without `nodes/*`, another
+//!   node, the apiserver's kubelet client, a cluster admin) gives upstream's 401/403/allowed;
 //! - least privilege: no request of the node's or kube-proxy's identity was denied.
 
 use std::io::{BufRead, BufReader, Write};
@@ -258,6 +261,8 @@ spec:
     };
     assert_eq!(forwarding, ["web", "web"], "port-forward ({port_line:?})");
 
+    kubelet_api_matrix(&c, &node_ip);
+
     // Least privilege: nothing the node or kube-proxy did was denied.
     for user in [format!("system:node:{node}"), "system:kube-proxy".to_string()] {
         let denied = cp.audit_denials(&user);
@@ -301,4 +306,120 @@ fn read_lines_then_kill(mut child: Child, want: usize, is_match: impl Fn(&str) -
     let _ = child.kill();
     let _ = child.wait();
     lines
+}
+
+/// Every kubelet API endpoint × identity → 401 (not authenticated), 403 (authenticated, the API
+/// server's SubjectAccessReview says no) or allowed (200 for plain endpoints; streaming ones asked
+/// without an upgrade only need to get past authorization), as upstream's kubelet answers.
+fn kubelet_api_matrix(c: &KnodeCluster, node_ip: &str) {
+    use knode_harness::upstream::bootstrap::KUBELET_CLIENT_USER;
+    use knode_harness::upstream::pki::Usage;
+    let pki = c.cp.pki();
+    let client =
+        |file: &str, cn: &str, groups: &[&str]| pki.issue(file, cn, groups, &[], Usage::Client).unwrap();
+    c.cp.run_kubectl(&["create", "serviceaccount", "nobody"], None)
+        .unwrap();
+    let token =
+        c.cp.run_kubectl(&["create", "token", "nobody"], None)
+            .unwrap()
+            .trim()
+            .to_string();
+    enum Cred {
+        None,
+        Cert(knode_harness::upstream::pki::CertFiles),
+        Token(String),
+    }
+    // (identity, credentials, allowed): a denied identity gets `denied` everywhere.
+    let identities: Vec<(&str, Cred, Result<(), u16>)> = vec![
+        ("anonymous", Cred::None, Err(401)),
+        (
+            "a certificate from another CA",
+            Cred::Cert(pki.issue_front_proxy_client().unwrap()),
+            Err(401),
+        ),
+        ("a ServiceAccount without nodes/*", Cred::Token(token), Err(403)),
+        (
+            "another node",
+            Cred::Cert(client(
+                "matrix-node",
+                "system:node:someone-else",
+                &["system:nodes"],
+            )),
+            Err(403),
+        ),
+        (
+            "the apiserver's kubelet client",
+            Cred::Cert(client("matrix-apiserver", KUBELET_CLIENT_USER, &[])),
+            Ok(()),
+        ),
+        (
+            "a cluster admin",
+            Cred::Cert(client("matrix-admin", "matrix-admin", &["system:masters"])),
+            Ok(()),
+        ),
+    ];
+    // (path, streaming: asked without an upgrade, so only authorization is checked).
+    let endpoints = [
+        ("/pods", false),
+        ("/runningpods/", false),
+        ("/healthz", false),
+        ("/configz", false),
+        ("/stats/summary", false),
+        ("/metrics", false),
+        ("/metrics/resource", false),
+        ("/metrics/probes", false),
+        ("/logs/", false),
+        ("/containerLogs/default/web/main", false),
+        ("/exec/default/web/main?command=true&output=1", true),
+        ("/attach/default/talker/ticks?output=1", true),
+        ("/portForward/default/web", true),
+    ];
+    let mut wrong = Vec::new();
+    for (who, cred, expect) in &identities {
+        for (path, streaming) in endpoints {
+            let url = format!("https://{node_ip}:10250{path}");
+            let mut args: Vec<String> = [
+                "curl",
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ]
+            .map(String::from)
+            .to_vec();
+            match cred {
+                Cred::None => {}
+                Cred::Cert(f) => args.extend([
+                    "--cert".into(),
+                    f.cert.display().to_string(),
+                    "--key".into(),
+                    f.key.display().to_string(),
+                ]),
+                Cred::Token(t) => args.extend(["-H".into(), format!("Authorization: Bearer {t}")]),
+            }
+            args.push(url);
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = c.segment.ns.run(&argv, &[]).unwrap();
+            let code: u16 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+            let ok = match expect {
+                // Upstream serves /healthz outside the authentication filter (installed on the
+                // mux directly): 200 whoever asks.
+                _ if path == "/healthz" => code == 200,
+                Err(denied) => code == *denied,
+                Ok(()) if streaming => code != 0 && code != 401 && code != 403,
+                Ok(()) => code == 200,
+            };
+            if !ok {
+                wrong.push(format!("{who} {path}: {code}, want {expect:?}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "kubelet API answers unlike upstream's:\n{}",
+        wrong.join("\n")
+    );
 }

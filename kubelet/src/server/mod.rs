@@ -132,11 +132,73 @@ fn serving_cert(
     Ok((certs, key))
 }
 
-fn tls_config(cfg: &ServerConfig) -> Result<rustls::ServerConfig, ServerError> {
+/// Go's `tls.RequestClientCert`, as upstream's kubelet sets it: a client certificate is asked for
+/// and its signature over the handshake checked, but a chain the client CA does not vouch for
+/// does not end the handshake; the request is then unauthenticated (401 unless anonymous access
+/// is on), which is what upstream's x509 authenticator decides. The real chain check is
+/// [`RequestClientCert::trusted`], run per connection.
+#[derive(Debug)]
+struct RequestClientCert(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl RequestClientCert {
+    /// Whether the client CA vouches for the presented chain.
+    fn trusted(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.0
+            .verify_client_cert(end_entity, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn tls_config(
+    cfg: &ServerConfig,
+) -> Result<(rustls::ServerConfig, Option<Arc<RequestClientCert>>), ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("versions", e))?;
+    let mut clients = None;
     let builder = if cfg.client_ca_file.is_empty() {
         builder.with_no_client_auth()
     } else {
@@ -151,7 +213,9 @@ fn tls_config(cfg: &ServerConfig) -> Result<rustls::ServerConfig, ServerError> {
             .allow_unauthenticated()
             .build()
             .map_err(|e| tls_err("client verifier", e))?;
-        builder.with_client_cert_verifier(verifier)
+        let request = Arc::new(RequestClientCert(verifier));
+        clients = Some(request.clone());
+        builder.with_client_cert_verifier(request)
     };
     let mut c = match &cfg.serving {
         Some(rotating) => builder.with_cert_resolver(rotating.clone()),
@@ -163,7 +227,7 @@ fn tls_config(cfg: &ServerConfig) -> Result<rustls::ServerConfig, ServerError> {
         }
     };
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(c)
+    Ok((c, clients))
 }
 
 /// The caller from a verified client certificate: (CN, O values).
@@ -187,7 +251,8 @@ struct State {
 
 /// Serves the kubelet API until the task is dropped.
 pub async fn serve(cfg: ServerConfig, client: kube::Client) -> Result<(), ServerError> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg)?));
+    let (tls, clients) = tls_config(&cfg)?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -214,15 +279,17 @@ pub async fn serve(cfg: ServerConfig, client: kube::Client) -> Result<(), Server
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, state) = (acceptor.clone(), state.clone());
+        let (acceptor, state, clients) = (acceptor.clone(), state.clone(), clients.clone());
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            // Only a chain the client CA vouches for names the caller.
             let who = tls
                 .get_ref()
                 .1
                 .peer_certificates()
+                .filter(|chain| clients.as_ref().is_some_and(|v| v.trusted(chain)))
                 .and_then(|c| c.first())
                 .and_then(|c| identity(c));
             let svc = service_fn(move |req| {
