@@ -361,7 +361,16 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
     drop(guard);
     if nodes > 1 {
         assert!(links_before.contains("knbr-"), "{links_before}");
-        let links = tag_netns(&ns);
+        // A deleted namespace is torn down asynchronously by the kernel: its veth ends go a moment
+        // later.
+        let mut links = tag_netns(&ns);
+        for _ in 0..40 {
+            if !links.contains("knbr-") && !links.contains("kn-") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            links = tag_netns(&ns);
+        }
         assert!(
             !links.contains("knbr-") && !links.contains("kn-"),
             "links left: {links}"
