@@ -827,3 +827,131 @@ fn daemon_runs_as_system_kube_proxy_against_the_upstream_control_plane() {
     let denied = cp.audit_denials("system:kube-proxy");
     assert!(denied.is_empty(), "denied requests of kube-proxy: {denied:#?}");
 }
+
+/// kube-proxy SIGKILLed (no chance to clean up) while clients keep hammering a ClusterIP and a
+/// NodePort over TCP and a UDP flow talks to the same Service: the kernel keeps the rules, the
+/// restarted daemon adopts them, no TCP connection fails and the UDP flow keeps its endpoint.
+#[test]
+fn sigkill_under_load_fails_no_connection_and_keeps_the_udp_flow() {
+    use k8s_openapi::api::core::v1::ServicePort;
+    use k8s_openapi::api::discovery::v1::EndpointPort;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let (cp, rt, services, slices, nodes) = start_cluster();
+    let mut lab = Lab::new(2);
+    let kubeconfig = register_node(&cp, &rt, &nodes, &lab);
+    let mut svc = http_service("web", "NodePort");
+    svc.spec
+        .as_mut()
+        .unwrap()
+        .ports
+        .as_mut()
+        .unwrap()
+        .push(ServicePort {
+            name: Some("udp".into()),
+            protocol: Some("UDP".into()),
+            port: 53,
+            target_port: Some(IntOrString::Int(8081)),
+            ..Default::default()
+        });
+    let svc = rt
+        .block_on(services.create(&PostParams::default(), &svc))
+        .unwrap();
+    let mut sl = slice("web", &lab.pods.iter().map(|p| p.1).collect::<Vec<_>>());
+    sl.ports.as_mut().unwrap().push(EndpointPort {
+        name: Some("udp".into()),
+        protocol: Some("UDP".into()),
+        port: Some(8081),
+        ..Default::default()
+    });
+    rt.block_on(slices.create(&PostParams::default(), &sl)).unwrap();
+    let spec = svc.spec.unwrap();
+    let cluster_ip = spec.cluster_ip.unwrap().parse::<Ipv4Addr>().unwrap();
+    let vip = SocketAddr::from((cluster_ip, 80));
+    let udp_vip = SocketAddr::from((cluster_ip, 53));
+    let node_port = SocketAddr::from((NODE_IP, spec.ports.unwrap()[0].node_port.unwrap() as u16));
+    lab.start_proxy(cp.port, &kubeconfig, true, None, &["-v=2"]);
+    wait_for(&lab, 30, "the ClusterIP to answer", || {
+        in_netns(&lab.client, || http_get(vip, "/hostname").ok())
+    });
+
+    let stop = AtomicBool::new(false);
+    let (stop_ref, client) = (&stop, lab.client.clone());
+    let started = Instant::now();
+    let (tcp, udp) = std::thread::scope(|s| {
+        let tcp: Vec<_> = [vip, node_port]
+            .into_iter()
+            .map(|target| {
+                let client = client.clone();
+                s.spawn(move || {
+                    in_netns(&client, || {
+                        let (mut ok, mut failed) = (0usize, Vec::new());
+                        while !stop_ref.load(Ordering::SeqCst) {
+                            match http_get(target, "/hostname") {
+                                Ok(_) => ok += 1,
+                                Err(e) => failed.push(format!("{target}: {e}")),
+                            }
+                        }
+                        (ok, failed)
+                    })
+                })
+            })
+            .collect();
+        // One UDP socket, one flow: conntrack pins it to one endpoint.
+        let client_udp = client.clone();
+        let udp = s.spawn(move || {
+            in_netns(&client_udp, || {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut answers = Vec::new();
+                let mut buf = [0u8; 256];
+                while !stop_ref.load(Ordering::SeqCst) {
+                    sock.send_to(b"hostname", udp_vip).unwrap();
+                    answers.push(match sock.recv(&mut buf) {
+                        Ok(n) => String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+                        Err(e) => format!("lost: {e}"),
+                    });
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                answers
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let mut proxy = lab.proxy.take().unwrap();
+        unsafe { libc::kill(proxy.id() as i32, libc::SIGKILL) };
+        wait_for(&lab, 20, "kube-proxy to die", || proxy.try_wait().unwrap());
+        lab.start_proxy(cp.port, &kubeconfig, false, None, &["-v=2"]);
+        wait_for(&lab, 30, "the restarted kube-proxy's first sync", || {
+            lab.proxy_log().contains("synced proxy rules").then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        let tcp: Vec<(usize, Vec<String>)> = tcp.into_iter().map(|t| t.join().unwrap()).collect();
+        (tcp, udp.join().unwrap())
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let ok: usize = tcp.iter().map(|t| t.0).sum();
+    let failed: Vec<&String> = tcp.iter().flat_map(|t| &t.1).collect();
+    println!(
+        "across a SIGKILL: {ok} TCP requests ok ({:.0}/s), {} failed; {} UDP answers",
+        ok as f64 / secs,
+        failed.len(),
+        udp.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        tcp.iter().all(|t| t.0 > 0),
+        "both the ClusterIP and the NodePort answered"
+    );
+    let endpoints: std::collections::BTreeSet<&String> = udp.iter().collect();
+    assert_eq!(
+        endpoints.len(),
+        1,
+        "the UDP flow kept one endpoint: {endpoints:?}"
+    );
+    assert!(udp[0].starts_with("pod"), "{udp:?}");
+    assert!(
+        lab.proxy_log().contains("adopted the programmed table"),
+        "{}",
+        lab.proxy_log()
+    );
+}
