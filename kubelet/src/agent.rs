@@ -20,12 +20,11 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::node::{self, Health, MachineInfo, NodeAgent};
+use crate::pods::executor::{self, CniSetup, NodeContext, WorkerMsg};
 use crate::pods::{self, BackoffBook, BackoffConfig, NodeCapacity, WorkerState};
-use crate::runtime::Containerd;
-use crate::runtime::container::{ContainerService, LogRotation};
+use crate::runtime::container::LogRotation;
 use crate::runtime::events::{self, TaskEvent};
-use crate::runtime::image::ImageService;
-use crate::workers::{self, CniSetup, NodeContext, WorkerMsg};
+use crate::runtime::{Containerd, ContainerdRuntime};
 
 /// A message to the pod manager.
 #[derive(Debug)]
@@ -143,8 +142,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         node_ips[0].to_string(),
         root.clone(),
         PathBuf::from(&c.pod_logs_dir),
-        ImageService::new(containerd.clone(), settings.insecure_registries.clone()),
-        ContainerService::new(containerd.clone()),
+        Arc::new(ContainerdRuntime::new(
+            containerd.clone(),
+            settings.insecure_registries.clone(),
+        )),
         Arc::new(cgroups),
         rotation,
         BackoffBook::new(crash, BackoffConfig::default()),
@@ -280,7 +281,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             ctx: ctx.clone(),
             stats: stats.clone(),
             manager: mtx.clone(),
-            image_fs: crate::eviction::manager::snapshotter_root(&containerd).await,
+            image_fs: ctx.runtime.snapshotter_root().await,
             memory_capacity: info.memory_bytes,
         };
         tokio::spawn(eviction.run(Arc::new(host)));
@@ -447,11 +448,9 @@ fn default_ip() -> std::net::IpAddr {
 }
 
 async fn containerd_version(c: &Containerd) -> String {
-    use containerd_client::services::v1::version_client::VersionClient;
-    match VersionClient::new(c.channel()).version(()).await {
-        Ok(v) => format!("containerd://{}", v.into_inner().version.trim_start_matches('v')),
-        Err(_) => "containerd://unknown".into(),
-    }
+    crate::runtime::pod_runtime::version(c)
+        .await
+        .unwrap_or_else(|_| "containerd://unknown".into())
 }
 
 /// Pod networking from `--cni-conf-dir` (see `network`): off when the directory does not exist;
@@ -501,10 +500,7 @@ fn spawn_node_loops(
         let mut last_post: Option<Instant> = None;
         let mut api_failing = false;
         loop {
-            let runtime_ready = {
-                use containerd_client::services::v1::version_client::VersionClient;
-                VersionClient::new(containerd.channel()).version(()).await.is_ok()
-            };
+            let runtime_ready = crate::runtime::pod_runtime::version(&containerd).await.is_ok();
             let health = Health {
                 runtime_ready,
                 network_ready: network.as_ref().is_none_or(|n| n.is_ready()),
@@ -671,7 +667,7 @@ async fn manager(
                             .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
                             .await;
                     }
-                    workers::event(
+                    executor::event(
                         &ctx,
                         &pod,
                         None,
@@ -694,7 +690,7 @@ async fn manager(
                 let ctx = ctx.clone();
                 let done = tx.clone();
                 tokio::spawn(async move {
-                    workers::run(ctx, *pod, state, wrx).await;
+                    executor::run(ctx, *pod, state, wrx).await;
                     let _ = done.send(ManagerMsg::Done(uid)).await;
                 });
             }
@@ -731,7 +727,7 @@ async fn manager(
             }
             ManagerMsg::ProbeFailed(ev) => {
                 if let Some(w) = workers.get(&ev.pod_uid) {
-                    workers::event(
+                    executor::event(
                         &ctx,
                         &w.pod,
                         Some(&ev.container),
@@ -748,7 +744,7 @@ async fn manager(
 /// Removes containers (and sandboxes) of pods no worker owns: pods deleted while the kubelet was
 /// down, or left over from a crash.
 async fn cleanup_orphans(ctx: &Arc<NodeContext>, workers: &HashMap<String, WorkerHandle>) {
-    let Ok(listed) = ctx.containers.list().await else {
+    let Ok(listed) = ctx.runtime.list_containers().await else {
         return;
     };
     let mut orphan_pods: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -781,7 +777,7 @@ async fn cleanup_orphans(ctx: &Arc<NodeContext>, workers: &HashMap<String, Worke
             },
             ..Default::default()
         };
-        workers::remove_pod(ctx, &pod).await;
+        executor::remove_pod(ctx, &pod).await;
     }
 }
 

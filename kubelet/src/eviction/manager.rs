@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::decide::{self, Conditions, State};
 use super::{EvictionConfig, Signal};
 use crate::pods::Rejection;
+use crate::pods::executor::{NodeContext, WorkerMsg};
 use crate::shutdown::WorkerRef;
 use crate::stats::{PodStats, Summary};
-use crate::workers::{NodeContext, WorkerMsg};
 
 /// How often the manager looks (upstream's `monitoringInterval`).
 pub const MONITORING_INTERVAL: Duration = Duration::from_secs(10);
@@ -378,7 +378,7 @@ impl EvictionHost for NodeHost {
 
     fn evict<'a>(&'a self, w: &'a WorkerRef, eviction: Eviction) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            crate::workers::event(
+            crate::pods::executor::event(
                 &self.ctx,
                 &w.pod,
                 None,
@@ -389,25 +389,4 @@ impl EvictionHost for NodeHost {
             w.tx.send(WorkerMsg::Evict(eviction)).await.is_ok()
         })
     }
-}
-
-/// The root of containerd's overlayfs snapshotter (its image filesystem), from the introspection
-/// service; `None` when containerd does not say.
-pub async fn snapshotter_root(containerd: &crate::runtime::Containerd) -> Option<PathBuf> {
-    use containerd_client::services::v1::PluginsRequest;
-    use containerd_client::services::v1::introspection_client::IntrospectionClient;
-    let resp = IntrospectionClient::new(containerd.channel())
-        .plugins(PluginsRequest {
-            filters: vec![format!(
-                "type==io.containerd.snapshotter.v1,id=={}",
-                crate::runtime::SNAPSHOTTER
-            )],
-        })
-        .await
-        .ok()?
-        .into_inner();
-    resp.plugins
-        .iter()
-        .find_map(|p| p.exports.get("root"))
-        .map(PathBuf::from)
 }

@@ -22,10 +22,12 @@
 
 pub mod backoff;
 pub mod dns;
+pub mod executor;
 pub mod observed;
+pub mod plan;
 pub mod resources;
 pub mod status;
-pub mod worker;
+pub mod stop;
 
 #[cfg(test)]
 mod fixtures;
@@ -35,14 +37,14 @@ pub use observed::{
     AttemptState, ContainerAttempt, Observed, SandboxState, StartError, container_id_uri, spec_hash,
     terminated_reason,
 };
+pub use plan::{Action, Input, Plan, Stage, TerminationReason, WorkerState, plan, step};
 pub use resources::{Admission, NodeCapacity, Rejection, admit, pod_qos, rejected_status};
 pub use status::{status, status_changed};
-pub use worker::{Action, Input, Plan, Stage, TerminationReason, WorkerState, plan, step};
 
 /// The timestamp type used throughout (the one `k8s_openapi`'s `Time` wraps).
 pub type Timestamp = k8s_openapi::jiff::Timestamp;
 
-/// Upstream's `format.Pod`: `name_namespace(uid)`, used in messages.
+/// Upstream's `format.Pod`: `name_namespace(uid)`, used in messages and logs.
 pub fn pod_display(pod: &k8s_openapi::api::core::v1::Pod) -> String {
     let m = &pod.metadata;
     format!(
@@ -53,7 +55,16 @@ pub fn pod_display(pod: &k8s_openapi::api::core::v1::Pod) -> String {
     )
 }
 
+/// Whether the pod comes from the static manifest directory (`kubernetes.io/config.source: file`).
+pub fn is_static(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/config.source"))
+        .is_some_and(|s| s == "file")
+}
+
+#[cfg(test)]
+mod plan_tests;
 #[cfg(test)]
 mod status_tests;
-#[cfg(test)]
-mod worker_tests;

@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::Timestamp;
 use super::observed::{AttemptState, ContainerAttempt, Observed, container_id_uri};
+use super::plan::deadline_exceeded;
 use super::resources::pod_qos;
-use super::worker::deadline_exceeded;
 
 /// Condition types the kubelet owns (upstream's `PodConditionsByKubelet` plus
 /// `PodReadyToStartContainers`); others in the old status are kept untouched.

@@ -255,6 +255,17 @@ pub struct CreatedContainer {
 }
 
 impl CreatedContainer {
+    /// A created container without a log copy (a fake runtime's).
+    pub fn without_logs(id: &str, log_path: PathBuf, cgroups_path: String, fifo_dir: PathBuf) -> Self {
+        CreatedContainer {
+            id: id.to_string(),
+            log_path,
+            cgroups_path,
+            fifo_dir,
+            log_threads: Vec::new(),
+        }
+    }
+
     /// Waits until both log streams reached EOF (the container exited and the shim closed its ends),
     /// so the log file is complete. Blocking; call from `spawn_blocking` in async code.
     pub fn flush_logs(&mut self) {

@@ -11,7 +11,13 @@ pub mod events;
 pub mod exec;
 pub mod image;
 pub mod passwd;
+pub mod pod_runtime;
 pub mod stdin;
+
+#[cfg(test)]
+pub mod fake;
+
+pub use pod_runtime::{ContainerdRuntime, PodRuntime, SnapshotUsage};
 
 use tonic::Request;
 use tonic::metadata::MetadataValue;

@@ -27,9 +27,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, V
 use kube::Api;
 
 use crate::inputs::{PodFacts, PodRefs};
+use crate::pods::executor::NodeContext;
 use crate::pods::{Observed, StartError};
 use crate::spec::BindMount;
-use crate::workers::NodeContext;
 use atomic::{FileProjection, Payload};
 use host::Access;
 
@@ -758,7 +758,7 @@ pub async fn setup_pod(
                 error = %e,
                 "volume setup failed"
             );
-            crate::workers::event(ctx, pod, None, "Warning", "FailedMount", e.to_string());
+            crate::pods::executor::event(ctx, pod, None, "Warning", "FailedMount", e.to_string());
             Err(e.start_error())
         }
     }
