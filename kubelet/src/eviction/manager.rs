@@ -306,7 +306,7 @@ pub struct NodeHost {
     pub ctx: Arc<NodeContext>,
     pub stats: Arc<crate::stats::collect::StatsProvider>,
     /// The pod manager, asked for its workers.
-    pub manager: mpsc::Sender<crate::agent::ManagerMsg>,
+    pub manager: mpsc::Sender<crate::pods::manager::ManagerMsg>,
     /// The filesystem holding images (containerd's snapshotter root), if known.
     pub image_fs: Option<PathBuf>,
     /// The node's memory capacity in bytes.
@@ -366,7 +366,7 @@ impl EvictionHost for NodeHost {
             let (tx, rx) = oneshot::channel();
             if self
                 .manager
-                .send(crate::agent::ManagerMsg::Workers(tx))
+                .send(crate::pods::manager::ManagerMsg::Workers(tx))
                 .await
                 .is_err()
             {

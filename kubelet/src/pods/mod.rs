@@ -23,9 +23,11 @@
 pub mod backoff;
 pub mod dns;
 pub mod executor;
+pub mod manager;
 pub mod observed;
 pub mod plan;
 pub mod resources;
+pub mod sources;
 pub mod status;
 pub mod stop;
 
