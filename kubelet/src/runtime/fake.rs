@@ -173,8 +173,9 @@ impl PodRuntime for FakeRuntime {
             container: name.clone(),
             restart_count: req.meta.restart_count,
         });
-        if let Some(m) = self.state().create_failures.get(&name) {
-            return ready(Err(failed(&req.id, m)));
+        let failure = self.state().create_failures.get(&name).cloned();
+        if let Some(m) = failure {
+            return ready(Err(failed(&req.id, &m)));
         }
         let meta: ContainerMeta = req.meta.clone();
         self.state().containers.insert(
@@ -198,7 +199,8 @@ impl PodRuntime for FakeRuntime {
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, ContainerError>> {
         self.record(Call::Start { id: id.to_string() });
         let name = self.container_name(id);
-        if let Some(m) = self.state().start_failures.get(&name).cloned() {
+        let failure = self.state().start_failures.get(&name).cloned();
+        if let Some(m) = failure {
             // As runc: the task never ran; it exits with 128.
             self.exit(id, 128);
             return ready(Err(failed(id, &m)));
@@ -302,7 +304,8 @@ impl PodRuntime for FakeRuntime {
         self.record(Call::Pull {
             image: image.to_string(),
         });
-        if let Some(m) = self.state().pull_failures.get(image).cloned() {
+        let failure = self.state().pull_failures.get(image).cloned();
+        if let Some(m) = failure {
             return ready(Err(PullError::NotFound {
                 reference: image.to_string(),
                 message: m,

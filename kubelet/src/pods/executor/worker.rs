@@ -111,7 +111,7 @@ fn wake_after(plan: &Plan) -> Duration {
 }
 
 impl Worker {
-    fn new(ctx: Arc<NodeContext>, pod: Pod, state: WorkerState) -> Self {
+    pub fn new(ctx: Arc<NodeContext>, pod: Pod, state: WorkerState) -> Self {
         Worker {
             uid: uid_of(&pod),
             start_sli: crate::metrics::PodStartTracker::new(&pod),
@@ -298,7 +298,7 @@ impl Worker {
     }
 
     /// A stop request: recorded for good; an orphaned pod is marked deleted at once.
-    fn stop(&mut self, request: StopRequest) {
+    pub fn stop(&mut self, request: StopRequest) {
         if request == StopRequest::Orphaned {
             crate::pods::stop::mark_orphaned(&mut self.pod, Timestamp::now());
         }
