@@ -109,9 +109,7 @@ impl GarbageCollector {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock::lock;
 
 /// What one listing of the namespace's containers gives the collector.
 struct ContainerView {

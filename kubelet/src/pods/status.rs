@@ -539,7 +539,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         pod_ip: pod_ips.first().cloned(),
         pod_ips: (!pod_ips.is_empty()).then(|| pod_ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         start_time: old.start_time.clone().or(Some(Time(now))),
-        qos_class: Some(pod_qos(pod).into()),
+        qos_class: Some(pod_qos(pod).as_str().into()),
         init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
         container_statuses: Some(app_statuses),
         nominated_node_name: old.nominated_node_name.clone(),

@@ -98,7 +98,7 @@ impl FakeRuntime {
 
     /// The state, to set up failures and inspect calls.
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.state)
     }
 
     /// The calls so far.

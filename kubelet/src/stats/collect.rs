@@ -162,13 +162,13 @@ impl StatsProvider {
 
     /// The summary, at most a second old.
     pub async fn summary(&self) -> Arc<Summary> {
-        if let Some((at, s)) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        if let Some((at, s)) = crate::lock::lock(&self.last).as_ref()
             && at.elapsed() < Duration::from_secs(1)
         {
             return s.clone();
         }
         let s = Arc::new(self.collect().await);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), s.clone()));
+        *crate::lock::lock(&self.last) = Some((std::time::Instant::now(), s.clone()));
         s
     }
 

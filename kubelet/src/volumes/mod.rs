@@ -491,9 +491,7 @@ impl Default for VolumeManager {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock::lock;
 
 impl VolumeManager {
     /// Sets how often running pods' configMap/secret/downwardAPI/projected volumes are rewritten

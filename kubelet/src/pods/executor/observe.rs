@@ -89,7 +89,7 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
         {
             f.finished_at = Some(now);
             f.exit_code = Some(code);
-            f.oom = f.oom || crate::runtime::container::oom_killed(&f.cgroups_path);
+            f.oom = f.oom || crate::cgroups::fs::oom_killed(&f.cgroups_path);
             f.message = termination_message(&f, code);
             ctx.save_facts(&l.id, f.clone());
         }

@@ -61,7 +61,7 @@ pub(super) async fn kill_container(
             if f.finished_at.is_none() {
                 f.finished_at = Some(Timestamp::now());
                 f.exit_code = Some(status.code);
-                f.oom = f.oom || crate::runtime::container::oom_killed(&f.cgroups_path);
+                f.oom = f.oom || crate::cgroups::fs::oom_killed(&f.cgroups_path);
                 f.message = termination_message(&f, status.code);
                 ctx.save_facts(id, f);
             }
@@ -91,7 +91,7 @@ pub(super) async fn remove_container(ctx: &NodeContext, id: &str) {
             let r = ctx.runtime.delete(id).await;
             let _ = std::fs::remove_dir_all(ctx.root_dir.join("fifo").join(id));
             if let Some(f) = ctx.facts(id) {
-                crate::runtime::container::remove_cgroup_dirs(&f.cgroups_path);
+                crate::cgroups::fs::remove_cgroup_dirs(&f.cgroups_path);
             }
             r
         }
