@@ -72,16 +72,28 @@ pub fn seccomp_choice(pod: &Pod, c: &Container) -> Result<Seccomp, SpecError> {
 
 /// Reads a Localhost profile (a Docker/OCI seccomp JSON) from `<root>/seccomp/<rel>`; the runtime
 /// error upstream reports when it is missing or broken is `CreateContainerError`.
-pub fn load_localhost(seccomp_root: &Path, rel: &str) -> Result<LinuxSeccomp, String> {
+pub fn load_localhost(seccomp_root: &Path, rel: &str) -> Result<LinuxSeccomp, SeccompError> {
     let path: PathBuf = seccomp_root.join(rel);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "cannot load seccomp profile {:?}: {e}",
-            path.display().to_string()
-        )
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|e| SeccompError::Load {
+        path: shown.clone(),
+        message: e.to_string(),
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("decoding seccomp profile {:?}: {e}", path.display().to_string()))
+    serde_json::from_str(&text).map_err(|e| SeccompError::Decode {
+        path: shown,
+        message: e.to_string(),
+    })
+}
+
+/// Why a seccomp profile could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot load seccomp profile {path:?}: {message}")]
+    Load { path: String, message: String },
+    #[error("decoding seccomp profile {path:?}: {message}")]
+    Decode { path: String, message: String },
+    #[error("{0}")]
+    Build(String),
 }
 
 /// Syscalls containerd's default profile allows unconditionally.
@@ -509,19 +521,22 @@ const CLONE_NS_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWCGROUP) as u64;
 
-fn syscalls(names: &[&str], action: LinuxSeccompAction) -> Result<oci_spec::runtime::LinuxSyscall, String> {
+fn syscalls(
+    names: &[&str],
+    action: LinuxSeccompAction,
+) -> Result<oci_spec::runtime::LinuxSyscall, SeccompError> {
     LinuxSyscallBuilder::default()
         .names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .action(action)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| SeccompError::Build(e.to_string()))
 }
 
 /// containerd's default seccomp profile (`contrib/seccomp`): deny with EPERM by default, allow the
 /// common syscalls, `personality` only for the standard personas, more syscalls per granted
 /// capability, namespace-creating `clone` only with CAP_SYS_ADMIN, and `clone3` answered with
 /// ENOSYS without it (so libcs fall back to `clone`, whose flags can be checked).
-pub fn default_profile(capabilities: &[String]) -> Result<LinuxSeccomp, String> {
+pub fn default_profile(capabilities: &[String]) -> Result<LinuxSeccomp, SeccompError> {
     let has = |cap: &str| capabilities.iter().any(|c| c.trim_start_matches("CAP_") == cap);
     let mut list = vec![syscalls(DEFAULT_ALLOWED, LinuxSeccompAction::ScmpActAllow)?];
     for persona in [0x0u64, 0x0008, 0x20000, 0x20008, 0xffff_ffff] {
@@ -530,14 +545,14 @@ pub fn default_profile(capabilities: &[String]) -> Result<LinuxSeccomp, String> 
             .value(persona)
             .op(LinuxSeccompOperator::ScmpCmpEq)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SeccompError::Build(e.to_string()))?;
         list.push(
             LinuxSyscallBuilder::default()
                 .names(vec!["personality".to_string()])
                 .action(LinuxSeccompAction::ScmpActAllow)
                 .args(vec![arg])
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| SeccompError::Build(e.to_string()))?,
         );
     }
     if cfg!(target_arch = "x86_64") {
@@ -559,14 +574,14 @@ pub fn default_profile(capabilities: &[String]) -> Result<LinuxSeccomp, String> 
             .value_two(0u64)
             .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SeccompError::Build(e.to_string()))?;
         list.push(
             LinuxSyscallBuilder::default()
                 .names(vec!["clone".to_string()])
                 .action(LinuxSeccompAction::ScmpActAllow)
                 .args(vec![arg])
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| SeccompError::Build(e.to_string()))?,
         );
         list.push(
             LinuxSyscallBuilder::default()
@@ -574,7 +589,7 @@ pub fn default_profile(capabilities: &[String]) -> Result<LinuxSeccomp, String> 
                 .action(LinuxSeccompAction::ScmpActErrno)
                 .errno_ret(libc::ENOSYS as u32)
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| SeccompError::Build(e.to_string()))?,
         );
     }
     let arches = if cfg!(target_arch = "x86_64") {
@@ -590,5 +605,5 @@ pub fn default_profile(capabilities: &[String]) -> Result<LinuxSeccomp, String> 
         .architectures(arches)
         .syscalls(list)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| SeccompError::Build(e.to_string()))
 }

@@ -101,10 +101,23 @@ impl Default for SysctlAllowlist {
     }
 }
 
+/// Why a sysctl is refused (upstream's messages).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SysctlError {
+    #[error("the sysctls {0:?} are not known to be namespaced")]
+    PatternNotNamespaced(String),
+    #[error("the sysctl {0:?} are not known to be namespaced")]
+    NotNamespaced(String),
+    #[error("{name:?} not allowed with host {ns} enabled")]
+    HostNamespace { name: String, ns: SysctlNamespace },
+    #[error("{0:?} not allowlisted")]
+    NotAllowlisted(String),
+}
+
 impl SysctlAllowlist {
     /// The safe set plus `unsafe_patterns`; a pattern that is not namespaced is refused with
     /// upstream's message.
-    pub fn new(unsafe_patterns: &[String]) -> Result<Self, String> {
+    pub fn new(unsafe_patterns: &[String]) -> Result<Self, SysctlError> {
         let mut w = SysctlAllowlist {
             exact: HashMap::new(),
             prefixes: Vec::new(),
@@ -115,12 +128,10 @@ impl SysctlAllowlist {
             .chain(unsafe_patterns.iter().map(|s| normalize_sysctl(s.trim())));
         for s in all {
             if let Some(prefix) = s.strip_suffix('*') {
-                let ns = namespaced_by(prefix)
-                    .ok_or_else(|| format!("the sysctls {s:?} are not known to be namespaced"))?;
+                let ns = namespaced_by(prefix).ok_or_else(|| SysctlError::PatternNotNamespaced(s.clone()))?;
                 w.prefixes.push((prefix.to_string(), ns));
             } else {
-                let ns = namespaced_by(&s)
-                    .ok_or_else(|| format!("the sysctl {s:?} are not known to be namespaced"))?;
+                let ns = namespaced_by(&s).ok_or_else(|| SysctlError::NotNamespaced(s.clone()))?;
                 w.exact.insert(s, ns);
             }
         }
@@ -128,11 +139,14 @@ impl SysctlAllowlist {
     }
 
     /// Upstream's `validateSysctl`.
-    pub fn validate(&self, name: &str, host_net: bool, host_ipc: bool) -> Result<(), String> {
+    pub fn validate(&self, name: &str, host_net: bool, host_ipc: bool) -> Result<(), SysctlError> {
         let name = normalize_sysctl(name);
         let check = |ns: SysctlNamespace| {
             if (ns == SysctlNamespace::Ipc && host_ipc) || (ns == SysctlNamespace::Net && host_net) {
-                Err(format!("{name:?} not allowed with host {ns} enabled"))
+                Err(SysctlError::HostNamespace {
+                    name: name.clone(),
+                    ns,
+                })
             } else {
                 Ok(())
             }
@@ -143,7 +157,7 @@ impl SysctlAllowlist {
         if let Some((_, ns)) = self.prefixes.iter().find(|(p, _)| name.starts_with(p.as_str())) {
             return check(*ns);
         }
-        Err(format!("{name:?} not allowlisted"))
+        Err(SysctlError::NotAllowlisted(name))
     }
 
     /// Pod admission: every sysctl of the pod must be allowed (upstream's `SysctlForbidden`).
@@ -174,7 +188,7 @@ pub struct NodeSecurity {
 
 impl NodeSecurity {
     /// Sets the allowed unsafe sysctls (`--allowed-unsafe-sysctls` / `allowedUnsafeSysctls`).
-    pub fn configure(&self, allowed_unsafe_sysctls: &[String]) -> Result<(), String> {
+    pub fn configure(&self, allowed_unsafe_sysctls: &[String]) -> Result<(), SysctlError> {
         let w = SysctlAllowlist::new(allowed_unsafe_sysctls)?;
         *crate::lock::lock(&self.sysctls) = w;
         Ok(())
@@ -232,7 +246,7 @@ pub fn apply(
         .unwrap_or_default();
     let seccomp = match choice {
         Seccomp::Unconfined => None,
-        Seccomp::RuntimeDefault => Some(default_profile(&caps).map_err(err)?),
+        Seccomp::RuntimeDefault => Some(default_profile(&caps).map_err(|e| err(e.to_string()))?),
         Seccomp::Localhost(rel) => Some(
             localhost.ok_or_else(|| err(format!("the Localhost seccomp profile {rel:?} was not loaded")))?,
         ),
@@ -374,7 +388,9 @@ mod tests {
         );
         assert!(w.validate("net/core/somaxconn", false, false).is_ok());
         assert!(w.validate("net.core.somaxconn", true, false).is_err());
-        let e = SysctlAllowlist::new(&["vm.swappiness".into()]).unwrap_err();
+        let e = SysctlAllowlist::new(&["vm.swappiness".into()])
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "the sysctl \"vm.swappiness\" are not known to be namespaced");
         assert!(SysctlAllowlist::new(&["kernel.*".into()]).is_err());
     }
@@ -472,6 +488,7 @@ mod tests {
         assert!(
             load_localhost(d.path(), "missing.json")
                 .unwrap_err()
+                .to_string()
                 .contains("cannot load seccomp profile")
         );
     }

@@ -151,7 +151,7 @@ pub(super) async fn start_container(
     // /etc/hosts managed by the kubelet (the node's own for hostNetwork pods), /etc/resolv.conf.
     let hosts_path = pdir.join("etc-hosts");
     let (hostname, domain) = crate::pods::dns::hostname_and_domain(pod, &ctx.dns.cluster_domain)
-        .map_err(|e| StartError::new("CreateContainerConfigError", e))?;
+        .map_err(|e| StartError::new("CreateContainerConfigError", e.to_string()))?;
     let host_hosts = if host_network {
         std::fs::read_to_string("/etc/hosts").ok()
     } else {

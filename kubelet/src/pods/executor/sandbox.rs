@@ -25,7 +25,7 @@ pub(super) async fn create_sandbox(ctx: &NodeContext, pod: &Pod, attempt: u32) -
         ));
     }
     let hostname = crate::pods::dns::kernel_hostname(pod, &ctx.dns.cluster_domain)
-        .map_err(|e| StartError::new("CreatePodSandboxError", e))?;
+        .map_err(|e| StartError::new("CreatePodSandboxError", e.to_string()))?;
     write_resolv_conf(ctx, pod)?;
     let cfg = SandboxConfig {
         id: format!("{uid}-{attempt}"),
@@ -116,7 +116,7 @@ fn write_resolv_conf(ctx: &NodeContext, pod: &Pod) -> Result<(), StartError> {
     let node_dns = ctx
         .dns
         .load()
-        .map_err(|e| StartError::new("CreatePodSandboxError", e))?;
+        .map_err(|e| StartError::new("CreatePodSandboxError", e.to_string()))?;
     let (conf, warnings) = crate::pods::dns::pod_resolv_conf(pod, &node_dns);
     for w in warnings {
         event(ctx, pod, None, "Warning", w.reason, w.message);
