@@ -97,9 +97,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         max_files: c.container_log_max_files.max(2) as usize,
     };
     let cni = pod_network(&settings);
-    let (probes, mut probe_pokes) =
-        crate::probes::ProbeManager::new(containerd.clone(), root.join("probe-fifo"));
-    let mut probe_events = probes.events();
+    let (probes, probe_pokes) = crate::probes::ProbeManager::new(containerd.clone(), root.join("probe-fifo"));
+    let probe_events = probes.events();
     let mut ctx = NodeContext::new(
         client.clone(),
         settings.node_name.clone(),
@@ -142,57 +141,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "kubelet starting"
     );
 
-    // The kubelet API (logs for `kubectl logs`), when enabled.
-    if c.enable_server {
-        let listen: std::net::SocketAddr = format!("{}:{}", c.address, c.port)
-            .parse()
-            .with_context(|| format!("address/port {}:{} is not a socket address", c.address, c.port))?;
-        let mut scfg = crate::server::ServerConfig {
-            listen,
-            tls_cert_file: c.tls_cert_file.clone(),
-            tls_key_file: c.tls_private_key_file.clone(),
-            cert_dir: settings.cert_dir.clone(),
-            serving: None,
-            client_ca_file: c.authentication.x509.client_ca_file.clone(),
-            anonymous: c.authentication.anonymous.enabled,
-            authorization_mode: c.authorization.mode.clone(),
-            node_name: settings.node_name.clone(),
-            configz: serde_json::json!({ "kubeletconfig": c }),
-            pod_logs_dir: PathBuf::from(&c.pod_logs_dir),
-            node_log_dir: c.enable_system_log_handler.then(|| PathBuf::from("/var/log")),
-            webhook_authn: c.authentication.webhook.enabled,
-            authn_cache_ttl: c.authentication.webhook.cache_ttl,
-            authorized_ttl: c.authorization.webhook.cache_authorized_ttl,
-            unauthorized_ttl: c.authorization.webhook.cache_unauthorized_ttl,
-            runtime: Some(crate::server::streaming::Runtime {
-                containerd: containerd.clone(),
-                fifo_dir: root.join("exec-fifo"),
-            }),
-        };
-        let client = client.clone();
-        let serving = (c.server_tls_bootstrap && c.tls_cert_file.is_empty()).then(|| {
-            crate::certs::serving::ServingOptions {
-                cert_dir: settings.cert_dir.clone(),
-                node_name: settings.node_name.clone(),
-                dns_names: vec![settings.node_name.clone()],
-                ips: node_ips.clone(),
-            }
-        });
-        tokio::spawn(async move {
-            // As upstream: with serverTLSBootstrap nothing is served until the certificate is issued.
-            if let Some(o) = serving {
-                scfg.serving = Some(crate::certs::serving::serving_cert(client.clone(), o).await);
-            }
-            if let Err(e) = crate::server::serve(scfg, client).await {
-                tracing::error!(error = %e, "kubelet API server stopped");
-            }
-        });
-    }
-    if c.healthz_port > 0
-        && let Ok(addr) = format!("{}:{}", c.healthz_bind_address, c.healthz_port).parse()
-    {
-        tokio::spawn(crate::server::serve_healthz(addr));
-    }
+    serve_kubelet_api(&settings, client.clone(), containerd.clone(), &node_ips)?;
     // Node registration, then status and lease loops.
     let agent = Arc::new(NodeAgent {
         nodes: Api::all(client.clone()),
@@ -203,17 +152,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let _ = notifier.status(&format!("registering node {}", settings.node_name));
     let node_uid = if c.register_node {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match agent.register().await {
-                Ok(uid) => break uid,
-                Err(e) => {
-                    tracing::warn!(error = %e, "registering the node failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(7));
-                }
-            }
-        }
+        register(&agent).await
     } else {
         None
     };
@@ -250,7 +189,130 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         tokio::spawn(eviction.run(Arc::new(host)));
     }
-    // Container exits → the pod's worker.
+    route_events(&ctx, &containerd, &mtx, probe_pokes, probe_events);
+    // API pods bound to this node.
+    tokio::spawn(crate::pods::sources::watch_api(
+        client.clone(),
+        settings.node_name.clone(),
+        mtx.clone(),
+    ));
+    // Static pods.
+    if !c.static_pod_path.is_empty() {
+        let mtx = mtx.clone();
+        let dir = PathBuf::from(&c.static_pod_path);
+        let node = settings.node_name.clone();
+        let client = client.clone();
+        let node_uid = node_uid.clone();
+        tokio::spawn(async move {
+            crate::pods::sources::file::static_pods(dir, node, node_uid, client, mtx).await
+        });
+    }
+    // Orphans: containers of pods no source knows, cleaned up periodically (and once at start,
+    // after the sources had a moment to report).
+    let _ = notifier.ready(&format!("node {} registered", settings.node_name));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = crate::shutdown::ShutdownPlan::from_config(
+        c.shutdown_grace_period,
+        c.shutdown_grace_period_critical_pods,
+    );
+    let manager = PodManager::new(ctx.clone(), mtx.clone(), allocatable, pressure, gc)
+        .run(mrx, knode_systemd::Watchdog::from_env(&notifier));
+    tokio::pin!(manager);
+    tokio::select! {
+        _ = &mut manager => return Ok(()),
+        _ = tokio::signal::ctrl_c() => { let _ = notifier.stopping(); return Ok(()) }
+        _ = term.recv() => {}
+    }
+    graceful_shutdown(&notifier, &shutdown, &mtx, &mut manager, &mut term).await;
+    Ok(())
+}
+
+/// The kubelet API on :10250 (when enabled) and healthz.
+fn serve_kubelet_api(
+    settings: &Settings,
+    client: kube::Client,
+    containerd: Containerd,
+    node_ips: &[std::net::IpAddr],
+) -> anyhow::Result<()> {
+    let c = &settings.config;
+    let root = &settings.root_dir;
+    // The kubelet API (logs for `kubectl logs`), when enabled.
+    if c.enable_server {
+        let listen: std::net::SocketAddr = format!("{}:{}", c.address, c.port)
+            .parse()
+            .with_context(|| format!("address/port {}:{} is not a socket address", c.address, c.port))?;
+        let mut scfg = crate::server::ServerConfig {
+            listen,
+            tls_cert_file: c.tls_cert_file.clone(),
+            tls_key_file: c.tls_private_key_file.clone(),
+            cert_dir: settings.cert_dir.clone(),
+            serving: None,
+            client_ca_file: c.authentication.x509.client_ca_file.clone(),
+            anonymous: c.authentication.anonymous.enabled,
+            authorization_mode: c.authorization.mode.clone(),
+            node_name: settings.node_name.clone(),
+            configz: serde_json::json!({ "kubeletconfig": c }),
+            pod_logs_dir: PathBuf::from(&c.pod_logs_dir),
+            node_log_dir: c.enable_system_log_handler.then(|| PathBuf::from("/var/log")),
+            webhook_authn: c.authentication.webhook.enabled,
+            authn_cache_ttl: c.authentication.webhook.cache_ttl,
+            authorized_ttl: c.authorization.webhook.cache_authorized_ttl,
+            unauthorized_ttl: c.authorization.webhook.cache_unauthorized_ttl,
+            runtime: Some(crate::server::streaming::Runtime {
+                containerd: containerd.clone(),
+                fifo_dir: root.join("exec-fifo"),
+            }),
+        };
+        let serving = (c.server_tls_bootstrap && c.tls_cert_file.is_empty()).then(|| {
+            crate::certs::serving::ServingOptions {
+                cert_dir: settings.cert_dir.clone(),
+                node_name: settings.node_name.clone(),
+                dns_names: vec![settings.node_name.clone()],
+                ips: node_ips.to_vec(),
+            }
+        });
+        tokio::spawn(async move {
+            // As upstream: with serverTLSBootstrap nothing is served until the certificate is issued.
+            if let Some(o) = serving {
+                scfg.serving = Some(crate::certs::serving::serving_cert(client.clone(), o).await);
+            }
+            if let Err(e) = crate::server::serve(scfg, client).await {
+                tracing::error!(error = %e, "kubelet API server stopped");
+            }
+        });
+    }
+    if c.healthz_port > 0
+        && let Ok(addr) = format!("{}:{}", c.healthz_bind_address, c.healthz_port).parse()
+    {
+        tokio::spawn(crate::server::serve_healthz(addr));
+    }
+    Ok(())
+}
+
+/// Registers the node, retrying with backoff until it works; its UID when the API says.
+async fn register(agent: &NodeAgent) -> Option<String> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match agent.register().await {
+            Ok(uid) => return uid,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the node failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(7));
+            }
+        }
+    }
+}
+
+/// Container exits and probe results → the pod's worker (through the manager); failed probe runs →
+/// `Unhealthy` events.
+fn route_events(
+    ctx: &Arc<NodeContext>,
+    containerd: &Containerd,
+    mtx: &mpsc::Sender<ManagerMsg>,
+    mut probe_pokes: mpsc::UnboundedReceiver<String>,
+    mut probe_events: tokio::sync::broadcast::Receiver<crate::probes::ProbeEvent>,
+) {
     {
         let mtx = mtx.clone();
         let ctx = ctx.clone();
@@ -298,62 +360,40 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         });
     }
-    // API pods bound to this node.
-    tokio::spawn(crate::pods::sources::watch_api(
-        client.clone(),
-        settings.node_name.clone(),
-        mtx.clone(),
-    ));
-    // Static pods.
-    if !c.static_pod_path.is_empty() {
-        let mtx = mtx.clone();
-        let dir = PathBuf::from(&c.static_pod_path);
-        let node = settings.node_name.clone();
-        let client = client.clone();
-        let node_uid = node_uid.clone();
-        tokio::spawn(async move {
-            crate::pods::sources::file::static_pods(dir, node, node_uid, client, mtx).await
-        });
-    }
-    // Orphans: containers of pods no source knows, cleaned up periodically (and once at start,
-    // after the sources had a moment to report).
-    let _ = notifier.ready(&format!("node {} registered", settings.node_name));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let shutdown = crate::shutdown::ShutdownPlan::from_config(
-        c.shutdown_grace_period,
-        c.shutdown_grace_period_critical_pods,
-    );
-    let manager = PodManager::new(ctx.clone(), mtx.clone(), allocatable, pressure, gc)
-        .run(mrx, knode_systemd::Watchdog::from_env(&notifier));
-    tokio::pin!(manager);
-    tokio::select! {
-        _ = &mut manager => return Ok(()),
-        _ = tokio::signal::ctrl_c() => { let _ = notifier.stopping(); return Ok(()) }
-        _ = term.recv() => {}
-    }
+}
+
+/// After SIGTERM: with a shutdown grace period, the pods are terminated in priority order while the
+/// manager keeps routing container exits to the stopping workers; without, containers keep running
+/// for the next kubelet to adopt.
+async fn graceful_shutdown(
+    notifier: &knode_systemd::Notifier,
+    shutdown: &crate::shutdown::ShutdownPlan,
+    mtx: &mpsc::Sender<ManagerMsg>,
+    manager: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    term: &mut tokio::signal::unix::Signal,
+) {
     let _ = notifier.stopping();
     if !shutdown.enabled() {
         // Containers keep running: a restarted kubelet adopts them.
         tracing::info!("SIGTERM: stopping; pods keep running (shutdownGracePeriod is 0)");
-        return Ok(());
+        return;
     }
     tracing::info!(period = ?shutdown.total(), "SIGTERM: graceful node shutdown");
     let _ = notifier.status("graceful node shutdown: terminating pods");
     // The manager keeps running meanwhile: it routes container exits to the stopping workers.
     let (wtx, wrx) = tokio::sync::oneshot::channel();
     let workers = if mtx.send(ManagerMsg::Shutdown(wtx)).await.is_ok() {
-        tokio::select! { w = wrx => w.unwrap_or_default(), _ = &mut manager => Vec::new() }
+        tokio::select! { w = wrx => w.unwrap_or_default(), _ = &mut *manager => Vec::new() }
     } else {
         Vec::new()
     };
     tokio::select! {
-        (asked, late) = crate::shutdown::run(&shutdown, workers) => {
+        (asked, late) = crate::shutdown::run(shutdown, workers) => {
             tracing::info!(pods = asked, late, "graceful node shutdown done");
         }
-        _ = &mut manager => {}
+        _ = &mut *manager => {}
         _ = term.recv() => tracing::warn!("second SIGTERM: exiting before the pods are stopped"),
     }
-    Ok(())
 }
 
 fn default_ip() -> std::net::IpAddr {

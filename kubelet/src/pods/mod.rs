@@ -53,6 +53,16 @@ pub fn pod_display(pod: &k8s_openapi::api::core::v1::Pod) -> String {
     )
 }
 
+/// Upstream's `klog.KObj`: `namespace/name`, the pod in log lines.
+pub fn pod_ref(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    let m = &pod.metadata;
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// Whether the pod comes from the static manifest directory (`kubernetes.io/config.source: file`).
 pub fn is_static(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     pod.metadata

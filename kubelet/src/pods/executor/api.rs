@@ -7,7 +7,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 use super::{NodeContext, find_container};
-use crate::pods::{is_static, pod_display};
+use crate::pods::{is_static, pod_ref};
 
 /// Records a core/v1 Event about the pod (fire and forget, as upstream's recorder).
 pub fn event(ctx: &NodeContext, pod: &Pod, container: Option<&str>, ty: &str, reason: &str, message: String) {
@@ -105,7 +105,7 @@ pub(super) async fn delete_from_api(ctx: &NodeContext, pod: &Pod) {
         ..Default::default()
     };
     match api.delete(&name, &dp).await {
-        Ok(_) => tracing::info!(pod = %pod_display(pod), "pod deleted from the API server"),
-        Err(e) => tracing::warn!(pod = %pod_display(pod), error = %e, "final pod deletion failed"),
+        Ok(_) => tracing::info!(pod = %pod_ref(pod), "pod deleted from the API server"),
+        Err(e) => tracing::warn!(pod = %pod_ref(pod), error = %e, "final pod deletion failed"),
     }
 }

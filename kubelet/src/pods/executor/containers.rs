@@ -1,7 +1,7 @@
 //! Starting a container attempt: image and pull credentials, env, volumes and mounts, the OCI
 //! spec, create + start through the runtime, the postStart hook.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
@@ -13,9 +13,9 @@ use super::terminate::kill_container;
 use super::{Facts, NodeContext, event, find_container, lock, uid_of};
 use crate::hooks;
 use crate::inputs::{self, PodFacts};
-use crate::pods::{Observed, StartError, pod_display};
+use crate::pods::{Observed, StartError, pod_display, pod_ref};
 use crate::runtime::container::{ContainerMeta, CreateContainer};
-use crate::runtime::image::{ImageService, PullPolicy, credentials_for};
+use crate::runtime::image::{ImageInfo, ImageService, PullPolicy, credentials_for};
 use crate::sandbox;
 use crate::spec::{BindMount, ImageConfig, SpecInput, container_spec};
 use crate::volumes;
@@ -147,45 +147,7 @@ pub(super) async fn start_container(
     let vols = volumes::setup_pod(ctx, pod, &refs, &facts).await?;
     let mut mounts = volumes::mounts_for(c, &vols, &env)?;
     let pdir = volumes::pod_dir(&ctx.root_dir, &uid);
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-    // /etc/hosts managed by the kubelet (the node's own for hostNetwork pods), /etc/resolv.conf.
-    let hosts_path = pdir.join("etc-hosts");
-    let (hostname, domain) = crate::pods::dns::hostname_and_domain(pod, &ctx.dns.cluster_domain)
-        .map_err(|e| StartError::new("CreateContainerConfigError", e.to_string()))?;
-    let host_hosts = if host_network {
-        std::fs::read_to_string("/etc/hosts").ok()
-    } else {
-        None
-    };
-    let _ = std::fs::create_dir_all(&pdir);
-    std::fs::write(
-        &hosts_path,
-        inputs::hosts_file(pod, &pod_ip, host_hosts.as_deref(), &hostname, domain.as_deref()),
-    )
-    .map_err(|e| StartError::new("CreateContainerError", format!("writing /etc/hosts: {e}")))?;
-    if !mounts.iter().any(|m| m.container_path == "/etc/hosts") {
-        mounts.push(BindMount {
-            host_path: hosts_path,
-            container_path: "/etc/hosts".into(),
-            read_only: false,
-            host_to_container: false,
-        });
-    }
-    let resolv = pdir.join("resolv.conf");
-    if resolv.exists() && !mounts.iter().any(|m| m.container_path == "/etc/resolv.conf") {
-        // containerd's CRI mounts it writable unless the root filesystem is read-only.
-        let read_only_rootfs = c
-            .security_context
-            .as_ref()
-            .and_then(|s| s.read_only_root_filesystem)
-            .unwrap_or(false);
-        mounts.push(BindMount {
-            host_path: resolv,
-            container_path: "/etc/resolv.conf".into(),
-            read_only: read_only_rootfs,
-            host_to_container: false,
-        });
-    }
+    etc_mounts(ctx, pod, c, &pdir, &pod_ip, &mut mounts)?;
     let id = format!(
         "{}-{}-{}",
         &uid.chars().take(8).collect::<String>(),
@@ -193,36 +155,8 @@ pub(super) async fn start_container(
         attempt
     );
     let id = format!("{id}-{:x}", Timestamp::now().as_nanosecond() & 0xffffff);
-    let term_path = c
-        .termination_message_path
-        .clone()
-        .unwrap_or_else(|| "/dev/termination-log".into());
-    let term_host = pdir.join("containers").join(name).join(&id);
-    create_termination_file(&term_host).map_err(|e| {
-        StartError::new(
-            "CreateContainerConfigError",
-            format!("create termination message file {}: {e}", term_host.display()),
-        )
-    })?;
-    mounts.push(BindMount {
-        host_path: term_host.clone(),
-        container_path: term_path,
-        read_only: false,
-        host_to_container: false,
-    });
-    let sandbox_dir = observed.sandbox.as_ref().map(|s| ctx.sandbox_root().join(&s.id));
-    let sb = sandbox::Sandbox {
-        id: observed
-            .sandbox
-            .as_ref()
-            .map(|s| s.id.clone())
-            .unwrap_or_default(),
-        dir: sandbox_dir.clone().unwrap_or_default(),
-        net: sandbox_dir.as_ref().map(|d| d.join("net")).filter(|p| p.exists()),
-        ipc: sandbox_dir.as_ref().map(|d| d.join("ipc")).filter(|p| p.exists()),
-        uts: sandbox_dir.as_ref().map(|d| d.join("uts")).filter(|p| p.exists()),
-        host_pid: pod.spec.as_ref().and_then(|s| s.host_pid).unwrap_or(false),
-    };
+    let term_host = termination_mount(c, &pdir, name, &id, &mut mounts)?;
+    let sb = sandbox_of(ctx, pod, observed);
     let img = ImageConfig::from_json(&info.config);
     // The pod's cgroup (and its QoS parents) exist with the pod's limits before a container joins.
     ctx.cgroups.ensure_pod(pod).map_err(|e| {
@@ -261,10 +195,149 @@ pub(super) async fn start_container(
     };
     let mut spec = container_spec(&input).map_err(|e| StartError::new(e.reason(), e.to_string()))?;
     crate::spec::security::finish(&mut spec, pod, c, &ctx.root_dir)?;
+    let created = Created {
+        id: &id,
+        name,
+        attempt,
+        spec_hash,
+        term_host,
+    };
+    create_and_start(ctx, pod, c, &info, spec, created).await?;
+    if let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        post_start(ctx, pod, c, &id, handler).await?;
+    }
+    Ok(())
+}
+
+/// The kubelet-managed /etc/hosts (the node's own entries for hostNetwork pods) and the pod's
+/// /etc/resolv.conf, unless the container mounts its own.
+fn etc_mounts(
+    ctx: &NodeContext,
+    pod: &Pod,
+    c: &Container,
+    pdir: &Path,
+    pod_ip: &str,
+    mounts: &mut Vec<BindMount>,
+) -> Result<(), StartError> {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    // /etc/hosts managed by the kubelet (the node's own for hostNetwork pods), /etc/resolv.conf.
+    let hosts_path = pdir.join("etc-hosts");
+    let (hostname, domain) = crate::pods::dns::hostname_and_domain(pod, &ctx.dns.cluster_domain)
+        .map_err(|e| StartError::new("CreateContainerConfigError", e.to_string()))?;
+    let host_hosts = if host_network {
+        std::fs::read_to_string("/etc/hosts").ok()
+    } else {
+        None
+    };
+    let _ = std::fs::create_dir_all(pdir);
+    std::fs::write(
+        &hosts_path,
+        inputs::hosts_file(pod, pod_ip, host_hosts.as_deref(), &hostname, domain.as_deref()),
+    )
+    .map_err(|e| StartError::new("CreateContainerError", format!("writing /etc/hosts: {e}")))?;
+    if !mounts.iter().any(|m| m.container_path == "/etc/hosts") {
+        mounts.push(BindMount {
+            host_path: hosts_path,
+            container_path: "/etc/hosts".into(),
+            read_only: false,
+            host_to_container: false,
+        });
+    }
+    let resolv = pdir.join("resolv.conf");
+    if resolv.exists() && !mounts.iter().any(|m| m.container_path == "/etc/resolv.conf") {
+        // containerd's CRI mounts it writable unless the root filesystem is read-only.
+        let read_only_rootfs = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false);
+        mounts.push(BindMount {
+            host_path: resolv,
+            container_path: "/etc/resolv.conf".into(),
+            read_only: read_only_rootfs,
+            host_to_container: false,
+        });
+    }
+    Ok(())
+}
+
+/// The host file for the container's termination message, bind-mounted at its
+/// `terminationMessagePath`.
+fn termination_mount(
+    c: &Container,
+    pdir: &Path,
+    name: &str,
+    id: &str,
+    mounts: &mut Vec<BindMount>,
+) -> Result<PathBuf, StartError> {
+    let term_path = c
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    let term_host = pdir.join("containers").join(name).join(id);
+    create_termination_file(&term_host).map_err(|e| {
+        StartError::new(
+            "CreateContainerConfigError",
+            format!("create termination message file {}: {e}", term_host.display()),
+        )
+    })?;
+    mounts.push(BindMount {
+        host_path: term_host.clone(),
+        container_path: term_path,
+        read_only: false,
+        host_to_container: false,
+    });
+    Ok(term_host)
+}
+
+/// The pod sandbox's namespaces a new container joins.
+fn sandbox_of(ctx: &NodeContext, pod: &Pod, observed: &Observed) -> sandbox::Sandbox {
+    let sandbox_dir = observed.sandbox.as_ref().map(|s| ctx.sandbox_root().join(&s.id));
+    sandbox::Sandbox {
+        id: observed
+            .sandbox
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default(),
+        dir: sandbox_dir.clone().unwrap_or_default(),
+        net: sandbox_dir.as_ref().map(|d| d.join("net")).filter(|p| p.exists()),
+        ipc: sandbox_dir.as_ref().map(|d| d.join("ipc")).filter(|p| p.exists()),
+        uts: sandbox_dir.as_ref().map(|d| d.join("uts")).filter(|p| p.exists()),
+        host_pid: pod.spec.as_ref().and_then(|s| s.host_pid).unwrap_or(false),
+    }
+}
+
+/// A container attempt about to be created.
+struct Created<'a> {
+    id: &'a str,
+    name: &'a str,
+    attempt: u32,
+    spec_hash: &'a str,
+    term_host: PathBuf,
+}
+
+/// Creates the container through the runtime, records its facts, starts it; with the `Created` and
+/// `Started` events.
+async fn create_and_start(
+    ctx: &NodeContext,
+    pod: &Pod,
+    c: &Container,
+    info: &ImageInfo,
+    spec: oci_spec::runtime::Spec,
+    new: Created<'_>,
+) -> Result<(), StartError> {
+    let Created {
+        id,
+        name,
+        attempt,
+        spec_hash,
+        term_host,
+    } = new;
+    let uid = uid_of(pod);
     let created = ctx
         .runtime
         .create(CreateContainer {
-            id: id.clone(),
+            id: id.to_string(),
             meta: ContainerMeta {
                 pod_uid: uid.clone(),
                 pod_namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -302,7 +375,7 @@ pub(super) async fn start_container(
         log_path: Some(created.log_path.clone()),
         ..Default::default()
     };
-    ctx.save_facts(&id, f.clone());
+    ctx.save_facts(id, f.clone());
     event(
         ctx,
         pod,
@@ -311,13 +384,13 @@ pub(super) async fn start_container(
         "Created",
         format!("Created container {name}"),
     );
-    lock(&ctx.handles).insert(id.clone(), created);
+    lock(&ctx.handles).insert(id.to_string(), created);
     ctx.runtime
-        .start(&id)
+        .start(id)
         .await
         .map_err(|e| StartError::new("RunContainerError", e.to_string()))?;
     f.started_at = Some(Timestamp::now());
-    ctx.save_facts(&id, f);
+    ctx.save_facts(id, f);
     event(
         ctx,
         pod,
@@ -326,10 +399,7 @@ pub(super) async fn start_container(
         "Started",
         format!("Started container {name}"),
     );
-    tracing::info!(pod = %pod_display(pod), container = name, id, attempt, "container started");
-    if let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
-        post_start(ctx, pod, c, &id, handler).await?;
-    }
+    tracing::info!(pod = %pod_ref(pod), container = name, id, attempt, "container started");
     Ok(())
 }
 
@@ -377,7 +447,7 @@ async fn post_start(
     let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PostStart, None).await else {
         return Ok(());
     };
-    tracing::warn!(pod = %pod_display(pod), container = %c.name, id, error = %message, "postStart hook failed");
+    tracing::warn!(pod = %pod_ref(pod), container = %c.name, id, error = %message, "postStart hook failed");
     // Upstream leaves the message out of the event so that secrets cannot leak through it.
     event(
         ctx,

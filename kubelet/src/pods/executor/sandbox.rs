@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::observe::sandboxes_of;
 use super::{NodeContext, event, uid_of};
-use crate::pods::{StartError, pod_display};
+use crate::pods::{StartError, pod_ref};
 use crate::sandbox::{self, SandboxConfig};
 use crate::volumes;
 
@@ -85,7 +85,7 @@ pub(super) async fn create_sandbox(ctx: &NodeContext, pod: &Pod, attempt: u32) -
         std::fs::write(root.join(&cfg.id).join("ip"), &ip)
             .map_err(|e| StartError::new("CreatePodSandboxError", format!("recording the pod IP: {e}")))?;
     }
-    tracing::info!(pod = %pod_display(pod), uid, attempt, ip, "pod sandbox created");
+    tracing::info!(pod = %pod_ref(pod), uid, attempt, ip, "pod sandbox created");
     Ok(())
 }
 
@@ -98,7 +98,7 @@ pub(super) async fn teardown_sandbox(ctx: &NodeContext, pod: &Pod, id: &str) {
         let (cni, d, sid) = (cni.clone(), dir.clone(), id.to_string());
         let r = tokio::task::spawn_blocking(move || cni.del(&d, &sid, &d.join("net"))).await;
         if let Ok(Err(e)) = r {
-            tracing::warn!(pod = %pod_display(pod), sandbox = id, error = %e, "CNI DEL failed");
+            tracing::warn!(pod = %pod_ref(pod), sandbox = id, error = %e, "CNI DEL failed");
         }
     }
     // Our own record of the sandbox's IP lives in its directory; the pins are the sandbox's.
@@ -106,7 +106,7 @@ pub(super) async fn teardown_sandbox(ctx: &NodeContext, pod: &Pod, id: &str) {
     let sid = id.to_string();
     let r = tokio::task::spawn_blocking(move || sandbox::teardown(&root, &sid)).await;
     if let Ok(Err(e)) = r {
-        tracing::warn!(pod = %pod_display(pod), sandbox = id, error = %e, "sandbox teardown failed");
+        tracing::warn!(pod = %pod_ref(pod), sandbox = id, error = %e, "sandbox teardown failed");
     }
 }
 

@@ -11,7 +11,7 @@ use super::observe::{sandboxes_of, termination_message};
 use super::sandbox::teardown_sandbox;
 use super::{Facts, NodeContext, event, find_container, lock, uid_of};
 use crate::hooks;
-use crate::pods::{ContainerAttempt, Observed, pod_display};
+use crate::pods::{ContainerAttempt, Observed, pod_ref};
 use crate::runtime::container::TaskState;
 
 /// The shortest grace period a container gets (upstream's `minimumGracePeriodInSeconds`).
@@ -38,7 +38,7 @@ pub(super) async fn kill_container(
         let limit = Duration::from_secs(grace as u64);
         if let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PreStop, Some(limit)).await
         {
-            tracing::warn!(pod = %pod_display(pod), container = name, id, error = %message, "preStop hook failed");
+            tracing::warn!(pod = %pod_ref(pod), container = name, id, error = %message, "preStop hook failed");
             event(
                 ctx,
                 pod,
@@ -67,7 +67,7 @@ pub(super) async fn kill_container(
             }
         }
         Err(e) => {
-            tracing::warn!(pod = %pod_display(pod), container = name, id, error = %e, "stopping container failed")
+            tracing::warn!(pod = %pod_ref(pod), container = name, id, error = %e, "stopping container failed")
         }
     }
 }
@@ -143,7 +143,7 @@ pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) {
     ctx.volumes.teardown(&ctx.root_dir, &uid);
     let _ = std::fs::remove_dir_all(ctx.pod_log_dir(pod));
     if let Err(e) = ctx.cgroups.remove_pod(&uid) {
-        tracing::warn!(pod = %pod_display(pod), error = %e, "removing the pod's cgroups failed");
+        tracing::warn!(pod = %pod_ref(pod), error = %e, "removing the pod's cgroups failed");
     }
     lock(&ctx.book).forget_pod(&uid);
 }

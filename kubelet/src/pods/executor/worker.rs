@@ -18,7 +18,7 @@ use super::sandbox::create_sandbox;
 use super::terminate::{kill_container, kill_pod, remove_container, remove_pod};
 use super::{NodeContext, WorkerMsg, find_container, lock, uid_of};
 use crate::pods::stop::{StopRequest, Stops, TurnEnd, reports_status, turn_end};
-use crate::pods::{self, Action, Observed, Plan, StartError, WorkerState, pod_display};
+use crate::pods::{self, Action, Observed, Plan, StartError, WorkerState, pod_ref};
 use crate::volumes;
 
 /// How long a worker waits after a failed action before trying again.
@@ -56,7 +56,7 @@ pub(super) struct Worker {
 pub async fn run(ctx: Arc<NodeContext>, pod: Pod, state: WorkerState, rx: mpsc::Receiver<WorkerMsg>) {
     let mut w = Worker::new(ctx, pod, state);
     let mut inbox = Inbox { rx: Some(rx) };
-    tracing::info!(pod = %pod_display(&w.pod), uid = w.uid, "pod worker started");
+    tracing::info!(pod = %pod_ref(&w.pod), uid = w.uid, "pod worker started");
     loop {
         let (plan, turn) = w.sync().await;
         let failed = turn.failed();
@@ -68,7 +68,7 @@ pub async fn run(ctx: Arc<NodeContext>, pod: Pod, state: WorkerState, rx: mpsc::
         w.report(&observed).await;
         match turn_end(w.state, &w.stops, &w.pod) {
             TurnEnd::EndForShutdown => {
-                tracing::info!(pod = %pod_display(&w.pod), uid = w.uid, "pod stopped for the node shutdown");
+                tracing::info!(pod = %pod_ref(&w.pod), uid = w.uid, "pod stopped for the node shutdown");
                 return;
             }
             TurnEnd::Finish {
@@ -77,7 +77,7 @@ pub async fn run(ctx: Arc<NodeContext>, pod: Pod, state: WorkerState, rx: mpsc::
                 if delete {
                     delete_from_api(&w.ctx, &w.pod).await;
                 }
-                tracing::info!(pod = %pod_display(&w.pod), uid = w.uid, "pod worker finished");
+                tracing::info!(pod = %pod_ref(&w.pod), uid = w.uid, "pod worker finished");
                 return;
             }
             TurnEnd::Continue { free_volumes } => {
@@ -220,7 +220,7 @@ impl Worker {
         let (ctx, pod) = (&self.ctx, &self.pod);
         match create_sandbox(ctx, pod, attempt).await {
             Err(e) => {
-                tracing::warn!(pod = %pod_display(pod), error = %e.message, "sandbox creation failed");
+                tracing::warn!(pod = %pod_ref(pod), error = %e.message, "sandbox creation failed");
                 let reason = if e.reason == crate::network::NETWORK_NOT_READY_REASON {
                     crate::network::NETWORK_NOT_READY_REASON
                 } else {
@@ -255,7 +255,7 @@ impl Worker {
         } else if e.reason == "PostStartHookError" {
             // Already reported (FailedPostStartHook, Killing); restarts per policy.
         } else {
-            tracing::warn!(pod = %pod_display(&self.pod), container, reason = e.reason, error = %e.message, "container start failed");
+            tracing::warn!(pod = %pod_ref(&self.pod), container, reason = e.reason, error = %e.message, "container start failed");
             crate::metrics::registry().container_start_failed(&e.reason, init);
             event(
                 &self.ctx,
@@ -281,10 +281,10 @@ impl Worker {
         }
         match patch_status(&self.ctx, &self.pod, &status).await {
             Ok(()) => {
-                tracing::info!(pod = %pod_display(&self.pod), phase = status.phase.as_deref().unwrap_or(""), "status updated");
+                tracing::info!(pod = %pod_ref(&self.pod), phase = status.phase.as_deref().unwrap_or(""), "status updated");
                 self.pod.status = Some(status);
             }
-            Err(e) => tracing::warn!(pod = %pod_display(&self.pod), error = %e, "status update failed"),
+            Err(e) => tracing::warn!(pod = %pod_ref(&self.pod), error = %e, "status update failed"),
         }
     }
 
