@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
 
 use crate::probes::http::HttpTarget;
 use crate::runtime::PodRuntime;
+use crate::runtime::pod_runtime::ExecSpec;
 
 /// `User-Agent` of hook requests (upstream: `kube-lifecycle/<major.minor>`).
 pub const USER_AGENT: &str = concat!(
@@ -105,10 +106,13 @@ pub async fn run(
     };
     match action {
         HookAction::Exec { command } => {
-            let out = runtime
-                .exec(id, exec_id, command, fifo_dir, timeout)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let spec = ExecSpec {
+                exec_id,
+                command,
+                fifo_dir,
+                timeout,
+            };
+            let out = runtime.exec(id, spec).await.map_err(|e| fail(e.to_string()))?;
             match out.exit_code {
                 Some(0) => Ok(()),
                 Some(code) => Err(HookFailure {

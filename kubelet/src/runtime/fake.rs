@@ -2,7 +2,7 @@
 //! recorded ([`Call`]), and failures are injected per operation.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,12 +11,13 @@ use oci_client::secrets::RegistryAuth;
 
 use super::container::{
     ContainerError, ContainerMeta, CreateContainer, CreatedContainer, ExitStatus, ListedContainer,
-    LogRotation, NamespaceContainer, TaskState,
+    NamespaceContainer, TaskState,
 };
 use super::exec::ExecOutput;
 use super::image::{ImageInfo, PullError, PullPolicy};
 use super::passwd::{PasswdError, UserDb};
-use super::{PodRuntime, RuntimeError, SnapshotUsage};
+use super::pod_runtime::{ExecSpec, Fut};
+use super::{PodRuntime, SnapshotUsage};
 
 /// One call the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,15 +132,15 @@ fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
 }
 
 impl PodRuntime for FakeRuntime {
-    fn version(&self) -> BoxFuture<'_, Result<String, RuntimeError>> {
+    fn version(&self) -> Fut<'_, String> {
         ready(Ok("fake://1.0".into()))
     }
 
-    fn list_containers(&self) -> BoxFuture<'_, Result<Vec<ListedContainer>, RuntimeError>> {
+    fn list_containers(&self) -> Fut<'_, Vec<ListedContainer>> {
         ready(Ok(self.state().containers.values().cloned().collect()))
     }
 
-    fn list_all_containers(&self) -> BoxFuture<'_, Result<Vec<NamespaceContainer>, RuntimeError>> {
+    fn list_all_containers(&self) -> Fut<'_, Vec<NamespaceContainer>> {
         let all = self
             .state()
             .containers
@@ -155,7 +156,7 @@ impl PodRuntime for FakeRuntime {
         ready(Ok(all))
     }
 
-    fn list_pod<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, Result<Vec<ListedContainer>, RuntimeError>> {
+    fn list_pod<'a>(&'a self, pod_uid: &'a str) -> Fut<'a, Vec<ListedContainer>> {
         let mine = self
             .state()
             .containers
@@ -166,7 +167,7 @@ impl PodRuntime for FakeRuntime {
         ready(Ok(mine))
     }
 
-    fn create(&self, req: CreateContainer) -> BoxFuture<'_, Result<CreatedContainer, ContainerError>> {
+    fn create(&self, req: CreateContainer) -> Fut<'_, CreatedContainer, ContainerError> {
         let name = req.meta.container_name.clone();
         self.record(Call::Create {
             id: req.id.clone(),
@@ -196,7 +197,7 @@ impl PodRuntime for FakeRuntime {
         )))
     }
 
-    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, ContainerError>> {
+    fn start<'a>(&'a self, id: &'a str) -> Fut<'a, u32, ContainerError> {
         self.record(Call::Start { id: id.to_string() });
         let name = self.container_name(id);
         let failure = self.state().start_failures.get(&name).cloned();
@@ -211,12 +212,7 @@ impl PodRuntime for FakeRuntime {
         ready(Ok(4242))
     }
 
-    fn stop<'a>(
-        &'a self,
-        id: &'a str,
-        signal: u32,
-        _grace: Duration,
-    ) -> BoxFuture<'a, Result<ExitStatus, ContainerError>> {
+    fn stop<'a>(&'a self, id: &'a str, signal: u32, _grace: Duration) -> Fut<'a, ExitStatus, ContainerError> {
         self.record(Call::Stop {
             id: id.to_string(),
             signal,
@@ -238,7 +234,7 @@ impl PodRuntime for FakeRuntime {
         }))
     }
 
-    fn remove<'a>(&'a self, created: &'a CreatedContainer) -> BoxFuture<'a, Result<(), ContainerError>> {
+    fn remove<'a>(&'a self, created: &'a CreatedContainer) -> Fut<'a, (), ContainerError> {
         self.record(Call::Remove {
             id: created.id.clone(),
         });
@@ -246,39 +242,16 @@ impl PodRuntime for FakeRuntime {
         ready(Ok(()))
     }
 
-    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ContainerError>> {
+    fn delete<'a>(&'a self, id: &'a str) -> Fut<'a, (), ContainerError> {
         self.record(Call::Delete { id: id.to_string() });
         self.state().containers.remove(id);
         ready(Ok(()))
     }
 
-    fn reattach_logs(
-        &self,
-        id: &str,
-        fifo_root: &Path,
-        log_path: &Path,
-        _rotation: LogRotation,
-        cgroups_path: &str,
-    ) -> Result<CreatedContainer, ContainerError> {
-        Ok(CreatedContainer::without_logs(
-            id,
-            log_path.to_path_buf(),
-            cgroups_path.to_string(),
-            fifo_root.join(id),
-        ))
-    }
-
-    fn exec<'a>(
-        &'a self,
-        id: &'a str,
-        _exec_id: &'a str,
-        command: &'a [String],
-        _fifo_dir: &'a Path,
-        _timeout: Option<Duration>,
-    ) -> BoxFuture<'a, Result<ExecOutput, ContainerError>> {
+    fn exec<'a>(&'a self, id: &'a str, spec: ExecSpec<'a>) -> Fut<'a, ExecOutput, ContainerError> {
         self.record(Call::Exec {
             id: id.to_string(),
-            command: command.to_vec(),
+            command: spec.command.to_vec(),
         });
         ready(Ok(ExecOutput {
             exit_code: Some(0),
@@ -287,11 +260,11 @@ impl PodRuntime for FakeRuntime {
         }))
     }
 
-    fn image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ImageInfo>, RuntimeError>> {
+    fn image<'a>(&'a self, name: &'a str) -> Fut<'a, Option<ImageInfo>> {
         ready(Ok(self.state().images.get(name).cloned()))
     }
 
-    fn list_images(&self) -> BoxFuture<'_, Result<Vec<ImageInfo>, RuntimeError>> {
+    fn list_images(&self) -> Fut<'_, Vec<ImageInfo>> {
         ready(Ok(self.state().images.values().cloned().collect()))
     }
 
@@ -300,7 +273,7 @@ impl PodRuntime for FakeRuntime {
         image: &'a str,
         _policy: PullPolicy,
         _auth: &'a RegistryAuth,
-    ) -> BoxFuture<'a, Result<ImageInfo, PullError>> {
+    ) -> Fut<'a, ImageInfo, PullError> {
         self.record(Call::Pull {
             image: image.to_string(),
         });
@@ -320,12 +293,12 @@ impl PodRuntime for FakeRuntime {
         ready(Ok(info))
     }
 
-    fn remove_image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn remove_image<'a>(&'a self, name: &'a str) -> Fut<'a, ()> {
         self.state().images.remove(name);
         ready(Ok(()))
     }
 
-    fn image_users<'a>(&'a self, _chain_id: &'a str) -> BoxFuture<'a, Result<Arc<UserDb>, PasswdError>> {
+    fn image_users<'a>(&'a self, _chain_id: &'a str) -> Fut<'a, Arc<UserDb>, PasswdError> {
         ready(Ok(Arc::new(UserDb::default())))
     }
 
@@ -333,7 +306,7 @@ impl PodRuntime for FakeRuntime {
         ready(None)
     }
 
-    fn snapshot_usage<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<SnapshotUsage, RuntimeError>> {
+    fn snapshot_usage<'a>(&'a self, _key: &'a str) -> Fut<'a, SnapshotUsage> {
         ready(Ok(SnapshotUsage::default()))
     }
 }

@@ -17,12 +17,26 @@ use oci_client::secrets::RegistryAuth;
 
 use super::container::{
     ContainerError, ContainerService, CreateContainer, CreatedContainer, ExitStatus, ListedContainer,
-    LogRotation, NamespaceContainer,
+    NamespaceContainer,
 };
 use super::exec::ExecOutput;
 use super::image::{ImageInfo, ImageService, PullError, PullPolicy};
 use super::passwd::{PasswdError, UserDb};
 use super::{Containerd, RuntimeError, SNAPSHOTTER};
+
+/// A boxed runtime call's future.
+pub type Fut<'a, T, E = RuntimeError> = BoxFuture<'a, Result<T, E>>;
+
+/// A command to run in a container ([`PodRuntime::exec`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ExecSpec<'a> {
+    pub exec_id: &'a str,
+    pub command: &'a [String],
+    /// Where the FIFOs live while the command runs.
+    pub fifo_dir: &'a Path,
+    /// A command still running then is killed (`exit_code: None`).
+    pub timeout: Option<Duration>,
+}
 
 /// A snapshot's disk use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,68 +49,47 @@ pub struct SnapshotUsage {
 /// the kubelet holds an `Arc<dyn PodRuntime>`.
 pub trait PodRuntime: Send + Sync {
     /// The runtime's name and version (`containerd://1.6.20`); an error when it does not answer.
-    fn version(&self) -> BoxFuture<'_, Result<String, RuntimeError>>;
+    fn version(&self) -> Fut<'_, String>;
 
     /// Every kubelet-created container with its task state.
-    fn list_containers(&self) -> BoxFuture<'_, Result<Vec<ListedContainer>, RuntimeError>>;
+    fn list_containers(&self) -> Fut<'_, Vec<ListedContainer>>;
     /// Every container of the namespace, the kubelet's or not.
-    fn list_all_containers(&self) -> BoxFuture<'_, Result<Vec<NamespaceContainer>, RuntimeError>>;
+    fn list_all_containers(&self) -> Fut<'_, Vec<NamespaceContainer>>;
     /// The containers of one pod.
-    fn list_pod<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, Result<Vec<ListedContainer>, RuntimeError>>;
+    fn list_pod<'a>(&'a self, pod_uid: &'a str) -> Fut<'a, Vec<ListedContainer>>;
     /// Creates a container and its task (not started), with its log copy running.
-    fn create(&self, req: CreateContainer) -> BoxFuture<'_, Result<CreatedContainer, ContainerError>>;
+    fn create(&self, req: CreateContainer) -> Fut<'_, CreatedContainer, ContainerError>;
     /// Starts a created container's task; returns its pid.
-    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, ContainerError>>;
+    fn start<'a>(&'a self, id: &'a str) -> Fut<'a, u32, ContainerError>;
     /// Stops a container: `signal`, up to `grace`, then SIGKILL.
-    fn stop<'a>(
-        &'a self,
-        id: &'a str,
-        signal: u32,
-        grace: Duration,
-    ) -> BoxFuture<'a, Result<ExitStatus, ContainerError>>;
+    fn stop<'a>(&'a self, id: &'a str, signal: u32, grace: Duration) -> Fut<'a, ExitStatus, ContainerError>;
     /// Deletes a container this process created (and its FIFOs and cgroup directories).
-    fn remove<'a>(&'a self, created: &'a CreatedContainer) -> BoxFuture<'a, Result<(), ContainerError>>;
+    fn remove<'a>(&'a self, created: &'a CreatedContainer) -> Fut<'a, (), ContainerError>;
     /// Deletes a container by ID (task, record, snapshot).
-    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ContainerError>>;
-    /// Resumes the log copy of a running container an earlier kubelet process created.
-    fn reattach_logs(
-        &self,
-        id: &str,
-        fifo_root: &Path,
-        log_path: &Path,
-        rotation: LogRotation,
-        cgroups_path: &str,
-    ) -> Result<CreatedContainer, ContainerError>;
+    fn delete<'a>(&'a self, id: &'a str) -> Fut<'a, (), ContainerError>;
     /// Runs a command in a running container (hooks), collecting its output.
-    fn exec<'a>(
-        &'a self,
-        id: &'a str,
-        exec_id: &'a str,
-        command: &'a [String],
-        fifo_dir: &'a Path,
-        timeout: Option<Duration>,
-    ) -> BoxFuture<'a, Result<ExecOutput, ContainerError>>;
+    fn exec<'a>(&'a self, id: &'a str, spec: ExecSpec<'a>) -> Fut<'a, ExecOutput, ContainerError>;
 
     /// A stored image by its containerd name, if present.
-    fn image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ImageInfo>, RuntimeError>>;
+    fn image<'a>(&'a self, name: &'a str) -> Fut<'a, Option<ImageInfo>>;
     /// Every stored image.
-    fn list_images(&self) -> BoxFuture<'_, Result<Vec<ImageInfo>, RuntimeError>>;
+    fn list_images(&self) -> Fut<'_, Vec<ImageInfo>>;
     /// Applies the pull policy: the stored image, pulled first if the policy says so.
     fn pull<'a>(
         &'a self,
         image: &'a str,
         policy: PullPolicy,
         auth: &'a RegistryAuth,
-    ) -> BoxFuture<'a, Result<ImageInfo, PullError>>;
+    ) -> Fut<'a, ImageInfo, PullError>;
     /// Removes an image name.
-    fn remove_image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    fn remove_image<'a>(&'a self, name: &'a str) -> Fut<'a, ()>;
     /// The image's /etc/passwd and /etc/group (its top snapshot is `chain_id`).
-    fn image_users<'a>(&'a self, chain_id: &'a str) -> BoxFuture<'a, Result<Arc<UserDb>, PasswdError>>;
+    fn image_users<'a>(&'a self, chain_id: &'a str) -> Fut<'a, Arc<UserDb>, PasswdError>;
 
     /// The root directory of the snapshotter (the image filesystem), when the runtime says.
     fn snapshotter_root(&self) -> BoxFuture<'_, Option<PathBuf>>;
     /// The disk use of a container's rootfs snapshot (its key is the container ID).
-    fn snapshot_usage<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<SnapshotUsage, RuntimeError>>;
+    fn snapshot_usage<'a>(&'a self, key: &'a str) -> Fut<'a, SnapshotUsage>;
 }
 
 /// [`PodRuntime`] over containerd.
@@ -149,66 +142,49 @@ pub async fn version(c: &Containerd) -> Result<String, RuntimeError> {
 }
 
 impl PodRuntime for ContainerdRuntime {
-    fn version(&self) -> BoxFuture<'_, Result<String, RuntimeError>> {
+    fn version(&self) -> Fut<'_, String> {
         Box::pin(version(self.containerd()))
     }
 
-    fn list_containers(&self) -> BoxFuture<'_, Result<Vec<ListedContainer>, RuntimeError>> {
+    fn list_containers(&self) -> Fut<'_, Vec<ListedContainer>> {
         Box::pin(self.containers.list())
     }
 
-    fn list_all_containers(&self) -> BoxFuture<'_, Result<Vec<NamespaceContainer>, RuntimeError>> {
+    fn list_all_containers(&self) -> Fut<'_, Vec<NamespaceContainer>> {
         Box::pin(self.containers.list_all())
     }
 
-    fn list_pod<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, Result<Vec<ListedContainer>, RuntimeError>> {
+    fn list_pod<'a>(&'a self, pod_uid: &'a str) -> Fut<'a, Vec<ListedContainer>> {
         Box::pin(self.containers.list_pod(pod_uid))
     }
 
-    fn create(&self, req: CreateContainer) -> BoxFuture<'_, Result<CreatedContainer, ContainerError>> {
+    fn create(&self, req: CreateContainer) -> Fut<'_, CreatedContainer, ContainerError> {
         Box::pin(self.containers.create(req))
     }
 
-    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, ContainerError>> {
+    fn start<'a>(&'a self, id: &'a str) -> Fut<'a, u32, ContainerError> {
         Box::pin(self.containers.start(id))
     }
 
-    fn stop<'a>(
-        &'a self,
-        id: &'a str,
-        signal: u32,
-        grace: Duration,
-    ) -> BoxFuture<'a, Result<ExitStatus, ContainerError>> {
+    fn stop<'a>(&'a self, id: &'a str, signal: u32, grace: Duration) -> Fut<'a, ExitStatus, ContainerError> {
         Box::pin(async move { self.containers.stop(id, signal, grace).await.map(|(s, _)| s) })
     }
 
-    fn remove<'a>(&'a self, created: &'a CreatedContainer) -> BoxFuture<'a, Result<(), ContainerError>> {
+    fn remove<'a>(&'a self, created: &'a CreatedContainer) -> Fut<'a, (), ContainerError> {
         Box::pin(self.containers.remove(created))
     }
 
-    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ContainerError>> {
+    fn delete<'a>(&'a self, id: &'a str) -> Fut<'a, (), ContainerError> {
         Box::pin(self.containers.delete(id))
     }
 
-    fn reattach_logs(
-        &self,
-        id: &str,
-        fifo_root: &Path,
-        log_path: &Path,
-        rotation: LogRotation,
-        cgroups_path: &str,
-    ) -> Result<CreatedContainer, ContainerError> {
-        ContainerService::reattach_logs(id, fifo_root, log_path, rotation, cgroups_path)
-    }
-
-    fn exec<'a>(
-        &'a self,
-        id: &'a str,
-        exec_id: &'a str,
-        command: &'a [String],
-        fifo_dir: &'a Path,
-        timeout: Option<Duration>,
-    ) -> BoxFuture<'a, Result<ExecOutput, ContainerError>> {
+    fn exec<'a>(&'a self, id: &'a str, spec: ExecSpec<'a>) -> Fut<'a, ExecOutput, ContainerError> {
+        let ExecSpec {
+            exec_id,
+            command,
+            fifo_dir,
+            timeout,
+        } = spec;
         Box::pin(super::exec::exec(
             self.containerd(),
             id,
@@ -219,11 +195,11 @@ impl PodRuntime for ContainerdRuntime {
         ))
     }
 
-    fn image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ImageInfo>, RuntimeError>> {
+    fn image<'a>(&'a self, name: &'a str) -> Fut<'a, Option<ImageInfo>> {
         Box::pin(self.images.inspect(name))
     }
 
-    fn list_images(&self) -> BoxFuture<'_, Result<Vec<ImageInfo>, RuntimeError>> {
+    fn list_images(&self) -> Fut<'_, Vec<ImageInfo>> {
         Box::pin(self.images.list())
     }
 
@@ -232,15 +208,15 @@ impl PodRuntime for ContainerdRuntime {
         image: &'a str,
         policy: PullPolicy,
         auth: &'a RegistryAuth,
-    ) -> BoxFuture<'a, Result<ImageInfo, PullError>> {
+    ) -> Fut<'a, ImageInfo, PullError> {
         Box::pin(async move { self.images.ensure(image, policy, auth, &|_| {}).await })
     }
 
-    fn remove_image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn remove_image<'a>(&'a self, name: &'a str) -> Fut<'a, ()> {
         Box::pin(self.images.remove(name))
     }
 
-    fn image_users<'a>(&'a self, chain_id: &'a str) -> BoxFuture<'a, Result<Arc<UserDb>, PasswdError>> {
+    fn image_users<'a>(&'a self, chain_id: &'a str) -> Fut<'a, Arc<UserDb>, PasswdError> {
         Box::pin(super::passwd::image_user_db(self.containerd(), chain_id))
     }
 
@@ -248,7 +224,7 @@ impl PodRuntime for ContainerdRuntime {
         Box::pin(snapshotter_root(self.containerd()))
     }
 
-    fn snapshot_usage<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<SnapshotUsage, RuntimeError>> {
+    fn snapshot_usage<'a>(&'a self, key: &'a str) -> Fut<'a, SnapshotUsage> {
         Box::pin(async move {
             let c = self.containerd();
             let u = SnapshotsClient::new(c.channel())

@@ -197,7 +197,7 @@ impl NodeContext {
             return;
         }
         let Some(log_path) = &f.log_path else { return };
-        match self.runtime.reattach_logs(
+        match crate::runtime::container::ContainerService::reattach_logs(
             id,
             &self.root_dir.join("fifo"),
             log_path,

@@ -173,6 +173,23 @@ fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
         .clone()
 }
 
+/// Container `id`, attempt 0 of the web pod's `app`, running (as an earlier kubelet left it).
+fn running_app(id: &str) -> ListedContainer {
+    ListedContainer {
+        id: id.into(),
+        meta: ContainerMeta {
+            pod_uid: "uid-1".into(),
+            pod_namespace: "default".into(),
+            pod_name: "web".into(),
+            container_name: "app".into(),
+            restart_count: 0,
+            spec_hash: String::new(),
+        },
+        image: "registry.test/app:v1".into(),
+        state: TaskState::Running { pid: 7 },
+    }
+}
+
 fn count(calls: &[Call], f: impl Fn(&Call) -> bool) -> usize {
     calls.iter().filter(|c| f(c)).count()
 }
@@ -299,22 +316,10 @@ async fn deleted_pod_is_killed_removed_and_deleted_from_the_api() {
     let mut pod = web_pod("Always");
     pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
     pod.metadata.deletion_grace_period_seconds = Some(5);
-    n.runtime.state().containers.insert(
-        "c1".into(),
-        ListedContainer {
-            id: "c1".into(),
-            meta: ContainerMeta {
-                pod_uid: "uid-1".into(),
-                pod_namespace: "default".into(),
-                pod_name: "web".into(),
-                container_name: "app".into(),
-                restart_count: 0,
-                spec_hash: String::new(),
-            },
-            image: "registry.test/app:v1".into(),
-            state: TaskState::Running { pid: 7 },
-        },
-    );
+    n.runtime
+        .state()
+        .containers
+        .insert("c1".into(), running_app("c1"));
     let mut w = Worker::new(n.ctx.clone(), pod, WorkerState::Syncing);
 
     // Turn 1: SIGTERM to the running container.
@@ -364,19 +369,10 @@ async fn deleted_pod_is_killed_removed_and_deleted_from_the_api() {
 #[tokio::test]
 async fn orphaned_pod_is_stopped_without_writing_to_the_api() {
     let n = node();
-    n.runtime.state().containers.insert(
-        "c1".into(),
-        ListedContainer {
-            id: "c1".into(),
-            meta: ContainerMeta {
-                pod_uid: "uid-1".into(),
-                container_name: "app".into(),
-                ..Default::default()
-            },
-            image: String::new(),
-            state: TaskState::Running { pid: 7 },
-        },
-    );
+    n.runtime
+        .state()
+        .containers
+        .insert("c1".into(), running_app("c1"));
     let mut w = Worker::new(n.ctx.clone(), web_pod("Always"), WorkerState::Syncing);
     w.stop(crate::pods::stop::StopRequest::Orphaned);
     assert!(w.pod.metadata.deletion_timestamp.is_some());
