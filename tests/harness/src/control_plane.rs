@@ -180,7 +180,6 @@ impl ControlPlane {
 
     /// Runs the system kubectl with the admin kubeconfig; returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use std::io::Write;
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -191,26 +190,16 @@ impl ControlPlane {
         };
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let Ok(mut child) = cmd.spawn() else {
-            return (false, String::new(), "kubectl not found".into());
-        };
-        if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-            let _ = i.write_all(s.as_bytes());
-        }
-        match child.wait_with_output() {
+            .env("HOME", self.dir.path());
+        match crate::process::output_with_stdin(&mut cmd, stdin.map(str::as_bytes)) {
             Ok(o) => (
                 o.status.success(),
                 String::from_utf8_lossy(&o.stdout).into_owned(),
                 String::from_utf8_lossy(&o.stderr).into_owned(),
             ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (false, String::new(), "kubectl not found".into())
+            }
             Err(e) => (false, String::new(), e.to_string()),
         }
     }

@@ -11,6 +11,8 @@
 //!   kube-scheduler of the pinned upstream release (`scripts/build-upstream.sh`), set up as
 //!   `kubeadm init` does (own PKI, Node authorizer, bootstrap token, CSR auto-approval).
 //!
+//! - [`process::output_with_stdin`]: a command run with input (kubectl apply -f -, exec -i).
+//!
 //! Everything started here is stopped and removed on drop: processes (and the container processes of
 //! any shim they left), mounts under the private directories, and the directories themselves.
 
@@ -19,6 +21,7 @@ pub mod containerd;
 pub mod control_plane;
 pub mod image;
 pub mod netns;
+pub mod process;
 pub mod registry;
 pub mod upstream;
 

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -141,19 +140,8 @@ impl Cluster {
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        if let Some(s) = stdin {
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .env("HOME", self.dir.path());
+        knode_harness::process::output_with_stdin(&mut cmd, stdin.map(str::as_bytes)).unwrap()
     }
 
     /// kubectl that must succeed; returns stdout.

@@ -561,26 +561,10 @@ impl UpstreamControlPlane {
 
     /// Runs kubectl with `kubeconfig`; returns its stdout, or an error with its stderr.
     pub fn run_kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        use std::io::Write;
         let mut cmd = self.kubectl_command_as(kubeconfig);
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
+        cmd.args(args);
+        let out = crate::process::output_with_stdin(&mut cmd, stdin.map(str::as_bytes))
             .map_err(HarnessError::io(format!("running {}", self.kubectl().display())))?;
-        if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-            i.write_all(s.as_bytes())
-                .map_err(HarnessError::io("writing kubectl's stdin"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(HarnessError::io("waiting for kubectl"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
