@@ -10,7 +10,6 @@
 
 mod common;
 
-
 use common::{Node, pod_yaml};
 use knode_harness::image::{Entry, ImageConfig, build_image, build_layer, push};
 use kubelet::runtime::Containerd;

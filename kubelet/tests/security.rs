@@ -11,7 +11,6 @@
 
 mod common;
 
-
 use common::Node;
 use serde_json::{Value, json};
 

@@ -5,7 +5,6 @@
 //! The binary comes from the workspace's target dir (`cargo build -p knode-control-plane` — the
 //! README's test command builds every target first).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,14 +36,6 @@ pub fn target_bin(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
-fn free_port() -> Result<u16> {
-    let l =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::NotReady(format!("free port: {e}")))?;
-    Ok(l.local_addr()
-        .map_err(|e| HarnessError::NotReady(e.to_string()))?
-        .port())
-}
-
 impl ControlPlane {
     /// Starts the control plane with `extra` flags and waits until it serves.
     pub fn start(extra: &[&str]) -> Result<Self> {
@@ -61,7 +52,7 @@ impl ControlPlane {
             )));
         }
         let dir = tempfile::tempdir().map_err(|e| HarnessError::NotReady(e.to_string()))?;
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let kubeconfig = dir.path().join("admin.conf");
         let mut cp = ControlPlane {
             child: None,

@@ -85,3 +85,11 @@ pub(crate) fn private_dir(prefix: &str) -> Result<tempfile::TempDir> {
         .tempdir_in("/tmp")
         .map_err(HarnessError::io(format!("creating a private dir for {prefix}")))
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("finding a free port"))?;
+    Ok(l.local_addr()
+        .map_err(HarnessError::io("finding a free port"))?
+        .port())
+}

@@ -1,7 +1,7 @@
 //! A private OCI registry (Debian's docker-registry) on a free 127.0.0.1 port.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ impl PrivateRegistry {
         // The free port is probed, then bound by the registry: another process may take it in
         // between, so a bind failure is retried on a new port.
         for _attempt in 0..5 {
-            let mut reg = Self::spawn(free_port()?, auth)?;
+            let mut reg = Self::spawn(crate::free_port()?, auth)?;
             match reg.wait_ready(Duration::from_secs(20), auth.is_some()) {
                 Ok(()) => return Ok(reg),
                 Err(e) => {
@@ -140,14 +140,6 @@ impl Drop for PrivateRegistry {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l =
-        TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("binding 127.0.0.1:0 for a free port"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(HarnessError::io("reading a free port"))
 }
 
 /// Status code of a plain `GET path` on 127.0.0.1:port, or None if nothing answers.

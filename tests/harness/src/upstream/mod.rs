@@ -140,13 +140,6 @@ impl std::fmt::Debug for UpstreamControlPlane {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("finding a free port"))?;
-    Ok(l.local_addr()
-        .map_err(HarnessError::io("finding a free port"))?
-        .port())
-}
-
 /// Go's duration syntax for a flag (`90s`).
 fn go_duration(d: Duration) -> String {
     format!("{}s", d.as_secs().max(1))
@@ -235,17 +228,17 @@ impl UpstreamControlPlane {
         let adv = opts.advertise_address;
         let api_port = match opts.secure_port {
             Some(p) => p,
-            None => free_port()?,
+            None => crate::free_port()?,
         };
         let host = match adv {
             IpAddr::V6(a) => format!("[{a}]"),
             IpAddr::V4(a) => a.to_string(),
         };
         let server_url = format!("https://{host}:{api_port}");
-        let etcd_port = free_port()?;
-        let etcd_peer_port = free_port()?;
-        let kcm_port = free_port()?;
-        let sched_port = free_port()?;
+        let etcd_port = crate::free_port()?;
+        let etcd_peer_port = crate::free_port()?;
+        let kcm_port = crate::free_port()?;
+        let sched_port = crate::free_port()?;
 
         let mut me = UpstreamControlPlane {
             procs: Vec::new(),
