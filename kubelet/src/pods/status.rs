@@ -115,19 +115,7 @@ fn convert_attempt(a: &ContainerAttempt, spec_image: &str, old: Option<&Containe
 
 /// Upstream's `ShouldContainerBeRestarted`, including "never once the pod is deleted".
 fn should_restart(pod: &Pod, policy: &str, latest: Option<&ContainerAttempt>) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let Some(a) = latest else { return true };
-    match &a.state {
-        AttemptState::Running { .. } => false,
-        AttemptState::Created | AttemptState::Unknown => true,
-        AttemptState::Exited { exit_code, .. } => match policy {
-            "Never" => false,
-            "OnFailure" => *exit_code != 0,
-            _ => true,
-        },
-    }
+    pod.metadata.deletion_timestamp.is_none() && super::plan::should_start(policy, latest)
 }
 
 /// Statuses of one container list (init or app), in spec order (upstream's
