@@ -3,7 +3,7 @@
 //! Each loop turn (`worker`): observe (`observe`: the runtime's containers by the pod's UID label,
 //! the sandbox pins, recorded container facts) → [`crate::pods::step`] → execute the plan's actions in
 //! order (`sandbox`: sandbox + network; `containers`: image pulls, container create/start, hooks;
-//! `terminate`: kills, removals) → observe again → [`crate::pods::status`] with the stop requests'
+//! `terminate`: kills, removals) → observe again → [`crate::pods::status()`] with the stop requests'
 //! status on top ([`crate::pods::stop`]) → patch the pod status when it changed (`api`) → the
 //! end-of-turn policy → sleep until the plan's wake-up, a pod update, a stop request or a container
 //! exit. Facts the runtime does not keep (start/finish times, OOM, termination message) are written
