@@ -412,6 +412,15 @@ fn delete(cg: &Cgroup) -> cgroups_rs::error::Result<()> {
     }
 }
 
+/// The root memory cgroup's working set on cgroup v1 (usage − total_inactive_file), as upstream's
+/// `memory.available` sees it; `None` elsewhere.
+pub fn root_working_set() -> Option<u64> {
+    let base = Path::new("/sys/fs/cgroup/memory");
+    let usage = std::fs::read_to_string(base.join("memory.usage_in_bytes")).ok()?;
+    let stat = std::fs::read_to_string(base.join("memory.stat")).unwrap_or_default();
+    crate::stats::cgroup_memory(Version::V1, &usage, &stat, "").map(|m| m.working_set)
+}
+
 /// Whether the OOM killer killed a process in the container cgroup `cgroups_path` (host's
 /// hierarchy, v1 or v2). False if the cgroup is gone or unreadable.
 pub fn oom_killed(cgroups_path: &str) -> bool {

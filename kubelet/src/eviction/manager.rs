@@ -321,14 +321,6 @@ impl std::fmt::Debug for NodeHost {
     }
 }
 
-/// The root memory cgroup's working set on cgroup v1 (usage − total_inactive_file), as upstream's
-/// `memory.available` sees it; `None` elsewhere.
-fn root_cgroup_working_set(base: &Path) -> Option<u64> {
-    let usage = std::fs::read_to_string(base.join("memory.usage_in_bytes")).ok()?;
-    let stat = std::fs::read_to_string(base.join("memory.stat")).unwrap_or_default();
-    crate::stats::cgroup_memory(crate::cgroups::Version::V1, &usage, &stat, "").map(|m| m.working_set)
-}
-
 fn same_fs(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -341,7 +333,7 @@ impl EvictionHost for NodeHost {
     fn summary(&self) -> BoxFuture<'_, Option<Summary>> {
         Box::pin(async move {
             let mut s = (*self.stats.summary().await).clone();
-            if let Some(ws) = root_cgroup_working_set(Path::new("/sys/fs/cgroup/memory"))
+            if let Some(ws) = crate::cgroups::fs::root_working_set()
                 && let Some(m) = s.node.memory.as_mut()
             {
                 m.working_set_bytes = Some(ws);
