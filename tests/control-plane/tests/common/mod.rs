@@ -141,19 +141,16 @@ impl Cluster {
 
     /// kubectl that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\nserver log tail: {}",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&self.log())
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.succeeded(args, self.kubectl(args))
     }
 
     /// kubectl with stdin that must succeed.
     pub fn ok_in(&self, args: &[&str], stdin: &str) -> String {
-        let out = self.kubectl_in(args, stdin);
+        self.succeeded(args, self.kubectl_in(args, stdin))
+    }
+
+    /// The stdout of a kubectl run that must have succeeded.
+    fn succeeded(&self, args: &[&str], out: Output) -> String {
         assert!(
             out.status.success(),
             "kubectl {args:?} failed: {}\nserver log tail: {}",
