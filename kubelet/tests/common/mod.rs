@@ -260,19 +260,15 @@ impl Node {
     }
 
     /// Waits until `f` gives `Some` (at most `secs`), or fails with the kubelet's log.
-    pub fn wait_for<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\nkubelet log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+    pub fn wait_for<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        let log = || format!("kubelet log:\n{}", self.log());
+        knode_harness::wait_until(
+            what,
+            Duration::from_secs(secs),
+            Duration::from_millis(300),
+            log,
+            f,
+        )
     }
 
     pub fn eventually(&self, what: &str, mut f: impl FnMut() -> bool) {

@@ -93,3 +93,26 @@ pub fn free_port() -> Result<u16> {
         .map_err(HarnessError::io("finding a free port"))?
         .port())
 }
+
+/// Polls `f` every `every` until it gives `Some`; panics after `timeout` naming `what`, with
+/// `log()` (the log of the daemon under test) in the message. For tests.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            log()
+        );
+        std::thread::sleep(every);
+    }
+}
