@@ -11,7 +11,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
 
 use crate::probes::http::HttpTarget;
-use crate::runtime::Containerd;
+use crate::runtime::PodRuntime;
+use crate::runtime::pod_runtime::ExecSpec;
 
 /// `User-Agent` of hook requests (upstream: `kube-lifecycle/<major.minor>`).
 pub const USER_AGENT: &str = concat!(
@@ -92,7 +93,7 @@ pub struct HookFailure {
 
 /// Runs `action` for container `id`, bounded by `timeout` when given (preStop: the grace period).
 pub async fn run(
-    containerd: &Containerd,
+    runtime: &dyn PodRuntime,
     fifo_dir: &Path,
     id: &str,
     exec_id: &str,
@@ -105,9 +106,13 @@ pub async fn run(
     };
     match action {
         HookAction::Exec { command } => {
-            let out = crate::runtime::exec::exec(containerd, id, exec_id, command, fifo_dir, timeout)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let spec = ExecSpec {
+                exec_id,
+                command,
+                fifo_dir,
+                timeout,
+            };
+            let out = runtime.exec(id, spec).await.map_err(|e| fail(e.to_string()))?;
             match out.exit_code {
                 Some(0) => Ok(()),
                 Some(code) => Err(HookFailure {

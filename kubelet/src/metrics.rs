@@ -113,9 +113,7 @@ pub fn registry() -> &'static Registry {
     &REGISTRY
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock::lock;
 
 /// Container counts by state (`kubelet_running_containers{container_state}`) and pods with a
 /// running container (`kubelet_running_pods`), taken at scrape time.

@@ -216,9 +216,7 @@ struct Cache {
     result: Option<PluginResult>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock::lock;
 
 /// The node's pod network (shared by the node status loop and the pod workers).
 #[derive(Debug)]

@@ -392,6 +392,15 @@ impl NodeAgent {
 mod tests {
     use super::*;
 
+    fn condition<'a>(s: &'a NodeStatus, ty: &str) -> &'a k8s_openapi::api::core::v1::NodeCondition {
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == ty)
+            .unwrap()
+    }
+
     fn info() -> MachineInfo {
         MachineInfo {
             cpus: 2,
@@ -430,13 +439,7 @@ mod tests {
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["memory"].0, "4194304Ki");
         assert_eq!(cap["pods"].0, "110");
-        let ready = s
-            .conditions
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = condition(&s, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_deref()),
             ("True", Some("KubeletReady"))
@@ -448,13 +451,7 @@ mod tests {
         // A later heartbeat keeps the transition time and differs only in heartbeat.
         let t1 = "2026-01-01T00:00:10Z".parse().unwrap();
         let s2 = node_status(&info(), HEALTHY, Some(&s), t1);
-        let ready2 = s2
-            .conditions
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready2 = condition(&s2, "Ready");
         assert_eq!(ready2.last_transition_time, ready.last_transition_time);
         assert!(!status_changed(&s, &s2));
         let down = node_status(

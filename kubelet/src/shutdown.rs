@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::workers::WorkerMsg;
+use crate::pods::executor::WorkerMsg;
 
 /// The reason of a pod terminated by a node shutdown (upstream's `nodeShutdownReason`).
 pub const SHUTDOWN_REASON: &str = "Terminated";

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Node, pod_yaml};
 use knode_harness::image::{Entry, ImageConfig, build_image, build_layer, push};
 use kubelet::runtime::Containerd;
@@ -19,16 +17,7 @@ use kubelet::runtime::image::ImageService;
 use oci_client::secrets::RegistryAuth;
 
 fn ctr(node: &Node, args: &[&str]) -> String {
-    let out = Command::new("ctr")
-        .args([
-            "--address",
-            node.containerd.socket().to_str().unwrap(),
-            "-n",
-            &node.ns,
-        ])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = node.ctr().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "ctr {args:?}: {}",

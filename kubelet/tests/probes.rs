@@ -24,11 +24,7 @@ const TESTIMG: &str = concat!(
 const T: Duration = Duration::from_secs(2);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    knode_harness::free_port().unwrap()
 }
 
 /// The test image's servers on free ports, killed on drop.

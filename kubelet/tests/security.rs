@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::Node;
 use serde_json::{Value, json};
 
@@ -20,19 +18,8 @@ fn pod(name: &str, spec: Value) -> String {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}).to_string()
 }
 
-fn wait_for<T>(node: &Node, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\nkubelet log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+fn wait_for<T>(node: &Node, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    node.wait_for(what, 90, f)
 }
 
 /// A `/proc/self/status` field of the container's process.

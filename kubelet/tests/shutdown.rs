@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Node;
@@ -53,17 +52,7 @@ fn sigterm_and_wait(node: &mut Node) -> Duration {
 
 /// `ctr tasks ls` of the node's namespace: (container id, status).
 fn tasks(node: &Node) -> Vec<(String, String)> {
-    let out = Command::new("ctr")
-        .args([
-            "--address",
-            node.containerd.socket().to_str().unwrap(),
-            "-n",
-            &node.ns,
-            "tasks",
-            "ls",
-        ])
-        .output()
-        .unwrap();
+    let out = node.ctr().args(["tasks", "ls"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)

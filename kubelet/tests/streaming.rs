@@ -27,20 +27,8 @@ fn kubectl(node: &Node, version: &str, args: &[&str], stdin: Option<&[u8]>) -> O
     c.arg("60")
         .arg(kubectl_bin(version))
         .arg(format!("--kubeconfig={}", node.cp.kubeconfig.display()))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    if let Some(data) = stdin {
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(data).unwrap();
-    }
-    child.wait_with_output().unwrap()
+        .args(args);
+    knode_harness::process::output_with_stdin(&mut c, stdin).unwrap()
 }
 
 fn out(o: &Output) -> String {

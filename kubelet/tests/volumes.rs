@@ -12,7 +12,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::Node;
 use serde_json::{Value, json};
@@ -29,19 +29,8 @@ fn pod(name: &str, spec: Value) -> Value {
 }
 
 /// Waits until `f` gives `Some`, or fails with the kubelet's log.
-fn wait_for<T>(node: &Node, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\nkubelet log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+fn wait_for<T>(node: &Node, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    node.wait_for(what, secs, f)
 }
 
 /// Mount points (from the host's /proc/self/mountinfo) that mention `needle`.

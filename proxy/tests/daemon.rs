@@ -203,19 +203,9 @@ impl Drop for Lab {
 }
 
 /// Polls `f` every 20 ms until it returns Some, or panics after `secs` with `what` and the log.
-fn wait_for<T>(lab: &Lab, secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; kube-proxy log:\n{}",
-            lab.proxy_log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(lab: &Lab, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    let log = || format!("kube-proxy log:\n{}", lab.proxy_log());
+    knode_harness::wait_until(what, Duration::from_secs(secs), Duration::from_millis(20), log, f)
 }
 
 /// [`http_slice`] as upstream's EndpointSlice controller writes it: with the trigger time (RFC 3339

@@ -35,11 +35,7 @@ fn get_when_up(port: u16) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    knode_harness::free_port().unwrap()
 }
 
 #[test]

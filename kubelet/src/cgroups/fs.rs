@@ -411,3 +411,81 @@ fn delete(cg: &Cgroup) -> cgroups_rs::error::Result<()> {
         }
     }
 }
+
+/// The root memory cgroup's working set on cgroup v1 (usage − total_inactive_file), as upstream's
+/// `memory.available` sees it; `None` elsewhere.
+pub fn root_working_set() -> Option<u64> {
+    let base = Path::new("/sys/fs/cgroup/memory");
+    let usage = std::fs::read_to_string(base.join("memory.usage_in_bytes")).ok()?;
+    let stat = std::fs::read_to_string(base.join("memory.stat")).unwrap_or_default();
+    crate::stats::cgroup_memory(Version::V1, &usage, &stat, "").map(|m| m.working_set)
+}
+
+/// Whether the OOM killer killed a process in the container cgroup `cgroups_path` (host's
+/// hierarchy, v1 or v2). False if the cgroup is gone or unreadable.
+pub fn oom_killed(cgroups_path: &str) -> bool {
+    CgroupFs::detect().oom_killed(cgroups_path)
+}
+
+/// The `oom_kill` counter of a v1 `memory.oom_control` or a v2 `memory.events` file.
+pub fn oom_kill_count(oom_control: &str) -> u64 {
+    oom_control
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Removes a container's cgroup directory in the host's hierarchies (see [`CgroupFs::remove_dirs`]).
+pub fn remove_cgroup_dirs(cgroups_path: &str) {
+    CgroupFs::detect().remove_dirs(cgroups_path)
+}
+
+impl CgroupFs {
+    /// Whether the OOM killer killed a process in the cgroup: the `oom_kill` counter of v1's
+    /// `memory.oom_control` (Linux ≥ 4.13) or v2's `memory.events`.
+    pub fn oom_killed(&self, cgroups_path: &str) -> bool {
+        let rel = cgroups_path.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            return false;
+        }
+        let file = match self.version {
+            Version::V1 => self.dir("memory", rel).join("memory.oom_control"),
+            Version::V2 => self.dir("", rel).join("memory.events"),
+        };
+        std::fs::read_to_string(file)
+            .map(|s| oom_kill_count(&s) > 0)
+            .unwrap_or(false)
+    }
+
+    /// Removes the cgroup's directory in every hierarchy (runc removes only the leaf and leaves
+    /// parents behind — PLATFORM.md), deepest first; directories still in use stay. `cgroups_path`
+    /// is a cgroupfs path like `/kubepods/pod<uid>/<id>`: the leaf and its parents are removed only
+    /// when empty.
+    pub fn remove_dirs(&self, cgroups_path: &str) {
+        let rel = cgroups_path.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            return;
+        }
+        let roots: Vec<PathBuf> = match self.version {
+            Version::V1 => match std::fs::read_dir(&self.mount) {
+                Ok(controllers) => controllers.flatten().map(|c| c.path()).collect(),
+                Err(_) => return,
+            },
+            Version::V2 => vec![self.mount.clone()],
+        };
+        for root in roots {
+            let mut dir = root.join(rel);
+            // Stop at the hierarchy root; rmdir fails on non-empty (in use) directories, as wanted.
+            while dir != root {
+                if dir.is_dir() && std::fs::remove_dir(&dir).is_err() {
+                    break;
+                }
+                match dir.parent() {
+                    Some(p) => dir = p.to_path_buf(),
+                    None => break,
+                }
+            }
+        }
+    }
+}

@@ -69,7 +69,7 @@ impl CgroupManager {
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Qos, i64)>> {
-        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.pods)
     }
 
     /// Creates `kubepods` and the QoS cgroups with their settings (upstream's container manager

@@ -59,21 +59,12 @@ pub enum CgroupError {
 }
 
 /// A pod's QoS class (upstream's `GetPodQOS`, see [`crate::pods::pod_qos`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Qos {
-    Guaranteed,
-    Burstable,
-    BestEffort,
-}
+pub use crate::pods::resources::Qos;
 
 impl Qos {
     /// The class of a pod.
     pub fn of(pod: &Pod) -> Qos {
-        match crate::pods::pod_qos(pod) {
-            "Guaranteed" => Qos::Guaranteed,
-            "Burstable" => Qos::Burstable,
-            _ => Qos::BestEffort,
-        }
+        crate::pods::pod_qos(pod)
     }
 
     /// The name of its cgroup under `kubepods` (none for Guaranteed).

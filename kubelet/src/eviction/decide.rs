@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{EvictionConfig, NodeCondition, Qty, REASON, Signal, Threshold};
 use crate::pods::Rejection;
-use crate::pods::resources::{pod_qos, pod_requests};
+use crate::pods::resources::{Qos, pod_qos, pod_requests};
 use crate::shutdown::{DISRUPTION_TARGET, SYSTEM_CRITICAL_PRIORITY};
 use crate::stats::{FsStats, PodStats, Summary};
 
@@ -559,7 +559,7 @@ pub fn admit(conditions: Conditions, pod: &Pod) -> Result<(), Rejection> {
                     key_ok && effect_ok && value_ok
                 })
             });
-        if pod_qos(pod) != "BestEffort" || tolerates {
+        if pod_qos(pod) != Qos::BestEffort || tolerates {
             return Ok(());
         }
     }

@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::decide::{self, Conditions, State};
 use super::{EvictionConfig, Signal};
 use crate::pods::Rejection;
+use crate::pods::executor::{NodeContext, WorkerMsg};
 use crate::shutdown::WorkerRef;
 use crate::stats::{PodStats, Summary};
-use crate::workers::{NodeContext, WorkerMsg};
 
 /// How often the manager looks (upstream's `monitoringInterval`).
 pub const MONITORING_INTERVAL: Duration = Duration::from_secs(10);
@@ -306,7 +306,7 @@ pub struct NodeHost {
     pub ctx: Arc<NodeContext>,
     pub stats: Arc<crate::stats::collect::StatsProvider>,
     /// The pod manager, asked for its workers.
-    pub manager: mpsc::Sender<crate::agent::ManagerMsg>,
+    pub manager: mpsc::Sender<crate::pods::manager::ManagerMsg>,
     /// The filesystem holding images (containerd's snapshotter root), if known.
     pub image_fs: Option<PathBuf>,
     /// The node's memory capacity in bytes.
@@ -321,14 +321,6 @@ impl std::fmt::Debug for NodeHost {
     }
 }
 
-/// The root memory cgroup's working set on cgroup v1 (usage − total_inactive_file), as upstream's
-/// `memory.available` sees it; `None` elsewhere.
-fn root_cgroup_working_set(base: &Path) -> Option<u64> {
-    let usage = std::fs::read_to_string(base.join("memory.usage_in_bytes")).ok()?;
-    let stat = std::fs::read_to_string(base.join("memory.stat")).unwrap_or_default();
-    crate::stats::cgroup_memory(crate::cgroups::Version::V1, &usage, &stat, "").map(|m| m.working_set)
-}
-
 fn same_fs(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -341,7 +333,7 @@ impl EvictionHost for NodeHost {
     fn summary(&self) -> BoxFuture<'_, Option<Summary>> {
         Box::pin(async move {
             let mut s = (*self.stats.summary().await).clone();
-            if let Some(ws) = root_cgroup_working_set(Path::new("/sys/fs/cgroup/memory"))
+            if let Some(ws) = crate::cgroups::fs::root_working_set()
                 && let Some(m) = s.node.memory.as_mut()
             {
                 m.working_set_bytes = Some(ws);
@@ -366,7 +358,7 @@ impl EvictionHost for NodeHost {
             let (tx, rx) = oneshot::channel();
             if self
                 .manager
-                .send(crate::agent::ManagerMsg::Workers(tx))
+                .send(crate::pods::manager::ManagerMsg::Workers(tx))
                 .await
                 .is_err()
             {
@@ -378,7 +370,7 @@ impl EvictionHost for NodeHost {
 
     fn evict<'a>(&'a self, w: &'a WorkerRef, eviction: Eviction) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            crate::workers::event(
+            crate::pods::executor::event(
                 &self.ctx,
                 &w.pod,
                 None,
@@ -389,25 +381,4 @@ impl EvictionHost for NodeHost {
             w.tx.send(WorkerMsg::Evict(eviction)).await.is_ok()
         })
     }
-}
-
-/// The root of containerd's overlayfs snapshotter (its image filesystem), from the introspection
-/// service; `None` when containerd does not say.
-pub async fn snapshotter_root(containerd: &crate::runtime::Containerd) -> Option<PathBuf> {
-    use containerd_client::services::v1::PluginsRequest;
-    use containerd_client::services::v1::introspection_client::IntrospectionClient;
-    let resp = IntrospectionClient::new(containerd.channel())
-        .plugins(PluginsRequest {
-            filters: vec![format!(
-                "type==io.containerd.snapshotter.v1,id=={}",
-                crate::runtime::SNAPSHOTTER
-            )],
-        })
-        .await
-        .ok()?
-        .into_inner();
-    resp.plugins
-        .iter()
-        .find_map(|p| p.exports.get("root"))
-        .map(PathBuf::from)
 }

@@ -27,8 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use containerd_client::services::v1::PluginsRequest;
-use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -37,9 +35,9 @@ use kube::api::PostParams;
 
 use self::containers::{KnownPods, SweptContainer};
 use self::images::{Candidate, ImageGcPolicy, ImageRecords, StoredImage};
+use crate::pods::executor::NodeContext;
+use crate::runtime::RuntimeError;
 use crate::runtime::container::TaskState;
-use crate::runtime::{RuntimeError, SNAPSHOTTER};
-use crate::workers::NodeContext;
 
 /// Upstream's `ImageGCPeriod`.
 pub const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
@@ -111,9 +109,7 @@ impl GarbageCollector {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock::lock;
 
 /// What one listing of the namespace's containers gives the collector.
 struct ContainerView {
@@ -232,7 +228,7 @@ impl GarbageCollector {
     /// Lists images and containers, updates the records, and returns the unused images in
     /// eviction order.
     async fn observe(&self, now: SystemTime) -> Result<Vec<Candidate>, GcError> {
-        let listed = self.ctx.images.list().await?;
+        let listed = self.ctx.runtime.list_images().await?;
         let view = self.containers().await?;
         let mut by_id: BTreeMap<String, StoredImage> = BTreeMap::new();
         for i in listed {
@@ -262,7 +258,7 @@ impl GarbageCollector {
         for c in chosen {
             let mut ok = true;
             for name in &c.names {
-                if let Err(e) = self.ctx.images.remove(name).await {
+                if let Err(e) = self.ctx.runtime.remove_image(name).await {
                     errors.push(format!("image {name}: {e}"));
                     ok = false;
                 }
@@ -281,22 +277,9 @@ impl GarbageCollector {
     async fn image_fs_path(&self) -> PathBuf {
         self.image_fs
             .get_or_init(|| async {
-                let c = self.ctx.containers.containerd();
-                let req = PluginsRequest {
-                    filters: vec![format!("type==io.containerd.snapshotter.v1,id=={SNAPSHOTTER}")],
-                };
-                let root = IntrospectionClient::new(c.channel())
-                    .plugins(c.request(req, None))
-                    .await
-                    .ok()
-                    .and_then(|r| {
-                        r.into_inner()
-                            .plugins
-                            .into_iter()
-                            .find_map(|p| p.exports.get("root").cloned())
-                    });
+                let root = self.ctx.runtime.snapshotter_root().await;
                 match root {
-                    Some(r) => PathBuf::from(r),
+                    Some(r) => r,
                     None => {
                         tracing::warn!(
                             "containerd did not report the snapshotter root; image filesystem = root dir"
@@ -315,7 +298,7 @@ impl GarbageCollector {
             images: BTreeSet::new(),
             pods: Vec::new(),
         };
-        for ct in self.ctx.containers.list_all().await? {
+        for ct in self.ctx.runtime.list_all_containers().await? {
             if !ct.image.is_empty() {
                 view.images.insert(ct.image.clone());
             }
@@ -356,7 +339,7 @@ impl GarbageCollector {
                 },
                 ..Default::default()
             };
-            crate::workers::remove_pod(&self.ctx, &pod).await;
+            crate::pods::executor::remove_pod(&self.ctx, &pod).await;
         }
         Ok(())
     }

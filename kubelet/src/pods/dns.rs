@@ -84,15 +84,32 @@ pub struct DnsSettings {
     pub node_ipv6_only: bool,
 }
 
+/// Why a pod's DNS settings cannot be made (the message goes to the pod's status).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    #[error("could not open resolv conf file {path}: {message}")]
+    ResolvConf { path: String, message: String },
+    #[error("hostname for pod {0:?} was invalid after truncation")]
+    Hostname(String),
+    #[error(
+        "failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is too long \
+         ({max} characters is the max, {len} characters requested)",
+        max = FQDN_MAX_LEN
+    )]
+    FqdnTooLong { fqdn: String, len: usize },
+}
+
 impl DnsSettings {
     /// The node's DNS with the host's resolver config read now, as upstream reads it for every pod
     /// (the only I/O in this module).
-    pub fn load(&self) -> Result<NodeDns, String> {
+    pub fn load(&self) -> Result<NodeDns, DnsError> {
         let host = if self.resolv_conf.is_empty() {
             None
         } else {
-            let text = std::fs::read_to_string(&self.resolv_conf)
-                .map_err(|e| format!("could not open resolv conf file {}: {e}", self.resolv_conf))?;
+            let text = std::fs::read_to_string(&self.resolv_conf).map_err(|e| DnsError::ResolvConf {
+                path: self.resolv_conf.clone(),
+                message: e.to_string(),
+            })?;
             Some(ResolvConf::parse(&text))
         };
         Ok(NodeDns {
@@ -245,7 +262,7 @@ fn fit_limits(conf: &mut ResolvConf, events: &mut Vec<DnsEvent>) {
 /// The pod's hostname and domain (upstream's `GeneratePodHostNameAndDomain`): `spec.hostname` or
 /// the pod's name cut to 63 characters (trailing `-`/`.` trimmed), and with a `subdomain`
 /// `<subdomain>.<namespace>.svc.<clusterDomain>`.
-pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, Option<String>), String> {
+pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, Option<String>), DnsError> {
     let spec = pod.spec.as_ref();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let hostname = spec
@@ -257,9 +274,7 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, O
         let cut: String = hostname.chars().take(63).collect();
         let cut = cut.trim_end_matches(['-', '.']).to_string();
         if cut.is_empty() {
-            return Err(format!(
-                "hostname for pod {hostname:?} was invalid after truncation"
-            ));
+            return Err(DnsError::Hostname(hostname));
         }
         cut
     } else {
@@ -277,7 +292,7 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, O
 
 /// The hostname the pod's UTS namespace gets (upstream's `GetNodenameForKernel`): the FQDN with
 /// `setHostnameAsFQDN` and a domain, refused beyond the kernel's 64 characters.
-pub fn kernel_hostname(pod: &Pod, cluster_domain: &str) -> Result<String, String> {
+pub fn kernel_hostname(pod: &Pod, cluster_domain: &str) -> Result<String, DnsError> {
     let (hostname, domain) = hostname_and_domain(pod, cluster_domain)?;
     let as_fqdn = pod
         .spec
@@ -288,11 +303,8 @@ pub fn kernel_hostname(pod: &Pod, cluster_domain: &str) -> Result<String, String
         Some(d) if as_fqdn => {
             let fqdn = format!("{hostname}.{d}");
             if fqdn.len() > FQDN_MAX_LEN {
-                return Err(format!(
-                    "failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is too \
-                     long ({FQDN_MAX_LEN} characters is the max, {} characters requested)",
-                    fqdn.len()
-                ));
+                let len = fqdn.len();
+                return Err(DnsError::FqdnTooLong { fqdn, len });
             }
             Ok(fqdn)
         }
@@ -437,7 +449,7 @@ mod tests {
             "h1.sub.shop.svc.cluster.local"
         );
         let long = pod(json!({"hostname": "a".repeat(40), "subdomain": "sub", "setHostnameAsFQDN": true}));
-        let e = kernel_hostname(&long, "cluster.local").unwrap_err();
+        let e = kernel_hostname(&long, "cluster.local").unwrap_err().to_string();
         assert!(
             e.contains("is too long (64 characters is the max, 67 characters requested)"),
             "{e}"

@@ -128,9 +128,9 @@ pub fn pod_requests(pod: &Pod) -> Result<BTreeMap<String, i128>, String> {
 /// Upstream's `GetPodQOS`: `Guaranteed` when every container has cpu and memory limits and requests
 /// equal to them, `BestEffort` when no container requests or limits cpu or memory, else `Burstable`.
 /// A quantity that does not parse counts as absent.
-pub fn pod_qos(pod: &Pod) -> &'static str {
+pub fn pod_qos(pod: &Pod) -> Qos {
     let Some(spec) = pod.spec.as_ref() else {
-        return "BestEffort";
+        return Qos::BestEffort;
     };
     let mut requests: BTreeMap<&str, i128> = BTreeMap::new();
     let mut limits: BTreeMap<&str, i128> = BTreeMap::new();
@@ -160,13 +160,32 @@ pub fn pod_qos(pod: &Pod) -> &'static str {
         }
     }
     if requests.is_empty() && limits.is_empty() {
-        return "BestEffort";
+        return Qos::BestEffort;
     }
     if guaranteed && requests.len() == limits.len() && requests.iter().all(|(k, v)| limits.get(k) == Some(v))
     {
-        return "Guaranteed";
+        return Qos::Guaranteed;
     }
-    "Burstable"
+    Qos::Burstable
+}
+
+/// A pod's QoS class ([`pod_qos`]); its cgroup is `cgroups`' business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl Qos {
+    /// The name in `status.qosClass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qos::Guaranteed => "Guaranteed",
+            Qos::Burstable => "Burstable",
+            Qos::BestEffort => "BestEffort",
+        }
+    }
 }
 
 /// Why the kubelet refused to run a pod.
@@ -270,7 +289,7 @@ pub fn rejected_status(pod: &Pod, rejection: &Rejection) -> PodStatus {
         phase: Some("Failed".into()),
         reason: Some(rejection.reason.clone()),
         message: Some(format!("Pod was rejected: {}", rejection.message)),
-        qos_class: Some(pod_qos(pod).into()),
+        qos_class: Some(pod_qos(pod).as_str().into()),
         ..Default::default()
     }
 }
@@ -312,7 +331,7 @@ mod tests {
     #[test]
     fn qos_classes_as_upstream() {
         let be = pod_with(vec![container("a", "img")], "Always");
-        assert_eq!(pod_qos(&be), "BestEffort");
+        assert_eq!(pod_qos(&be).as_str(), "BestEffort");
 
         let g = pod_with(
             vec![
@@ -326,7 +345,7 @@ mod tests {
             ],
             "Always",
         );
-        assert_eq!(pod_qos(&g), "Guaranteed");
+        assert_eq!(pod_qos(&g).as_str(), "Guaranteed");
 
         let unequal = pod_with(
             vec![with_resources(
@@ -336,13 +355,13 @@ mod tests {
             )],
             "Always",
         );
-        assert_eq!(pod_qos(&unequal), "Burstable");
+        assert_eq!(pod_qos(&unequal).as_str(), "Burstable");
 
         let cpu_only = pod_with(
             vec![with_resources(container("a", "img"), &[], &[("cpu", "1")])],
             "Always",
         );
-        assert_eq!(pod_qos(&cpu_only), "Burstable");
+        assert_eq!(pod_qos(&cpu_only).as_str(), "Burstable");
 
         let mixed = pod_with(
             vec![
@@ -355,7 +374,7 @@ mod tests {
             ],
             "Always",
         );
-        assert_eq!(pod_qos(&mixed), "Burstable");
+        assert_eq!(pod_qos(&mixed).as_str(), "Burstable");
 
         // Only cpu/memory count: ephemeral-storage alone is BestEffort.
         let storage = pod_with(
@@ -366,14 +385,14 @@ mod tests {
             )],
             "Always",
         );
-        assert_eq!(pod_qos(&storage), "BestEffort");
+        assert_eq!(pod_qos(&storage).as_str(), "BestEffort");
 
         // Zero requests are ignored.
         let zero = pod_with(
             vec![with_resources(container("a", "img"), &[("cpu", "0")], &[])],
             "Always",
         );
-        assert_eq!(pod_qos(&zero), "BestEffort");
+        assert_eq!(pod_qos(&zero).as_str(), "BestEffort");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::Timestamp;
 use super::observed::{AttemptState, ContainerAttempt, Observed, container_id_uri};
+use super::plan::deadline_exceeded;
 use super::resources::pod_qos;
-use super::worker::deadline_exceeded;
 
 /// Condition types the kubelet owns (upstream's `PodConditionsByKubelet` plus
 /// `PodReadyToStartContainers`); others in the old status are kept untouched.
@@ -115,19 +115,7 @@ fn convert_attempt(a: &ContainerAttempt, spec_image: &str, old: Option<&Containe
 
 /// Upstream's `ShouldContainerBeRestarted`, including "never once the pod is deleted".
 fn should_restart(pod: &Pod, policy: &str, latest: Option<&ContainerAttempt>) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let Some(a) = latest else { return true };
-    match &a.state {
-        AttemptState::Running { .. } => false,
-        AttemptState::Created | AttemptState::Unknown => true,
-        AttemptState::Exited { exit_code, .. } => match policy {
-            "Never" => false,
-            "OnFailure" => *exit_code != 0,
-            _ => true,
-        },
-    }
+    pod.metadata.deletion_timestamp.is_none() && super::plan::should_start(policy, latest)
 }
 
 /// Statuses of one container list (init or app), in spec order (upstream's
@@ -539,7 +527,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         pod_ip: pod_ips.first().cloned(),
         pod_ips: (!pod_ips.is_empty()).then(|| pod_ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         start_time: old.start_time.clone().or(Some(Time(now))),
-        qos_class: Some(pod_qos(pod).into()),
+        qos_class: Some(pod_qos(pod).as_str().into()),
         init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
         container_statuses: Some(app_statuses),
         nominated_node_name: old.nominated_node_name.clone(),

@@ -80,7 +80,7 @@ pub async fn probe(host: &str, port: u16, service: Option<&str>, timeout: Durati
     match tokio::time::timeout(timeout, call).await {
         Err(_) => ProbeOutcome::Failure(format!(
             "timeout: health rpc did not complete within {}",
-            go_duration(timeout)
+            crate::pods::go_duration(timeout)
         )),
         Ok(Err(status)) => match status.code() {
             tonic::Code::Unimplemented => ProbeOutcome::Failure(format!(
@@ -89,7 +89,7 @@ pub async fn probe(host: &str, port: u16, service: Option<&str>, timeout: Durati
             )),
             tonic::Code::DeadlineExceeded => ProbeOutcome::Failure(format!(
                 "timeout: health rpc did not complete within {}",
-                go_duration(timeout)
+                crate::pods::go_duration(timeout)
             )),
             _ => ProbeOutcome::Failure(format!(
                 "error: health rpc probe failed: rpc error: code = {:?} desc = {}",
@@ -114,15 +114,6 @@ pub async fn probe(host: &str, port: u16, service: Option<&str>, timeout: Durati
 fn connect_timeout(addr: &str, timeout: Duration) -> ProbeOutcome {
     ProbeOutcome::Failure(format!(
         "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
-        go_duration(timeout)
+        crate::pods::go_duration(timeout)
     ))
-}
-
-/// Go's `time.Duration` rendering for whole seconds (`1s`, `10s`) or milliseconds.
-fn go_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }

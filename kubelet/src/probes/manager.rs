@@ -67,7 +67,7 @@ struct Inner {
 
 impl Inner {
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.containers)
     }
 }
 

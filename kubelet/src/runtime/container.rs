@@ -255,6 +255,17 @@ pub struct CreatedContainer {
 }
 
 impl CreatedContainer {
+    /// A created container without a log copy (a fake runtime's).
+    pub fn without_logs(id: &str, log_path: PathBuf, cgroups_path: String, fifo_dir: PathBuf) -> Self {
+        CreatedContainer {
+            id: id.to_string(),
+            log_path,
+            cgroups_path,
+            fifo_dir,
+            log_threads: Vec::new(),
+        }
+    }
+
     /// Waits until both log streams reached EOF (the container exited and the shim closed its ends),
     /// so the log file is complete. Blocking; call from `spawn_blocking` in async code.
     pub fn flush_logs(&mut self) {
@@ -934,61 +945,7 @@ fn cgroups_path(spec: &Spec) -> String {
         .unwrap_or_default()
 }
 
-/// Whether the OOM killer killed a process in the container's v1 memory cgroup: the `oom_kill`
-/// counter of `memory.oom_control` (Linux ≥ 4.13). False if the cgroup is gone or unreadable.
-pub fn oom_killed(cgroups_path: &str) -> bool {
-    let rel = cgroups_path.trim_start_matches('/');
-    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
-        return false;
-    }
-    fs::read_to_string(
-        Path::new(CGROUP_ROOT)
-            .join("memory")
-            .join(rel)
-            .join("memory.oom_control"),
-    )
-    .map(|s| oom_kill_count(&s) > 0)
-    .unwrap_or(false)
-}
-
-/// The `oom_kill` counter of a `memory.oom_control` file.
-pub fn oom_kill_count(oom_control: &str) -> u64 {
-    oom_control
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The cgroup v1 hierarchy root.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// Removes the container's cgroup directory in every v1 controller hierarchy (runc removes only the
-/// leaf and leaves parents behind — PLATFORM.md), deepest first; directories still in use stay.
-/// `cgroups_path` is a cgroupfs path like `/kubepods/pod<uid>/<id>`: the leaf and its parents are
-/// removed only when empty.
-pub fn remove_cgroup_dirs(cgroups_path: &str) {
-    let rel = cgroups_path.trim_start_matches('/');
-    if rel.is_empty() || rel.split('/').any(|c| c == ".." || c.is_empty()) {
-        return;
-    }
-    let Ok(controllers) = fs::read_dir(CGROUP_ROOT) else {
-        return;
-    };
-    for ctl in controllers.flatten() {
-        let mut dir = ctl.path().join(rel);
-        // Stop at the hierarchy root; rmdir fails on non-empty (in use) directories, which is wanted.
-        while dir != ctl.path() {
-            if dir.is_dir() && fs::remove_dir(&dir).is_err() {
-                break;
-            }
-            match dir.parent() {
-                Some(p) => dir = p.to_path_buf(),
-                None => break,
-            }
-        }
-    }
-}
+pub use crate::cgroups::fs::{oom_kill_count, oom_killed, remove_cgroup_dirs};
 
 #[cfg(test)]
 mod tests {

@@ -479,3 +479,53 @@ async fn run_stream(
     .await;
     outcome
 }
+
+/// Closes the stdin of a container's task (CRI's CloseStdin), so its process sees EOF.
+pub async fn close_task_stdin(c: &Containerd, container_id: &str) -> Result<(), RuntimeError> {
+    let req = CloseIoRequest {
+        container_id: container_id.to_string(),
+        exec_id: String::new(),
+        stdin: true,
+    };
+    TasksClient::new(c.channel())
+        .close_io(c.request(req, None))
+        .await
+        .map_err(RuntimeError::grpc("close task stdin"))?;
+    Ok(())
+}
+
+/// Resizes the terminal of a container's task.
+pub async fn resize_task_pty(
+    c: &Containerd,
+    container_id: &str,
+    width: u32,
+    height: u32,
+) -> Result<(), RuntimeError> {
+    let req = ResizePtyRequest {
+        container_id: container_id.to_string(),
+        exec_id: String::new(),
+        width,
+        height,
+    };
+    TasksClient::new(c.channel())
+        .resize_pty(c.request(req, None))
+        .await
+        .map_err(RuntimeError::grpc("resize task pty"))?;
+    Ok(())
+}
+
+/// Waits until a container's task exits; returns its exit status.
+pub async fn wait_task(c: Containerd, container_id: String) -> Result<u32, RuntimeError> {
+    let req = c.request(
+        WaitRequest {
+            container_id,
+            exec_id: String::new(),
+        },
+        None,
+    );
+    let w = TasksClient::new(c.channel())
+        .wait(req)
+        .await
+        .map_err(RuntimeError::grpc("wait task"))?;
+    Ok(w.into_inner().exit_status)
+}

@@ -1,6 +1,8 @@
-//! The kubelet's hands on containerd 1.6 (gRPC, no CRI shim): images (`image`), containers and tasks
-//! with CRI-format logs (`container`), exec (`exec`) and task events (`events`), all over one
-//! connection; the pause-less pod sandbox is `crate::sandbox`.
+//! The kubelet's hands on containerd 1.6 (gRPC, no CRI shim), the only module that speaks its gRPC:
+//! the seam the rest of the kubelet calls ([`PodRuntime`], in `pod_runtime`, with a recording fake in
+//! `fake` for unit tests), images (`image`), containers and tasks with CRI-format logs (`container`),
+//! exec and task stdin/terminal/wait (`exec`), task events (`events`) and the image's users
+//! (`passwd`), all over one connection; the pause-less pod sandbox is `crate::sandbox`.
 //!
 //! Every request carries the `containerd-namespace` header (knode uses `k8s.io` by default) and, while
 //! a multi-step operation runs, a `containerd-lease` header so containerd's garbage collector does not
@@ -11,7 +13,13 @@ pub mod events;
 pub mod exec;
 pub mod image;
 pub mod passwd;
+pub mod pod_runtime;
 pub mod stdin;
+
+#[cfg(test)]
+pub mod fake;
+
+pub use pod_runtime::{ContainerdRuntime, PodRuntime, SnapshotUsage};
 
 use tonic::Request;
 use tonic::metadata::MetadataValue;

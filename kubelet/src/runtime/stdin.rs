@@ -60,7 +60,7 @@ impl StdinPipe {
 static PIPES: LazyLock<Mutex<HashMap<String, Arc<StdinPipe>>>> = LazyLock::new(Default::default);
 
 fn pipes() -> std::sync::MutexGuard<'static, HashMap<String, Arc<StdinPipe>>> {
-    PIPES.lock().unwrap_or_else(|p| p.into_inner())
+    crate::lock::lock(&PIPES)
 }
 
 /// Makes the FIFO at `path` and registers the kubelet's end of it for container `id`.

@@ -393,14 +393,7 @@ async fn attach_stdin(c: Containerd, container_id: String, mut input: mpsc::Rece
         drop(pipe);
         crate::runtime::stdin::close(&container_id);
         // Also tell the shim, which closes the process's end (CRI's CloseStdin does the same).
-        use containerd_client::services::v1::CloseIoRequest;
-        use containerd_client::services::v1::tasks_client::TasksClient;
-        let req = CloseIoRequest {
-            container_id: container_id.clone(),
-            exec_id: String::new(),
-            stdin: true,
-        };
-        if let Err(e) = TasksClient::new(c.channel()).close_io(c.request(req, None)).await {
+        if let Err(e) = crate::runtime::exec::close_task_stdin(&c, &container_id).await {
             tracing::debug!(container = %container_id, error = %e, "closing the task's stdin failed");
         }
     }
@@ -408,19 +401,9 @@ async fn attach_stdin(c: Containerd, container_id: String, mut input: mpsc::Rece
 
 /// Resizes the container's terminal (an attach with `tty`) through Tasks.ResizePty.
 async fn resize_task(c: Containerd, container_id: String, mut sizes: mpsc::Receiver<TermSize>) {
-    use containerd_client::services::v1::ResizePtyRequest;
-    use containerd_client::services::v1::tasks_client::TasksClient;
     while let Some(sz) = sizes.recv().await {
-        let req = ResizePtyRequest {
-            container_id: container_id.clone(),
-            exec_id: String::new(),
-            width: u32::from(sz.width),
-            height: u32::from(sz.height),
-        };
-        if let Err(e) = TasksClient::new(c.channel())
-            .resize_pty(c.request(req, None))
-            .await
-        {
+        let (width, height) = (u32::from(sz.width), u32::from(sz.height));
+        if let Err(e) = crate::runtime::exec::resize_task_pty(&c, &container_id, width, height).await {
             tracing::debug!(container = %container_id, error = %e, "resizing the terminal failed");
         }
     }
@@ -434,17 +417,10 @@ async fn attach(
     stdout: Option<mpsc::Sender<Bytes>>,
     stderr: Option<mpsc::Sender<Bytes>>,
 ) -> Result<u32, String> {
-    use containerd_client::services::v1::WaitRequest;
-    use containerd_client::services::v1::tasks_client::TasksClient;
-    let c = rt.containerd.clone();
-    let req = c.request(
-        WaitRequest {
-            container_id: container_id.into(),
-            exec_id: String::new(),
-        },
-        None,
-    );
-    let mut wait = tokio::spawn(async move { TasksClient::new(c.channel()).wait(req).await });
+    let mut wait = tokio::spawn(crate::runtime::exec::wait_task(
+        rt.containerd.clone(),
+        container_id.to_string(),
+    ));
     let mut offset = log_path
         .as_ref()
         .and_then(|p| std::fs::metadata(p).ok())
@@ -456,7 +432,7 @@ async fn attach(
         tokio::select! {
             r = &mut wait, if exited.is_none() => {
                 exited = Some(match r {
-                    Ok(Ok(w)) => w.into_inner().exit_status,
+                    Ok(Ok(code)) => code,
                     _ => 0,
                 });
             }

@@ -509,6 +509,7 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
     Ok(spec)
 }
 
+pub mod seccomp;
 pub mod security;
 pub mod user;
 

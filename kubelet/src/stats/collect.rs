@@ -18,8 +18,8 @@ use super::{
     parse_net_dev, proc_stat_cpu_ns,
 };
 use crate::cgroups::CgroupFs;
+use crate::pods::executor::NodeContext;
 use crate::runtime::container::{ListedContainer, TaskState};
-use crate::workers::NodeContext;
 
 /// The node's stats source, shared by the kubelet API and the eviction manager.
 pub struct StatsProvider {
@@ -130,7 +130,7 @@ impl StatsProvider {
 
     /// Pods and containers by state right now (upstream's `container_state` values).
     pub async fn running(&self) -> crate::metrics::Running {
-        let listed = self.ctx.containers.list().await.unwrap_or_default();
+        let listed = self.ctx.runtime.list_containers().await.unwrap_or_default();
         crate::metrics::running_from(listed.iter().map(|l| {
             let state = match l.state {
                 TaskState::Running { .. } => "running",
@@ -152,36 +152,23 @@ impl StatsProvider {
     }
 
     async fn snapshot_usage(&self, id: &str, time: &str) -> Option<FsStats> {
-        use containerd_client::services::v1::snapshots::UsageRequest;
-        use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-        let c = self.ctx.containers.containerd();
-        let u = SnapshotsClient::new(c.channel())
-            .usage(c.request(
-                UsageRequest {
-                    snapshotter: crate::runtime::SNAPSHOTTER.into(),
-                    key: id.to_string(),
-                },
-                None,
-            ))
-            .await
-            .ok()?
-            .into_inner();
+        let u = self.ctx.runtime.snapshot_usage(id).await.ok()?;
         let mut fs = statvfs_fs(&self.ctx.root_dir, time).unwrap_or_default();
         fs.time = time.to_string();
-        fs.used_bytes = Some(u.size.max(0) as u64);
-        fs.inodes_used = Some(u.inodes.max(0) as u64);
+        fs.used_bytes = Some(u.bytes);
+        fs.inodes_used = Some(u.inodes);
         Some(fs)
     }
 
     /// The summary, at most a second old.
     pub async fn summary(&self) -> Arc<Summary> {
-        if let Some((at, s)) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        if let Some((at, s)) = crate::lock::lock(&self.last).as_ref()
             && at.elapsed() < Duration::from_secs(1)
         {
             return s.clone();
         }
         let s = Arc::new(self.collect().await);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), s.clone()));
+        *crate::lock::lock(&self.last) = Some((std::time::Instant::now(), s.clone()));
         s
     }
 
@@ -190,7 +177,7 @@ impl StatsProvider {
         let time = now.to_string();
         let at_ns = now.as_nanosecond().max(0) as u64;
         let fs = self.ctx.cgroups.fs().clone();
-        let listed = self.ctx.containers.list().await.unwrap_or_default();
+        let listed = self.ctx.runtime.list_containers().await.unwrap_or_default();
         let mut by_pod: BTreeMap<String, Vec<(ListedContainer, u32)>> = BTreeMap::new();
         for l in listed {
             if let TaskState::Running { pid } = l.state {

@@ -374,7 +374,7 @@ impl CpuRates {
 
     /// Records a sample of `key` and returns its current rate in nanocores.
     pub fn observe(&self, key: &str, at_ns: u64, usage_ns: u64) -> Option<u64> {
-        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::lock::lock(&self.samples);
         match s.get_mut(key) {
             Some(prev) if usage_ns < prev.usage_ns => {
                 // A new cgroup under the same key (container restarted): start over.
@@ -411,7 +411,7 @@ impl CpuRates {
 
     /// Forgets keys not in `keep` (pods and containers that went away).
     pub fn retain(&self, keep: &std::collections::BTreeSet<String>) {
-        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::lock::lock(&self.samples);
         s.retain(|k, _| keep.contains(k));
     }
 }

@@ -27,9 +27,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, V
 use kube::Api;
 
 use crate::inputs::{PodFacts, PodRefs};
+use crate::pods::executor::NodeContext;
 use crate::pods::{Observed, StartError};
 use crate::spec::BindMount;
-use crate::workers::NodeContext;
 use atomic::{FileProjection, Payload};
 use host::Access;
 
@@ -491,9 +491,7 @@ impl Default for VolumeManager {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock::lock;
 
 impl VolumeManager {
     /// Sets how often running pods' configMap/secret/downwardAPI/projected volumes are rewritten
@@ -758,7 +756,7 @@ pub async fn setup_pod(
                 error = %e,
                 "volume setup failed"
             );
-            crate::workers::event(ctx, pod, None, "Warning", "FailedMount", e.to_string());
+            crate::pods::executor::event(ctx, pod, None, "Warning", "FailedMount", e.to_string());
             Err(e.start_error())
         }
     }

@@ -133,7 +133,7 @@ impl TokenCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Cached>> {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.tokens)
     }
 }
 

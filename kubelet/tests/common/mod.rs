@@ -247,6 +247,30 @@ impl Node {
         serde_json::from_str(&self.kubectl(&["get", "pod", name, "-o", "json"])).unwrap()
     }
 
+    /// `ctr` against the node's containerd and namespace.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.args([
+            "--address",
+            self.containerd.socket().to_str().unwrap(),
+            "-n",
+            &self.ns,
+        ]);
+        c
+    }
+
+    /// Waits until `f` gives `Some` (at most `secs`), or fails with the kubelet's log.
+    pub fn wait_for<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        let log = || format!("kubelet log:\n{}", self.log());
+        knode_harness::wait_until(
+            what,
+            Duration::from_secs(secs),
+            Duration::from_millis(300),
+            log,
+            f,
+        )
+    }
+
     pub fn eventually(&self, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while !f() {
@@ -297,18 +321,7 @@ impl Node {
     }
 
     pub fn container_count(&self) -> usize {
-        let out = Command::new("ctr")
-            .args([
-                "--address",
-                self.containerd.socket().to_str().unwrap(),
-                "-n",
-                &self.ns,
-                "containers",
-                "ls",
-                "-q",
-            ])
-            .output()
-            .unwrap();
+        let out = self.ctr().args(["containers", "ls", "-q"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).lines().count()
     }
 }
@@ -416,18 +429,9 @@ impl Node {
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
-        let out = Command::new("ctr")
-            .args([
-                "--address",
-                self.containerd.socket().to_str().unwrap(),
-                "-n",
-                &self.ns,
-                "tasks",
-                "exec",
-                "--exec-id",
-                &exec_id,
-                &id,
-            ])
+        let out = self
+            .ctr()
+            .args(["tasks", "exec", "--exec-id", &exec_id, &id])
             .args(cmd)
             .output()
             .unwrap();

@@ -50,32 +50,15 @@ async fn containerd_answers_and_registry_serves_the_test_images() {
     nsc.create(with_namespace!(create, ns.as_str()))
         .await
         .expect("create namespace");
-    let listed = nsc
-        .list(ListNamespacesRequest {
-            filter: String::new(),
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(
-        listed.namespaces.iter().any(|n| n.name == ns),
-        "{ns} not in {:?}",
-        listed.namespaces
-    );
+    let listed = namespaces(&mut nsc).await;
+    assert!(listed.contains(&ns), "{ns} not in {listed:?}");
     nsc.delete(with_namespace!(
         DeleteNamespaceRequest { name: ns.clone() },
         ns.as_str()
     ))
     .await
     .expect("delete namespace");
-    let listed = nsc
-        .list(ListNamespacesRequest {
-            filter: String::new(),
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(!listed.namespaces.iter().any(|n| n.name == ns));
+    assert!(!namespaces(&mut nsc).await.contains(&ns));
 
     // registry: push the test images, then read them back over the distribution API.
     let images = image::push_test_images(&registry.host())
@@ -153,4 +136,18 @@ async fn containerd_answers_and_registry_serves_the_test_images() {
         "shims left for {socket}"
     );
     assert!(knode_harness::cleanup::mounts_under(&dir).is_empty());
+}
+
+/// The names of containerd's namespaces.
+async fn namespaces(nsc: &mut NamespacesClient<tonic::transport::Channel>) -> Vec<String> {
+    nsc.list(ListNamespacesRequest {
+        filter: String::new(),
+    })
+    .await
+    .expect("list")
+    .into_inner()
+    .namespaces
+    .into_iter()
+    .map(|n| n.name)
+    .collect()
 }

@@ -5,7 +5,6 @@
 //! The binary comes from the workspace's target dir (`cargo build -p knode-control-plane` — the
 //! README's test command builds every target first).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,14 +36,6 @@ pub fn target_bin(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
-fn free_port() -> Result<u16> {
-    let l =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::NotReady(format!("free port: {e}")))?;
-    Ok(l.local_addr()
-        .map_err(|e| HarnessError::NotReady(e.to_string()))?
-        .port())
-}
-
 impl ControlPlane {
     /// Starts the control plane with `extra` flags and waits until it serves.
     pub fn start(extra: &[&str]) -> Result<Self> {
@@ -61,7 +52,7 @@ impl ControlPlane {
             )));
         }
         let dir = tempfile::tempdir().map_err(|e| HarnessError::NotReady(e.to_string()))?;
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let kubeconfig = dir.path().join("admin.conf");
         let mut cp = ControlPlane {
             child: None,
@@ -180,7 +171,6 @@ impl ControlPlane {
 
     /// Runs the system kubectl with the admin kubeconfig; returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use std::io::Write;
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -191,26 +181,16 @@ impl ControlPlane {
         };
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let Ok(mut child) = cmd.spawn() else {
-            return (false, String::new(), "kubectl not found".into());
-        };
-        if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-            let _ = i.write_all(s.as_bytes());
-        }
-        match child.wait_with_output() {
+            .env("HOME", self.dir.path());
+        match crate::process::output_with_stdin(&mut cmd, stdin.map(str::as_bytes)) {
             Ok(o) => (
                 o.status.success(),
                 String::from_utf8_lossy(&o.stdout).into_owned(),
                 String::from_utf8_lossy(&o.stderr).into_owned(),
             ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (false, String::new(), "kubectl not found".into())
+            }
             Err(e) => (false, String::new(), e.to_string()),
         }
     }

@@ -11,6 +11,8 @@
 //!   kube-scheduler of the pinned upstream release (`scripts/build-upstream.sh`), set up as
 //!   `kubeadm init` does (own PKI, Node authorizer, bootstrap token, CSR auto-approval).
 //!
+//! - [`process::output_with_stdin`]: a command run with input (kubectl apply -f -, exec -i).
+//!
 //! Everything started here is stopped and removed on drop: processes (and the container processes of
 //! any shim they left), mounts under the private directories, and the directories themselves.
 
@@ -20,6 +22,7 @@ pub mod containerd;
 pub mod control_plane;
 pub mod image;
 pub mod netns;
+pub mod process;
 pub mod registry;
 pub mod upstream;
 
@@ -82,4 +85,35 @@ pub(crate) fn private_dir(prefix: &str) -> Result<tempfile::TempDir> {
         .prefix(prefix)
         .tempdir_in("/tmp")
         .map_err(HarnessError::io(format!("creating a private dir for {prefix}")))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("finding a free port"))?;
+    Ok(l.local_addr()
+        .map_err(HarnessError::io("finding a free port"))?
+        .port())
+}
+
+/// Polls `f` every `every` until it gives `Some`; panics after `timeout` naming `what`, with
+/// `log()` (the log of the daemon under test) in the message. For tests.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            log()
+        );
+        std::thread::sleep(every);
+    }
 }

@@ -2,7 +2,7 @@
 //! address inside a test-made network namespace (a multi-node cluster's segment).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ impl PrivateRegistry {
         // The free port is probed, then bound by the registry: another process may take it in
         // between, so a bind failure is retried on a new port.
         for _attempt in 0..5 {
-            let mut reg = Self::spawn(free_port()?, auth, Ipv4Addr::LOCALHOST, None)?;
+            let mut reg = Self::spawn(crate::free_port()?, auth, Ipv4Addr::LOCALHOST, None)?;
             match reg.wait_ready(Duration::from_secs(20), auth.is_some()) {
                 Ok(()) => return Ok(reg),
                 Err(e) => {
@@ -173,14 +173,6 @@ impl Drop for PrivateRegistry {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l =
-        TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("binding 127.0.0.1:0 for a free port"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(HarnessError::io("reading a free port"))
 }
 
 /// Status code of a plain `GET path` on 127.0.0.1:port, or None if nothing answers.

@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,11 +17,7 @@ pub struct Cluster {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    knode_harness::free_port().unwrap()
 }
 
 /// The directory holding `kubectl` and its versioned siblings (`kubectl.1.27` …).
@@ -141,36 +135,22 @@ impl Cluster {
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        if let Some(s) = stdin {
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .env("HOME", self.dir.path());
+        knode_harness::process::output_with_stdin(&mut cmd, stdin.map(str::as_bytes)).unwrap()
     }
 
     /// kubectl that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\nserver log tail: {}",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&self.log())
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.succeeded(args, self.kubectl(args))
     }
 
     /// kubectl with stdin that must succeed.
     pub fn ok_in(&self, args: &[&str], stdin: &str) -> String {
-        let out = self.kubectl_in(args, stdin);
+        self.succeeded(args, self.kubectl_in(args, stdin))
+    }
+
+    /// The stdout of a kubectl run that must have succeeded.
+    fn succeeded(&self, args: &[&str], out: Output) -> String {
         assert!(
             out.status.success(),
             "kubectl {args:?} failed: {}\nserver log tail: {}",

@@ -141,13 +141,6 @@ impl std::fmt::Debug for UpstreamControlPlane {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("finding a free port"))?;
-    Ok(l.local_addr()
-        .map_err(HarnessError::io("finding a free port"))?
-        .port())
-}
-
 /// Go's duration syntax for a flag (`90s`).
 fn go_duration(d: Duration) -> String {
     format!("{}s", d.as_secs().max(1))
@@ -236,17 +229,17 @@ impl UpstreamControlPlane {
         let adv = opts.advertise_address;
         let api_port = match opts.secure_port {
             Some(p) => p,
-            None => free_port()?,
+            None => crate::free_port()?,
         };
         let host = match adv {
             IpAddr::V6(a) => format!("[{a}]"),
             IpAddr::V4(a) => a.to_string(),
         };
         let server_url = format!("https://{host}:{api_port}");
-        let etcd_port = free_port()?;
-        let etcd_peer_port = free_port()?;
-        let kcm_port = free_port()?;
-        let sched_port = free_port()?;
+        let etcd_port = crate::free_port()?;
+        let etcd_peer_port = crate::free_port()?;
+        let kcm_port = crate::free_port()?;
+        let sched_port = crate::free_port()?;
 
         let mut me = UpstreamControlPlane {
             procs: Vec::new(),
@@ -562,26 +555,10 @@ impl UpstreamControlPlane {
 
     /// Runs kubectl with `kubeconfig`; returns its stdout, or an error with its stderr.
     pub fn run_kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        use std::io::Write;
         let mut cmd = self.kubectl_command_as(kubeconfig);
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
+        cmd.args(args);
+        let out = crate::process::output_with_stdin(&mut cmd, stdin.map(str::as_bytes))
             .map_err(HarnessError::io(format!("running {}", self.kubectl().display())))?;
-        if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-            i.write_all(s.as_bytes())
-                .map_err(HarnessError::io("writing kubectl's stdin"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(HarnessError::io("waiting for kubectl"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {

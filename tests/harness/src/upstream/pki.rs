@@ -149,30 +149,40 @@ impl Pki {
         sans: &[String],
         usage: Usage,
     ) -> Result<CertFiles> {
-        self.issue_with(&self.ca_issuer, file, cn, orgs, sans, usage)
+        let subject = Subject {
+            file,
+            cn,
+            orgs,
+            sans,
+            usage,
+        };
+        self.issue_with(&self.ca_issuer, subject)
     }
 
     /// A client certificate signed by the front-proxy CA (the apiserver's `--proxy-client-cert-file`).
     pub fn issue_front_proxy_client(&self) -> Result<CertFiles> {
-        self.issue_with(
-            &self.front_proxy_issuer,
-            "front-proxy-client",
-            "front-proxy-client",
-            &[],
-            &[],
-            Usage::Client,
-        )
+        let subject = Subject {
+            file: "front-proxy-client",
+            cn: "front-proxy-client",
+            orgs: &[],
+            sans: &[],
+            usage: Usage::Client,
+        };
+        self.issue_with(&self.front_proxy_issuer, subject)
     }
 
     fn issue_with(
         &self,
         issuer: &CertifiedIssuer<'static, KeyPair>,
-        file: &str,
-        cn: &str,
-        orgs: &[&str],
-        sans: &[String],
-        usage: Usage,
+        subject: Subject<'_>,
     ) -> Result<CertFiles> {
+        let Subject {
+            file,
+            cn,
+            orgs,
+            sans,
+            usage,
+        } = subject;
         let key = KeyPair::generate().map_err(crypto("generating a key"))?;
         let mut params = CertificateParams::new(sans.to_vec()).map_err(crypto("certificate SANs"))?;
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -244,6 +254,15 @@ pub fn apiserver_sans(extra: &[IpAddr]) -> Vec<String> {
         }
     }
     sans
+}
+
+/// Who a certificate is for: its files' name, common name, organizations, SANs and usage.
+struct Subject<'a> {
+    file: &'a str,
+    cn: &'a str,
+    orgs: &'a [&'a str],
+    sans: &'a [String],
+    usage: Usage,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::backoff::{BackoffBook, BackoffConfig};
 use super::fixtures::*;
 use super::observed::{AttemptState, Observed, SandboxState, StartError, spec_hash};
-use super::worker::{Action, Input, Stage, TerminationReason, WorkerState, plan, step};
+use super::plan::{Action, Input, Stage, TerminationReason, WorkerState, plan, step};
 use super::{Admission, Rejection};
 
 fn obs(containers: Vec<super::ContainerAttempt>) -> Observed {

@@ -414,7 +414,7 @@ fn init_progress<'a>(spec: &PodSpec, observed: &'a Observed) -> InitProgress<'a>
 }
 
 /// Upstream's `ShouldContainerBeRestarted` for a container whose newest attempt is `latest`.
-fn should_start(policy: &str, latest: Option<&ContainerAttempt>) -> bool {
+pub(super) fn should_start(policy: &str, latest: Option<&ContainerAttempt>) -> bool {
     let Some(a) = latest else { return true };
     match &a.state {
         AttemptState::Running { .. } => false,

@@ -1,0 +1,149 @@
+//! Stopping and removing: a container (preStop, SIGTERM, grace, SIGKILL), a container record, and
+//! everything of a pod.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+
+use super::containers::run_hook;
+use super::observe::{sandboxes_of, termination_message};
+use super::sandbox::teardown_sandbox;
+use super::{Facts, NodeContext, event, find_container, lock, uid_of};
+use crate::hooks;
+use crate::pods::{ContainerAttempt, Observed, pod_ref};
+use crate::runtime::container::TaskState;
+
+/// The shortest grace period a container gets (upstream's `minimumGracePeriodInSeconds`).
+const MIN_GRACE_SECONDS: i64 = 2;
+
+pub(super) async fn kill_container(
+    ctx: &NodeContext,
+    pod: &Pod,
+    id: &str,
+    name: &str,
+    grace: i64,
+    message: &str,
+) {
+    if !message.is_empty() {
+        event(ctx, pod, Some(name), "Normal", "Killing", message.to_string());
+    }
+    let mut grace = grace.max(0);
+    // preStop runs first, within the grace period (upstream: only when there is one).
+    if let Some((c, handler)) =
+        find_container(pod, name).and_then(|(c, _)| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+        && grace > 0
+    {
+        let started = std::time::Instant::now();
+        let limit = Duration::from_secs(grace as u64);
+        if let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PreStop, Some(limit)).await
+        {
+            tracing::warn!(pod = %pod_ref(pod), container = name, id, error = %message, "preStop hook failed");
+            event(
+                ctx,
+                pod,
+                Some(name),
+                "Warning",
+                "FailedPreStopHook",
+                "PreStopHook failed".into(),
+            );
+        }
+        grace -= started.elapsed().as_secs() as i64;
+    }
+    // Upstream always leaves a minimal shutdown window to avoid needless SIGKILLs.
+    let grace = Duration::from_secs(grace.max(MIN_GRACE_SECONDS) as u64);
+    match ctx.runtime.stop(id, libc::SIGTERM as u32, grace).await {
+        Ok(status) => {
+            let mut f = ctx.facts(id).unwrap_or_else(|| Facts {
+                pod_uid: uid_of(pod),
+                ..Default::default()
+            });
+            if f.finished_at.is_none() {
+                f.finished_at = Some(Timestamp::now());
+                f.exit_code = Some(status.code);
+                f.oom = f.oom || crate::cgroups::fs::oom_killed(&f.cgroups_path);
+                f.message = termination_message(&f, status.code);
+                ctx.save_facts(id, f);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(pod = %pod_ref(pod), container = name, id, error = %e, "stopping container failed")
+        }
+    }
+}
+
+pub(super) async fn remove_container(ctx: &NodeContext, id: &str) {
+    ctx.probes.remove_container(id);
+    let handle = lock(&ctx.handles).remove(id);
+    let r = match handle {
+        Some(mut h) => {
+            let h = tokio::task::spawn_blocking(move || {
+                h.flush_logs();
+                h
+            })
+            .await;
+            match h {
+                Ok(h) => ctx.runtime.remove(&h).await,
+                Err(_) => ctx.runtime.delete(id).await,
+            }
+        }
+        None => {
+            let r = ctx.runtime.delete(id).await;
+            let _ = std::fs::remove_dir_all(ctx.root_dir.join("fifo").join(id));
+            if let Some(f) = ctx.facts(id) {
+                crate::cgroups::fs::remove_cgroup_dirs(&f.cgroups_path);
+            }
+            r
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(container = id, error = %e, "removing container failed");
+    }
+    ctx.forget_facts(id);
+}
+
+/// Stops every running container of the pod concurrently, each with `grace_seconds`, then tears the
+/// sandbox down; the stopped containers stay for status and logs.
+pub(super) async fn kill_pod(ctx: &NodeContext, pod: &Pod, observed: &Observed, grace_seconds: i64) {
+    let running: Vec<&ContainerAttempt> = observed
+        .containers
+        .iter()
+        .filter(|c| c.state.is_running())
+        .collect();
+    let messages: Vec<String> = running
+        .iter()
+        .map(|c| format!("Stopping container {}", c.name))
+        .collect();
+    let kills = running
+        .iter()
+        .zip(&messages)
+        .map(|(c, m)| kill_container(ctx, pod, &c.id, &c.name, grace_seconds, m));
+    futures::future::join_all(kills).await;
+    for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid_of(pod)) {
+        teardown_sandbox(ctx, pod, &id).await;
+    }
+}
+
+/// Removes everything of a pod from the node: containers, sandboxes, volumes, logs.
+pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) {
+    let uid = uid_of(pod);
+    let mine: Vec<_> = ctx.runtime.list_pod(&uid).await.unwrap_or_default();
+    for l in mine {
+        if matches!(l.state, TaskState::Running { .. }) {
+            let _ = ctx
+                .runtime
+                .stop(&l.id, libc::SIGKILL as u32, Duration::from_secs(1))
+                .await;
+        }
+        remove_container(ctx, &l.id).await;
+    }
+    for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid) {
+        teardown_sandbox(ctx, pod, &id).await;
+    }
+    ctx.volumes.teardown(&ctx.root_dir, &uid);
+    let _ = std::fs::remove_dir_all(ctx.pod_log_dir(pod));
+    if let Err(e) = ctx.cgroups.remove_pod(&uid) {
+        tracing::warn!(pod = %pod_ref(pod), error = %e, "removing the pod's cgroups failed");
+    }
+    lock(&ctx.book).forget_pod(&uid);
+}
