@@ -119,7 +119,11 @@ down() {
       done
     fi
     stop_pid "$nd/containerd.pid"
-    [ "$NODES" -gt 1 ] && ip netns delete "$(node_ns "$i")" 2>/dev/null || true
+    if [ "$NODES" -gt 1 ]; then
+      # Anything still running in the node's namespace would keep it (and its veth) alive.
+      ip netns pids "$(node_ns "$i")" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+      ip netns delete "$(node_ns "$i")" 2>/dev/null || true
+    fi
   done
   stop_pid "$DIR/knode-hostgw.pid"
   # The upstream plane stops its own processes (each up to 10 s) and removes its state.

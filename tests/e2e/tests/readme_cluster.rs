@@ -364,7 +364,7 @@ fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
         // A deleted namespace is torn down asynchronously by the kernel: its veth ends go a moment
         // later.
         let mut links = tag_netns(&ns);
-        for _ in 0..40 {
+        for _ in 0..80 {
             if !links.contains("knbr-") && !links.contains("kn-") {
                 break;
             }
