@@ -164,8 +164,8 @@ pub fn exec_plugin(
         source,
     };
     let cni_path = std::env::join_paths(&rt.cni_path).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut child = Process::new(plugin)
-        .env("CNI_COMMAND", command.as_str())
+    let mut cmd = Process::new(plugin);
+    cmd.env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &rt.container_id)
         .env("CNI_NETNS", &rt.netns)
         .env("CNI_IFNAME", &rt.ifname)
@@ -173,9 +173,19 @@ pub fn exec_plugin(
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io)?;
+        .stderr(Stdio::piped());
+    // ETXTBSY: a plugin binary just written (an install, a test) can still be open for writing in
+    // a child another thread forked at that moment; libcni retries the exec 5 times too.
+    let mut attempt = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 5 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+            }
+            r => break r.map_err(io)?,
+        }
+    };
     let (Some(mut child_in), Some(mut child_out), Some(mut child_err)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {

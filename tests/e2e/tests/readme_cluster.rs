@@ -148,7 +148,13 @@ fn readme_main_command_with_two_nodes_and_the_upstream_control_plane() {
     up_demo_down("upstream", "10.201.3.1", 2);
 }
 
+/// One cluster at a time: besides sparing 2 cores, a cluster brought up while another one's node
+/// namespaces exist has been seen to keep the last of them referenced after that one's `--down`
+/// (its veth lingered although no process was left in it) — the check below is for one cluster.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn up_demo_down(mode: &str, node_ip: &str, nodes: usize) {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     knode_harness::require_root().unwrap();
     let root = knode_harness::workspace_root();
     let up = root.join("scripts/up.sh").display().to_string();
