@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::containerd::PrivateContainerd;
+use crate::containerd::{CriOptions, PrivateContainerd};
 use crate::control_plane::target_bin;
-use crate::image::{PushedImage, TestImages, push_test_images};
+use crate::image::{PushedImage, TestImages, push_pause_image, push_test_images};
 use crate::netns::{NodeNetns, Segment, in_netns};
 use crate::registry::PrivateRegistry;
-use crate::upstream::coredns::{self, CLUSTER_DNS_IP, CLUSTER_DOMAIN};
+use crate::upstream::coredns;
+use crate::upstream::node::{self, KernelTunables};
 use crate::upstream::{CLUSTER_CIDR, UpstreamBinaries, UpstreamControlPlane, UpstreamOptions};
 use crate::{HarnessError, Result, cleanup};
 
@@ -45,16 +46,35 @@ impl Default for ClusterOptions {
     }
 }
 
-/// One knode node of the cluster.
+/// Which node agents a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// knode's kubelet, kube-proxy and knode-hostgw.
+    Knode,
+    /// Upstream's kubelet (on containerd's CRI plugin) and kube-proxy (nftables mode) of the pinned
+    /// release, with knode-hostgw for routes and knode-bridge as CNI plugin: the baseline knode is
+    /// benchmarked against.
+    Upstream,
+}
+
+/// One node of the cluster.
 pub struct ClusterNode {
     pub name: String,
+    pub kind: NodeKind,
     pub netns: NodeNetns,
-    /// The containerd namespace the kubelet uses.
+    /// The containerd namespace the kubelet uses (`k8s.io` on an upstream node: CRI's).
     pub ns: String,
     kubelet: Option<Child>,
+    kubelet_bin: PathBuf,
     kubelet_args: Vec<String>,
+    proxy: Option<Child>,
+    proxy_bin: PathBuf,
+    proxy_args: Vec<String>,
     others: Vec<Child>,
     containerd: PrivateContainerd,
+    /// The cgroup root both kubelets are given (`/knode-test/<unique>`).
+    cgroup_root: String,
+    _tunables: Option<KernelTunables>,
     dir: tempfile::TempDir,
 }
 
@@ -67,20 +87,21 @@ impl std::fmt::Debug for ClusterNode {
     }
 }
 
-fn spawn_in(ns: &NodeNetns, bin: &str, args: &[String], log: &Path) -> Result<Child> {
+fn spawn_in(ns: &NodeNetns, bin: &Path, args: &[String], log: &Path) -> Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(HarnessError::io(format!("opening {}", log.display())))?;
-    ns.command(target_bin(bin))
+    ns.command(bin)
         .args(args)
         .env("RUST_LOG", "info,kube_client=warn")
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
         .map_err(HarnessError::io(format!(
-            "spawning {bin} (cargo build --workspace --bins)"
+            "spawning {} (cargo build --workspace --bins)",
+            bin.display()
         )))
 }
 
@@ -112,28 +133,67 @@ impl ClusterNode {
         self.stop_kubelet();
         self.kubelet = Some(spawn_in(
             &self.netns,
-            "kubelet",
+            &self.kubelet_bin,
             &self.kubelet_args,
             &self.log("kubelet"),
         )?);
         Ok(())
+    }
+
+    /// Kills kube-proxy (SIGKILL); its rules stay in the kernel.
+    pub fn stop_proxy(&mut self) {
+        if let Some(mut k) = self.proxy.take() {
+            kill(&mut k);
+        }
+    }
+
+    /// Starts kube-proxy again with the same flags.
+    pub fn start_proxy(&mut self) -> Result<()> {
+        self.stop_proxy();
+        self.proxy = Some(spawn_in(
+            &self.netns,
+            &self.proxy_bin,
+            &self.proxy_args,
+            &self.log("kube-proxy"),
+        )?);
+        Ok(())
+    }
+
+    /// The kubelet's process id, while it runs.
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.kubelet.as_ref().map(Child::id)
+    }
+
+    /// kube-proxy's process id, while it runs.
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(Child::id)
+    }
+
+    /// The node's containerd (CRI-enabled on an upstream node).
+    pub fn containerd(&self) -> &PrivateContainerd {
+        &self.containerd
     }
 }
 
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         self.stop_kubelet();
+        self.stop_proxy();
         for c in &mut self.others {
             kill(c);
         }
         self.containerd.stop();
         cleanup::unmount_under(self.dir.path());
+        let rel = self.cgroup_root.trim_start_matches('/');
         for ctl in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
         {
-            cleanup::remove_cgroup_tree(&ctl.path().join("knode-test").join(&self.ns));
+            cleanup::remove_cgroup_tree(&ctl.path().join(rel));
+        }
+        if self.kind == NodeKind::Upstream {
+            node::remove_host_leftovers(self.dir.path());
         }
     }
 }
@@ -146,6 +206,8 @@ pub struct KnodeCluster {
     pub cp: UpstreamControlPlane,
     pub images: TestImages,
     pub coredns_image: PushedImage,
+    /// CRI's sandbox image, pushed when the first upstream node joins.
+    pause_image: Option<PushedImage>,
     pub registry: PrivateRegistry,
     proxy_kubeconfig: PathBuf,
     kubelet_config: String,
@@ -211,7 +273,7 @@ impl KnodeCluster {
         cp.issue_kubeconfig("system:kube-proxy", &[], &proxy_kubeconfig)?;
         let cp_hostgw = spawn_in(
             &segment.ns,
-            "knode-hostgw",
+            &target_bin("knode-hostgw"),
             &[
                 format!("--kubeconfig={}", cp.kubeconfig.display()),
                 "--hostname-override=control-plane".into(),
@@ -224,6 +286,7 @@ impl KnodeCluster {
             cp,
             images,
             coredns_image,
+            pause_image: None,
             registry,
             proxy_kubeconfig,
             kubelet_config: opts.kubelet_config.clone(),
@@ -299,103 +362,159 @@ impl KnodeCluster {
     /// Joins one more node (its kubelet, kube-proxy and knode-hostgw) and waits until it is Ready
     /// and the other nodes route to its podCIDR. Returns its index in [`Self::nodes`].
     pub async fn add_node(&mut self) -> Result<usize> {
-        self.join(None).await
+        self.join(None, NodeKind::Knode).await
+    }
+
+    /// Joins a node running upstream's kubelet and kube-proxy instead of knode's ([`NodeKind`]),
+    /// and waits as [`Self::add_node`] does.
+    pub async fn add_upstream_node(&mut self) -> Result<usize> {
+        self.join(None, NodeKind::Upstream).await
     }
 
     /// Joins a fresh machine under an existing node's name (a node re-installed after it died):
     /// new namespace, address, containerd and certificates, the same Node object.
     pub async fn rejoin(&mut self, name: &str) -> Result<usize> {
-        self.join(Some(name)).await
+        self.join(Some(name), NodeKind::Knode).await
     }
 
-    async fn join(&mut self, reuse: Option<&str>) -> Result<usize> {
+    async fn join(&mut self, reuse: Option<&str>, kind: NodeKind) -> Result<usize> {
         let i = self.joined;
         let index = u8::try_from(i).map_err(|_| HarnessError::NotReady("at most 245 nodes".into()))?;
-        let containerd = PrivateContainerd::start().await?;
-        let ns = containerd.unique_namespace(&format!("kc{i}"));
         let netns = self
             .segment
             .add_node(&format!("knn-{}-{i}", &self.segment.ns.name[6..]), index)?;
+        let (containerd, ns) = match kind {
+            NodeKind::Knode => {
+                let c = PrivateContainerd::start().await?;
+                let ns = c.unique_namespace(&format!("kc{i}"));
+                (c, ns)
+            }
+            NodeKind::Upstream => {
+                let sandbox_image = self.pause_image().await?;
+                let c = PrivateContainerd::start_cri(CriOptions {
+                    netns: netns.name.clone(),
+                    sandbox_image,
+                    registry: self.registry.host(),
+                })
+                .await?;
+                node::link_cni_plugins(
+                    &c.dir().join("cni-bin"),
+                    &target_bin("knode-bridge").with_file_name(""),
+                )?;
+                (c, "k8s.io".to_string())
+            }
+        };
+        // Unique to this node of this process (runc's state root is shared by every containerd).
+        let unique = match kind {
+            NodeKind::Knode => ns.clone(),
+            NodeKind::Upstream => containerd.unique_namespace(&format!("up{i}")),
+        };
         let dir = crate::private_dir("kn-node-")?;
-        let name = reuse
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("node{i}-{}", &ns[ns.len().saturating_sub(5)..]).to_lowercase());
-        let cni = dir.path().join("cni");
-        std::fs::create_dir_all(&cni).map_err(HarnessError::io("creating the CNI conf dir"))?;
+        let name = reuse.map(str::to_string).unwrap_or_else(|| {
+            format!("node{i}-{}", &unique[unique.len().saturating_sub(5)..]).to_lowercase()
+        });
+        let cgroup_root = format!("/knode-test/{unique}");
+        let settings = node::NodeSettings {
+            node_ip: &netns.node_ip,
+            pod_logs_dir: &dir.path().join("logs"),
+            client_ca: &self.cp.ca_file,
+            extra: &self.kubelet_config,
+        };
         let config = dir.path().join("kubelet-config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-                 podLogsDir: {logs}\naddress: {ip}\nrotateCertificates: true\nserverTLSBootstrap: true\n\
-                 clusterDomain: {CLUSTER_DOMAIN}\nclusterDNS: [{CLUSTER_DNS_IP}]\n\
-                 authentication:\n  x509:\n    clientCAFile: {ca}\n  webhook:\n    enabled: true\n\
-                 authorization:\n  mode: Webhook\nevictionHard:\n  memory.available: 100Mi\n  \
-                 nodefs.available: 100Mi\n  imagefs.available: 100Mi\nimageGCHighThresholdPercent: 100\n{extra}\n",
-                logs = dir.path().join("logs").display(),
-                ip = netns.node_ip,
-                ca = self.cp.ca_file.display(),
-                extra = self.kubelet_config,
-            ),
-        )
-        .map_err(HarnessError::io("writing the kubelet config"))?;
+        let config_text = match kind {
+            NodeKind::Knode => node::kubelet_config_common(&settings),
+            NodeKind::Upstream => {
+                node::create_cgroup_root(&cgroup_root)?;
+                node::upstream_kubelet_config(&settings, containerd.socket(), &cgroup_root, dir.path())
+            }
+        };
+        std::fs::write(&config, config_text).map_err(HarnessError::io("writing the kubelet config"))?;
         let bootstrap = self
             .cp
             .bootstrap_kubeconfig(&dir.path().join("bootstrap-kubelet.conf"))?;
-        let kubelet_args = vec![
+        let mut kubelet_args = vec![
             format!("--bootstrap-kubeconfig={}", bootstrap.display()),
             format!("--kubeconfig={}", dir.path().join("kubelet.conf").display()),
             format!("--config={}", config.display()),
             format!("--hostname-override={name}"),
             format!("--node-ip={}", netns.node_ip),
             format!("--root-dir={}", dir.path().join("root").display()),
-            format!(
-                "--container-runtime-endpoint=unix://{}",
-                containerd.socket().display()
-            ),
-            format!("--containerd-namespace={ns}"),
-            format!("--insecure-registry={}", self.registry.host()),
-            format!("--cgroup-root=/knode-test/{ns}"),
-            // Empty: the kubelet writes knode-bridge's config from the node's podCIDR.
-            format!("--cni-conf-dir={}", cni.display()),
-            format!(
-                "--cni-bin-dir={}",
-                target_bin("knode-bridge")
-                    .parent()
-                    .unwrap_or(Path::new("/nonexistent"))
-                    .display()
-            ),
-            format!("--cluster-cidr={CLUSTER_CIDR}"),
         ];
+        let mut node_kubelet_args = Vec::new();
+        let (kubelet_bin, proxy_bin, proxy_args, tunables) = match kind {
+            NodeKind::Knode => {
+                let cni = dir.path().join("cni");
+                std::fs::create_dir_all(&cni).map_err(HarnessError::io("creating the CNI conf dir"))?;
+                kubelet_args.extend([
+                    format!(
+                        "--container-runtime-endpoint=unix://{}",
+                        containerd.socket().display()
+                    ),
+                    format!("--containerd-namespace={ns}"),
+                    format!("--insecure-registry={}", self.registry.host()),
+                    format!("--cgroup-root={cgroup_root}"),
+                    // Empty: the kubelet writes knode-bridge's config from the node's podCIDR.
+                    format!("--cni-conf-dir={}", cni.display()),
+                    format!(
+                        "--cni-bin-dir={}",
+                        target_bin("knode-bridge").with_file_name("").display()
+                    ),
+                    format!("--cluster-cidr={CLUSTER_CIDR}"),
+                ]);
+                let proxy_args = vec![
+                    format!("--kubeconfig={}", self.proxy_kubeconfig.display()),
+                    format!("--hostname-override={name}"),
+                    format!("--cluster-cidr={CLUSTER_CIDR}"),
+                    format!("--sync-period={}", node::SYNC_PERIOD),
+                    format!("--min-sync-period={}", node::MIN_SYNC_PERIOD),
+                    "--healthz-bind-address=127.0.0.1:10256".into(),
+                    "--metrics-bind-address=127.0.0.1:10249".into(),
+                ];
+                (target_bin("kubelet"), target_bin("kube-proxy"), proxy_args, None)
+            }
+            NodeKind::Upstream => {
+                let bins = UpstreamBinaries::locate(true)?;
+                let proxy_config = dir.path().join("kube-proxy-config.yaml");
+                std::fs::write(
+                    &proxy_config,
+                    node::upstream_proxy_config(&self.proxy_kubeconfig, &name, CLUSTER_CIDR),
+                )
+                .map_err(HarnessError::io("writing the kube-proxy config"))?;
+                // Its default is /var/lib/kubelet/pki whatever --root-dir says.
+                node_kubelet_args.push(format!("--cert-dir={}", dir.path().join("pki").display()));
+                (
+                    bins.dir.join("kubelet"),
+                    bins.dir.join("kube-proxy"),
+                    vec![format!("--config={}", proxy_config.display())],
+                    Some(KernelTunables::save()),
+                )
+            }
+        };
+        kubelet_args.extend(node_kubelet_args);
         let mut node = ClusterNode {
             name: name.clone(),
+            kind,
             netns,
             ns,
             kubelet: None,
+            kubelet_bin,
             kubelet_args,
+            proxy: None,
+            proxy_bin,
+            proxy_args,
             others: Vec::new(),
             containerd,
+            cgroup_root,
+            _tunables: tunables,
             dir,
         };
         node.start_kubelet()?;
-        let proxy = spawn_in(
-            &node.netns,
-            "kube-proxy",
-            &[
-                format!("--kubeconfig={}", self.proxy_kubeconfig.display()),
-                format!("--hostname-override={name}"),
-                format!("--cluster-cidr={CLUSTER_CIDR}"),
-                "--healthz-bind-address=127.0.0.1:10256".into(),
-                "--metrics-bind-address=127.0.0.1:10249".into(),
-            ],
-            &node.log("kube-proxy"),
-        )?;
-        node.others.push(proxy);
+        node.start_proxy()?;
         // The Node authorizer lets a kubelet read only its own Node: knode-hostgw lists them all
         // with kube-proxy's identity (`system:node-proxier`).
         let hostgw = spawn_in(
             &node.netns,
-            "knode-hostgw",
+            &target_bin("knode-hostgw"),
             &[
                 format!("--kubeconfig={}", self.proxy_kubeconfig.display()),
                 format!("--hostname-override={name}"),
@@ -406,8 +525,33 @@ impl KnodeCluster {
         self.nodes.push(node);
         self.joined += 1;
         let i = self.nodes.len() - 1;
+        self.approve_serving_csr(&name)?;
+        if kind == NodeKind::Upstream {
+            // What knode's kubelet does itself: CRI reports the network not ready (and the node
+            // stays NotReady) until a CNI config is in its conf dir.
+            let mut cidr = String::new();
+            self.wait_for(&format!("{name}'s podCIDR"), Duration::from_secs(60), || {
+                cidr = self.kubectl(&["get", "node", &name, "-o", "jsonpath={.spec.podCIDR}"]);
+                !cidr.is_empty()
+            })?;
+            let n = &self.nodes[i];
+            let conf = n.containerd.dir().join("cni-conf/10-knode.conflist");
+            std::fs::write(
+                &conf,
+                node::cni_conflist(&cidr, &n.dir().join("ipam"), CLUSTER_CIDR),
+            )
+            .map_err(HarnessError::io("writing the upstream node's CNI config"))?;
+        }
+        self.wait_for(&format!("node {name} Ready"), Duration::from_secs(120), || {
+            self.node_ready_is(&name, "True")
+        })?;
+        self.wait_for_routes_to(i)?;
+        Ok(i)
+    }
+
+    /// Approves node `name`'s kubelet serving certificate, as kubeadm users do.
+    fn approve_serving_csr(&self, name: &str) -> Result<()> {
         let user = format!("system:node:{name}");
-        // As kubeadm users do: approve the node's serving certificate.
         self.wait_for(&format!("{name}'s serving CSR"), Duration::from_secs(120), || {
             let pending = self.kubectl(&[
                 "get",
@@ -419,11 +563,13 @@ impl KnodeCluster {
                 let w: Vec<&str> = l.split_whitespace().collect();
                 w.len() == 2 && w[1] == user && self.cp.approve_csr(w[0]).is_ok()
             })
-        })?;
-        self.wait_for(&format!("node {name} Ready"), Duration::from_secs(120), || {
-            self.node_ready_is(&name, "True")
-        })?;
-        let cidr = self.kubectl(&["get", "node", &name, "-o", "jsonpath={.spec.podCIDR}"]);
+        })
+    }
+
+    /// Waits until every other node and the control plane route to node `i`'s podCIDR.
+    fn wait_for_routes_to(&self, i: usize) -> Result<()> {
+        let name = &self.nodes[i].name;
+        let cidr = self.kubectl(&["get", "node", name, "-o", "jsonpath={.spec.podCIDR}"]);
         let ip = self.nodes[i].netns.node_ip.clone();
         let route = format!("{cidr} via {ip}");
         self.wait_for(
@@ -441,8 +587,25 @@ impl KnodeCluster {
                             .unwrap_or(false)
                     })
             },
-        )?;
-        Ok(i)
+        )
+    }
+
+    /// The sandbox image reference, pushed (from the registry's namespace) the first time.
+    async fn pause_image(&mut self) -> Result<String> {
+        if let Some(p) = &self.pause_image {
+            return Ok(p.reference.clone());
+        }
+        let host = self.registry.host();
+        let pushed = in_netns(&self.segment.ns.name, move || -> Result<PushedImage> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(HarnessError::io("building a runtime to push the pause image"))?
+                .block_on(push_pause_image(&host))
+        })??;
+        let r = pushed.reference.clone();
+        self.pause_image = Some(pushed);
+        Ok(r)
     }
 
     /// Index of the node called `name`.

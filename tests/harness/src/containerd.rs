@@ -11,9 +11,24 @@ use tonic::transport::Channel;
 
 use crate::{HarnessError, Result, cleanup};
 
+/// The CRI plugin of a [`PrivateContainerd`], for upstream's kubelet (the benchmark baseline): the
+/// daemon runs in `netns` (the node's; image pulls and CNI plugins run there), its sandboxes use
+/// `sandbox_image`, its CNI config and plugins come from `<dir>/cni-conf` and `<dir>/cni-bin`
+/// (filled by the caller), `registry` is pulled over plain HTTP, and runc keeps its state under the
+/// private dir.
+#[derive(Debug, Clone)]
+pub struct CriOptions {
+    pub netns: String,
+    pub sandbox_image: String,
+    pub registry: String,
+}
+
 /// A containerd process private to a test.
 pub struct PrivateContainerd {
     dir: Option<tempfile::TempDir>,
+    cri: Option<CriOptions>,
+    /// CRI's pod network namespaces (`/run/netns/cni-*`) that existed before this containerd.
+    netns_before: Vec<String>,
     child: Child,
     socket: PathBuf,
     version: String,
@@ -25,16 +40,34 @@ static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 impl PrivateContainerd {
     /// Starts containerd and waits (up to 30 s) until its gRPC Version call answers.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], with the CRI plugin on (see [`CriOptions`]).
+    pub async fn start_cri(cri: CriOptions) -> Result<Self> {
+        Self::start_with(Some(cri)).await
+    }
+
+    async fn start_with(cri: Option<CriOptions>) -> Result<Self> {
         crate::require_root()?;
         let dir = crate::private_dir("kn-ctd-")?;
         let base = dir.path().to_path_buf();
         let socket = base.join("c.sock");
         let config = base.join("config.toml");
-        std::fs::write(&config, config_toml(&base))
-            .map_err(HarnessError::io(format!("writing {}", config.display())))?;
-        let child = spawn(&base, &config)?;
+        let mut text = config_toml(&base, cri.is_some());
+        if let Some(c) = &cri {
+            for sub in ["cni-conf", "cni-bin"] {
+                std::fs::create_dir_all(base.join(sub))
+                    .map_err(HarnessError::io(format!("creating {sub}")))?;
+            }
+            text.push_str(&cri_toml(&base, c));
+        }
+        std::fs::write(&config, text).map_err(HarnessError::io(format!("writing {}", config.display())))?;
+        let child = spawn(&base, &config, cri.as_ref().map(|c| c.netns.as_str()))?;
         let mut me = PrivateContainerd {
             dir: Some(dir),
+            cri,
+            netns_before: cri_netns(),
             child,
             socket,
             version: String::new(),
@@ -55,7 +88,8 @@ impl PrivateContainerd {
     /// reconnects to the shims that kept running.
     pub async fn respawn(&mut self) -> Result<()> {
         let base = self.dir().to_path_buf();
-        self.child = spawn(&base, &base.join("config.toml"))?;
+        let netns = self.cri.as_ref().map(|c| c.netns.clone());
+        self.child = spawn(&base, &base.join("config.toml"), netns.as_deref())?;
         self.version = self.wait_ready(Duration::from_secs(30)).await?;
         Ok(())
     }
@@ -93,6 +127,11 @@ impl PrivateContainerd {
             .await
             .map_err(|e| e.to_string())?;
         Ok(resp.into_inner().version)
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.dir.as_ref().map(|_| self.child.id())
     }
 
     /// The containerd version reported by its Version service at start-up.
@@ -154,6 +193,14 @@ impl PrivateContainerd {
             std::thread::sleep(Duration::from_millis(20));
         }
         cleanup::unmount_under(dir.path());
+        if self.cri.is_some() {
+            // Sandboxes CRI did not tear down (killed mid-way) leave their pinned namespace.
+            for name in cri_netns().into_iter().filter(|n| !self.netns_before.contains(n)) {
+                let path = Path::new("/run/netns").join(&name);
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         if let Ok(v) = self.namespaces.lock() {
             for ns in v.iter() {
                 let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(ns));
@@ -169,18 +216,35 @@ impl Drop for PrivateContainerd {
     }
 }
 
-/// containerd 1.6 config (version 2) keeping every path private to `base`. The CRI plugin is off:
-/// knode talks to containerd's own gRPC services, and CRI would otherwise read host CNI config.
-/// Spawns containerd on `config`, appending to `<base>/containerd.log`.
-fn spawn(base: &Path, config: &Path) -> Result<Child> {
+/// The CRI plugin's pod network namespaces present now.
+fn cri_netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("cni-"))
+        .collect()
+}
+
+/// Spawns containerd on `config` (inside `netns` if given), appending to `<base>/containerd.log`.
+fn spawn(base: &Path, config: &Path, netns: Option<&str>) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(base.join("containerd.log"))
         .map_err(HarnessError::io("opening containerd.log"))?;
     let log2 = log.try_clone().map_err(HarnessError::io("dup containerd.log"))?;
-    Command::new("containerd")
-        .arg("--config")
+    let mut cmd = match netns {
+        Some(ns) => {
+            // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts runc needs.
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).args(["--", "containerd"]);
+            c
+        }
+        None => Command::new("containerd"),
+    };
+    cmd.arg("--config")
         .arg(config)
         .stdin(Stdio::null())
         .stdout(log)
@@ -191,14 +255,21 @@ fn spawn(base: &Path, config: &Path) -> Result<Child> {
         ))
 }
 
-fn config_toml(base: &Path) -> String {
+/// containerd 1.6 config (version 2) keeping every path private to `base`. The CRI plugin is off
+/// unless `cri`: knode talks to containerd's own gRPC services, and CRI would otherwise read host
+/// CNI config.
+fn config_toml(base: &Path, cri: bool) -> String {
     let b = base.display();
+    let cri_off = if cri {
+        ""
+    } else {
+        "\n  \"io.containerd.grpc.v1.cri\","
+    };
     format!(
         r#"version = 2
 root = "{b}/root"
 state = "{b}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+disabled_plugins = [{cri_off}
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -224,13 +295,63 @@ disabled_plugins = [
     )
 }
 
+/// The CRI plugin's section: what upstream's kubelet needs from a node's containerd, every path
+/// private to `base` (CRI's own root and state dirs are under containerd's).
+fn cri_toml(base: &Path, c: &CriOptions) -> String {
+    let b = base.display();
+    format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # runc cannot lower oom_score_adj here (EACCES even as root): keep the shim's instead of -998.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{b}/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{b}/cni-bin"
+    conf_dir = "{b}/cni-conf"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
+    endpoint = ["http://{reg}"]
+"#,
+        sandbox = c.sandbox_image,
+        reg = c.registry,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn config_keeps_every_path_private() {
-        let cfg = config_toml(Path::new("/tmp/kn-ctd-x"));
+        let cri = CriOptions {
+            netns: "n".into(),
+            sandbox_image: "r:5000/knode/pause:latest".into(),
+            registry: "r:5000".into(),
+        };
+        let base = Path::new("/tmp/kn-ctd-x");
+        let with_cri = config_toml(base, true) + &cri_toml(base, &cri);
+        assert!(!with_cri.contains("\"io.containerd.grpc.v1.cri\","));
+        for line in with_cri
+            .lines()
+            .filter(|l| l.contains('/') && !l.contains("r:5000"))
+        {
+            assert!(
+                line.contains("/tmp/kn-ctd-x/"),
+                "path outside the private dir: {line}"
+            );
+        }
+        let cfg = config_toml(base, false);
         for line in cfg.lines().filter(|l| l.contains('/')) {
             assert!(
                 line.contains("/tmp/kn-ctd-x/"),

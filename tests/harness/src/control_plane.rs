@@ -24,15 +24,22 @@ pub struct ControlPlane {
     extra: Vec<String>,
 }
 
-/// Where the workspace's cargo puts binaries of the current profile.
+/// Where the workspace's cargo puts binaries of the current profile; `KNODE_BIN_DIR` overrides it
+/// (the benchmark runs release builds of the daemons from debug-built harness code).
 pub fn target_bin(name: &str) -> PathBuf {
-    // Test executables live in <target>/<profile>/deps/; binaries one level up.
+    if let Some(dir) = std::env::var_os("KNODE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    // Test executables live in <target>/<profile>/deps/, binaries one level up.
     let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| crate::workspace_root().join("target/debug"));
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else if exe.as_os_str().is_empty() {
+        crate::workspace_root().join("target/debug")
+    } else {
+        dir.to_path_buf()
+    };
     profile_dir.join(name)
 }
 

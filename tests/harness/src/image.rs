@@ -368,6 +368,35 @@ pub async fn push_test_images_as(registry: &str, auth: &RegistryAuth) -> Result<
     })
 }
 
+/// Pushes `knode/pause:latest`, the sandbox image of CRI nodes (upstream's kubelet runs a pause
+/// container per pod; knode does not): the static test program alone, sleeping until SIGTERM.
+pub async fn push_pause_image(registry: &str) -> Result<PushedImage> {
+    let bin = std::fs::read(testimg_binary()?).map_err(HarnessError::io("reading testimg binary"))?;
+    let app = build_layer(&[Entry::File {
+        path: "pause".into(),
+        mode: 0o755,
+        data: bin,
+    }])?;
+    let image = build_image(
+        vec![app],
+        &ImageConfig {
+            entrypoint: vec!["/pause".into()],
+            cmd: vec!["sleep".into(), "infinity".into(), "--exit-on-sigterm".into()],
+            working_dir: "/".into(),
+            user: "65535:65535".into(),
+            ..Default::default()
+        },
+    );
+    push(
+        registry,
+        "knode/pause",
+        "latest",
+        &image,
+        &RegistryAuth::Anonymous,
+    )
+    .await
+}
+
 /// User and group names of [`push_named_user_image`]'s image.
 pub const NAMED_USER: &str = "app";
 /// uid, primary gid and supplementary group (member `app` in /etc/group) of [`NAMED_USER`].

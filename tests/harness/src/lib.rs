@@ -23,6 +23,7 @@ pub mod control_plane;
 pub mod image;
 pub mod netns;
 pub mod process;
+pub mod procstat;
 pub mod registry;
 pub mod upstream;
 

@@ -20,6 +20,7 @@
 pub mod binaries;
 pub mod bootstrap;
 pub mod coredns;
+pub mod node;
 pub mod pki;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,0 +1,319 @@
+//! kube-proxy rows: full sync and one-Service change at growing numbers of Services × 5 endpoints,
+//! measured the same way for both — from the API request (or the daemon's start, for a full sync
+//! into an empty table) to the Service's element in the node's `ip kube-proxy` table (both daemons
+//! keep `service-ips`, keyed `address . protocol . port`); RSS at the largest size; TCP connect
+//! latency through a ClusterIP to a pod on the same node at few and many Services; time from a new
+//! Service to its first connection.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use knode_harness::cluster::{KnodeCluster, NodeKind};
+use knode_harness::netns::in_netns;
+use knode_harness::procstat::rss_kib;
+use kube::api::{Api, PostParams};
+
+use crate::report::{Row, percentile};
+use crate::{Opts, Pair};
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+const ENDPOINTS: usize = 5;
+
+/// A selectorless Service and its EndpointSlice of [`ENDPOINTS`] addresses; returns the ClusterIP.
+/// The slice is created first, so that the Service's arrival is the one change a daemon programs
+/// (the other order measures `minSyncPeriod`: a sync for the Service without endpoints, then one
+/// for its endpoints a moment later).
+async fn create_service(client: &kube::Client, name: &str, seq: usize) -> Result<String> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let endpoints: Vec<_> = (0..ENDPOINTS)
+        .map(|e| {
+            let n = seq * ENDPOINTS + e;
+            serde_json::json!({"addresses": [format!("10.245.{}.{}", (n / 250) % 250, n % 250 + 1)],
+                "conditions": {"ready": true}})
+        })
+        .collect();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name, "bench": "svc"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    }))?;
+    slices
+        .create(&PostParams::default(), &slice)
+        .await
+        .with_context(|| format!("creating the EndpointSlice of {name}"))?;
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"bench": "svc"}},
+        "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}
+    }))?;
+    let created = svcs
+        .create(&PostParams::default(), &svc)
+        .await
+        .with_context(|| format!("creating Service {name}"))?;
+    created
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("no clusterIP assigned")
+}
+
+/// Whether `ip`:80/TCP is in node namespace `netns`'s `service-ips` (one `nft get element`).
+fn programmed(netns: &str, ip: &str) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .args(["--", "nft", "get", "element", "ip", "kube-proxy", "service-ips"])
+        .arg(format!("{{ {ip} . tcp . 80 }}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Polls each of `nodes` (netns names) until `ip` is programmed there; seconds since `start` each.
+async fn wait_programmed(nodes: &[String], ips: &[String], start: Instant) -> Result<Vec<f64>> {
+    let mut done: Vec<Option<f64>> = vec![None; nodes.len()];
+    while done.iter().any(Option::is_none) {
+        for (i, ns) in nodes.iter().enumerate() {
+            if done[i].is_none() && ips.iter().all(|ip| programmed(ns, ip)) {
+                done[i] = Some(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        if start.elapsed() > TIMEOUT {
+            bail!("{ips:?} not programmed in {nodes:?} within {TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// Removes both families' `kube-proxy` tables of a node (its proxy stopped): the next start is a
+/// full sync into an empty table, for either daemon.
+fn flush_tables(netns: &str) {
+    for family in ["ip", "ip6"] {
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args(["--", "nft", "delete", "table", family, "kube-proxy"])
+            .output();
+    }
+}
+
+/// `samples` TCP connects to `addr` from node namespace `netns`: median in microseconds.
+fn connect_latency(netns: &str, addr: SocketAddr, samples: usize) -> Result<f64> {
+    let mut v = in_netns(netns, move || -> Result<Vec<f64>> {
+        let mut v = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .with_context(|| format!("connecting to {addr}"))?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+            drop(s);
+        }
+        Ok(v)
+    })??;
+    Ok(percentile(&mut v, 0.5))
+}
+
+/// Time from creating a Service (selecting the node's own backend pod) to the first successful
+/// connection to it from that node, in ms.
+async fn first_connection(client: &kube::Client, netns: &str, name: &str, app: &str) -> Result<f64> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))?;
+    let start = Instant::now();
+    let ip = svcs
+        .create(&PostParams::default(), &svc)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("no clusterIP")?;
+    let addr: SocketAddr = format!("{ip}:80").parse()?;
+    let elapsed = in_netns(netns, move || -> Result<f64> {
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
+                return Ok(start.elapsed().as_secs_f64() * 1e3);
+            }
+            if start.elapsed() > TIMEOUT {
+                bail!("no connection to {addr} within {TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })??;
+    Ok(elapsed)
+}
+
+/// A backend pod (`testimg serve`, port 8080) on each node and a Service for each; their
+/// ClusterIPs, by node index.
+async fn backends(
+    cluster: &KnodeCluster,
+    client: &kube::Client,
+    pair: Pair,
+) -> Result<Vec<(usize, SocketAddr)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let image = &cluster.images.testimg.reference;
+    let mut out = Vec::new();
+    for (_, i) in pair.order(0) {
+        let app = format!("backend-{i}");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": app, "labels": {"app": app}},
+            "spec": {"nodeName": cluster.nodes[i].name, "containers": [{"name": "main", "image": image,
+                "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": app},
+            "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }))?;
+        let ip = svcs
+            .create(&PostParams::default(), &svc)
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("no clusterIP")?;
+        out.push((i, format!("{ip}:80").parse()?));
+    }
+    for (i, addr) in &out {
+        let ns = cluster.nodes[*i].netns.name.clone();
+        let addr = *addr;
+        let ok = in_netns(&ns, move || {
+            let start = Instant::now();
+            while start.elapsed() < TIMEOUT {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        })?;
+        if !ok {
+            bail!(
+                "backend Service {addr} never answered from node {}",
+                cluster.nodes[*i].name
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn row_of(name: String, unit: &'static str, pair: Pair, per_node: &mut [Vec<f64>]) -> Row {
+    Row::new(
+        name,
+        unit,
+        percentile(&mut per_node[pair.knode], 0.5),
+        percentile(&mut per_node[pair.upstream], 0.5),
+    )
+}
+
+pub async fn run(
+    cluster: &mut KnodeCluster,
+    client: &kube::Client,
+    pair: Pair,
+    opts: &Opts,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let nodes = cluster.nodes.len();
+    let netns: Vec<String> = cluster.nodes.iter().map(|n| n.netns.name.clone()).collect();
+    let both = [netns[pair.knode].clone(), netns[pair.upstream].clone()];
+    eprintln!("knode-bench: a backend pod and Service per node");
+    let backends = backends(cluster, client, pair).await?;
+    let latency = |label: String| -> Result<Row> {
+        let mut per = vec![Vec::new(); nodes];
+        for (i, addr) in &backends {
+            per[*i].push(connect_latency(&netns[*i], *addr, 200)?);
+        }
+        Ok(row_of(label, "µs", pair, &mut per))
+    };
+    let few = latency("connect via a ClusterIP, few Services (p50)".into())?;
+    let sizes: &[usize] = if opts.quick {
+        &[100, 1000]
+    } else {
+        &[100, 1000, 10_000]
+    };
+    let mut made = 0usize;
+    let mut ips: Vec<String> = Vec::new();
+    for &size in sizes {
+        eprintln!("knode-bench: {size} Services × {ENDPOINTS} endpoints");
+        let names: Vec<(String, usize)> = (made..size).map(|i| (format!("bench-svc-{i}"), i)).collect();
+        let new: Vec<String> = futures::stream::iter(names)
+            .map(|(name, i)| async move { create_service(client, &name, i).await })
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        ips.extend(new);
+        made = size;
+        let (first, last) = (ips[0].clone(), ips[ips.len() - 1].clone());
+        wait_programmed(&both, &[first.clone(), last.clone()], Instant::now()).await?;
+        // Full sync: each daemon restarted into an empty table, alternating.
+        let mut full = vec![Vec::new(); nodes];
+        for r in 0..opts.rounds() {
+            for (_, i) in pair.order(r) {
+                cluster.nodes[i].stop_proxy();
+                flush_tables(&netns[i]);
+                let start = Instant::now();
+                cluster.nodes[i].start_proxy()?;
+                let t = wait_programmed(&netns[i..=i], &[first.clone(), last.clone()], start).await?;
+                full[i].extend(t);
+            }
+        }
+        rows.push(row_of(
+            format!("kube-proxy full sync, {size} Services"),
+            "ms",
+            pair,
+            &mut full,
+        ));
+        // One change: a new Service, seen by both daemons at once.
+        let mut change = vec![Vec::new(); nodes];
+        for r in 0..opts.rounds().max(3) {
+            // Quiet for longer than minSyncPeriod, so neither daemon is still rate-limited.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let name = format!("bench-change-{size}-{r}");
+            let start = Instant::now();
+            let ip = create_service(client, &name, 60_000 + size + r).await?;
+            let t = wait_programmed(&both, &[ip], start).await?;
+            change[pair.knode].push(t[0]);
+            change[pair.upstream].push(t[1]);
+        }
+        rows.push(row_of(
+            format!("kube-proxy one Service added, {size} Services"),
+            "ms",
+            pair,
+            &mut change,
+        ));
+    }
+    let top = made;
+    let rss = |i: usize| cluster.nodes[i].proxy_pid().map(rss_kib).unwrap_or(0) as f64 / 1024.0;
+    rows.push(Row::new(
+        format!("kube-proxy RSS, {top} Services"),
+        "MiB",
+        rss(pair.knode),
+        rss(pair.upstream),
+    ));
+    rows.push(few);
+    rows.push(latency(format!("connect via a ClusterIP, {top} Services (p50)"))?);
+    let mut first = vec![Vec::new(); nodes];
+    for (kind, i) in pair.order(0) {
+        let name = format!(
+            "bench-first-{}",
+            if kind == NodeKind::Knode {
+                "knode"
+            } else {
+                "upstream"
+            }
+        );
+        first[i].push(first_connection(client, &netns[i], &name, &format!("backend-{i}")).await?);
+    }
+    rows.push(row_of(
+        format!("new Service → first connection, {top} Services"),
+        "ms",
+        pair,
+        &mut first,
+    ));
+    Ok(())
+}
