@@ -7,7 +7,8 @@
 //! noise hits both, and prints knode / upstream with the absolute values and the floors measured
 //! in the same run (concurrent `ctr run -d`).
 //!
-//! Usage: knode-bench [--quick] [--only pods|proxy] [--csv FILE]
+//! Usage: knode-bench [--quick] [--only pods|proxy] [--csv FILE] [--mode-suffix WORD]
+//! (`KNODE_BIN_DIR`: where knode's daemons are; scripts/bench.sh points it at a release build)
 
 mod pods;
 mod proxy;
@@ -26,6 +27,8 @@ pub struct Opts {
     pub quick: bool,
     pub only: Option<String>,
     pub csv: Option<PathBuf>,
+    /// Appended to the CSV's mode column (e.g. `debug` for debug builds of knode's daemons).
+    pub mode_suffix: Option<String>,
 }
 
 impl Opts {
@@ -39,6 +42,7 @@ fn parse_args() -> Result<Opts> {
         quick: false,
         only: None,
         csv: None,
+        mode_suffix: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Opts> {
             "--quick" => opts.quick = true,
             "--only" => opts.only = Some(args.next().context("--only needs pods or proxy")?),
             "--csv" => opts.csv = Some(args.next().context("--csv needs a file")?.into()),
+            "--mode-suffix" => opts.mode_suffix = Some(args.next().context("--mode-suffix needs a word")?),
             "-h" | "--help" => {
                 println!("usage: knode-bench [--quick] [--only pods|proxy] [--csv FILE]");
                 std::process::exit(0);
@@ -118,8 +123,11 @@ fn main() -> Result<()> {
                 .unwrap_or_default()
                 .trim()
         );
-        let mode = if opts.quick { "quick" } else { "full" };
-        report::append_csv(csv, &rows, &date, &commit, &machine, mode)
+        let mut mode = if opts.quick { "quick" } else { "full" }.to_string();
+        if let Some(s) = &opts.mode_suffix {
+            mode = format!("{mode}-{s}");
+        }
+        report::append_csv(csv, &rows, &date, &commit, &machine, &mode)
             .with_context(|| format!("appending to {}", csv.display()))?;
         println!("appended {} rows to {}", rows.len(), csv.display());
     }

@@ -265,6 +265,132 @@ impl Both {
     }
 }
 
+fn probed_pod(name: &str, node: &str, image: &str, tag: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"bench": tag}},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{"name": "main",
+            "image": image, "imagePullPolicy": "IfNotPresent", "args": ["serve"],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 5}}]}
+    }))?)
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What a kubelet restart did to its pods.
+struct Restart {
+    /// Start of the new process → its first Lease renewal and every pod Ready in the API (the
+    /// last time the set became all-Ready, when pods went NotReady in between).
+    secs: f64,
+    not_ready: usize,
+    restarts: i32,
+}
+
+/// `n` pods with an HTTP readiness probe on node `i`, all Ready; the kubelet SIGKILLed and
+/// started again; pods watched for `window`.
+async fn restart(
+    cluster: &mut KnodeCluster,
+    client: &kube::Client,
+    i: usize,
+    image: &str,
+    n: usize,
+) -> Result<Restart> {
+    let tag = format!("restart-{i}");
+    let node = cluster.nodes[i].name.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let lp = ListParams::default().labels(&format!("bench={tag}"));
+    for k in 0..n {
+        pods.create(
+            &PostParams::default(),
+            &probed_pod(&format!("{tag}-{k}"), &node, image, &tag)?,
+        )
+        .await?;
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while pods.list(&lp).await?.items.iter().filter(|p| is_ready(p)).count() < n {
+        if Instant::now() > deadline {
+            bail!("{n} probed pods on {node} not Ready within {TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut stream = Box::pin(
+        watcher(
+            pods.clone(),
+            watcher::Config::default().labels(&format!("bench={tag}")),
+        )
+        .default_backoff(),
+    );
+    while let Some(ev) = stream.next().await {
+        if matches!(ev?, watcher::Event::InitDone) {
+            break;
+        }
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-node-lease");
+    let renewed = |l: k8s_openapi::api::coordination::v1::Lease| {
+        l.spec.and_then(|s| s.renew_time).map(|t| format!("{t:?}"))
+    };
+    cluster.nodes[i].stop_kubelet();
+    let before = renewed(leases.get(&node).await?);
+    let start = Instant::now();
+    cluster.nodes[i].start_kubelet()?;
+    let window = Duration::from_secs(40);
+    let mut ready: HashMap<String, bool> = HashMap::new();
+    let (mut lease_at, mut all_ready_at, mut not_ready) = (None, start, std::collections::HashSet::new());
+    let mut last_lease_poll = Instant::now() - Duration::from_secs(1);
+    while start.elapsed() < window {
+        if lease_at.is_none() && last_lease_poll.elapsed() >= Duration::from_millis(200) {
+            last_lease_poll = Instant::now();
+            if renewed(leases.get(&node).await?) != before {
+                lease_at = Some(start.elapsed());
+            }
+        }
+        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await else {
+            continue;
+        };
+        if let watcher::Event::Apply(p) = ev? {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let was_all = ready.len() == n && ready.values().all(|r| *r);
+            let r = is_ready(&p);
+            if !r {
+                not_ready.insert(name.clone());
+            }
+            ready.insert(name, r);
+            if !was_all && ready.len() == n && ready.values().all(|r| *r) {
+                all_ready_at = Instant::now();
+            }
+        }
+    }
+    let lease_at = lease_at.with_context(|| {
+        format!("the restarted kubelet of {node} did not renew its Lease within {window:?}")
+    })?;
+    let list = pods.list(&lp).await?;
+    if list.items.iter().filter(|p| is_ready(p)).count() < n {
+        bail!("pods on {node} not all Ready {window:?} after the kubelet restart");
+    }
+    let restarts = list
+        .items
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    let secs = lease_at.max(all_ready_at.duration_since(start)).as_secs_f64();
+    delete_all(client, &tag).await?;
+    Ok(Restart {
+        secs,
+        not_ready: not_ready.len(),
+        restarts,
+    })
+}
+
 pub async fn run(
     cluster: &mut KnodeCluster,
     client: &kube::Client,
@@ -343,5 +469,29 @@ pub async fn run(
     }
     rows.push(up.row(format!("Deployment of {n}: create → all Ready"), "s", 0.5));
     rows.push(down.row(format!("Deployment of {n}: delete → all pods gone"), "s", 0.5));
+    let n = if opts.quick { 20 } else { 50 };
+    let (mut secs, mut flipped, mut restarted) = (Both::default(), Both::default(), Both::default());
+    for (kind, i) in pair.order(0) {
+        eprintln!("knode-bench: kubelet restart with {n} probed pods on the {kind:?} node");
+        let r = restart(cluster, client, i, &image, n).await?;
+        secs.push(kind, r.secs);
+        flipped.push(kind, r.not_ready as f64);
+        restarted.push(kind, f64::from(r.restarts));
+    }
+    rows.push(secs.row(
+        format!("kubelet restart, {n} probed pods → all Ready in the API"),
+        "s",
+        0.5,
+    ));
+    rows.push(flipped.row(
+        format!("kubelet restart, {n} probed pods: pods seen NotReady"),
+        "pods",
+        0.5,
+    ));
+    rows.push(restarted.row(
+        format!("kubelet restart, {n} probed pods: containers restarted"),
+        "",
+        0.5,
+    ));
     Ok(())
 }

@@ -61,12 +61,16 @@ pub fn table(rows: &[Row]) -> String {
             Some((label, v)) => format!("{} {} {} (knode {:.2}x)", label, fmt(v), r.unit, r.knode / v),
             None => String::new(),
         };
+        let ratio = if r.ratio().is_finite() {
+            format!("{:.2}", r.ratio())
+        } else {
+            "—".into()
+        };
         out.push_str(&format!(
-            "| {} | {} {u} | {} {u} | {:.2} | {floor} |\n",
+            "| {} | {} {u} | {} {u} | {ratio} | {floor} |\n",
             r.name,
             fmt(r.knode),
             fmt(r.upstream),
-            r.ratio(),
             u = r.unit,
         ));
     }
