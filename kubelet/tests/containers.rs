@@ -193,7 +193,7 @@ impl Env {
         self.assert_clean().await;
     }
 
-    async fn run_to_exit(&self, mut created: CreatedContainer, id: &str) -> (ExitStatus, String) {
+    async fn run_to_exit(&self, created: CreatedContainer, id: &str) -> (ExitStatus, String) {
         self.svc.start(id).await.unwrap();
         let status = self.svc.wait_container(&created).await.unwrap();
         let log_path = created.log_path.clone();

@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use knode_harness::cluster::{ClusterOptions, KnodeCluster};
+use knode_harness::cluster::{ClusterOptions, KnodeCluster, WEB_NODE_PORT_SERVICE};
 use serde_json::Value;
 
 /// The clusters are heavy for a 2-core machine: one at a time.
@@ -94,14 +94,7 @@ spec:
          env: [{{name: VERSION, value: "1"}}],
          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}}}
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"#
+{WEB_NODE_PORT_SERVICE}"#
     )
 }
 
@@ -143,18 +136,11 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web-headless}\nspec:\n  clusterIP: None\n  \
          selector: {app: web}\n  ports: [{name: http, port: 8080}]\n",
     );
+    let coredns_ready = knode_harness::upstream::coredns::status_query("readyReplicas");
     wait(&c, "web, client and CoreDNS ready", || {
         ready_replicas(&c, "deploy", "web") == "4"
             && ready_replicas(&c, "ds", "client") == "2"
-            && c.kubectl(&[
-                "get",
-                "deploy",
-                "-n",
-                "kube-system",
-                "coredns",
-                "-o",
-                "jsonpath={.status.readyReplicas}",
-            ]) == "1"
+            && c.kubectl(&coredns_ready.iter().map(String::as_str).collect::<Vec<_>>()) == "1"
     });
     let (webs, clients) = (pods_of(&c, "web"), pods_of(&c, "client"));
     let web_nodes: BTreeSet<&String> = webs.iter().map(|w| &w.1).collect();

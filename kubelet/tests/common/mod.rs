@@ -113,19 +113,14 @@ impl Node {
         } else {
             "127.0.0.1"
         };
-        let args = vec![
+        let mut args = vec![
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--config={}", config.display()),
             format!("--hostname-override={name}"),
             format!("--node-ip={node_ip}"),
-            format!("--root-dir={}", dir.path().join("root").display()),
-            format!(
-                "--container-runtime-endpoint=unix://{}",
-                containerd.socket().display()
-            ),
-            format!("--containerd-namespace={ns}"),
-            format!("--insecure-registry={}", registry.host()),
-            format!("--cgroup-root=/knode-test/{ns}"),
+        ];
+        args.extend(test_kubelet_args(dir.path(), &containerd, &ns, &registry));
+        args.extend([
             format!(
                 "--cni-conf-dir={}",
                 if netns.is_some() {
@@ -139,7 +134,7 @@ impl Node {
                 "--cni-bin-dir={}",
                 target_bin("knode-bridge").parent().unwrap().display()
             ),
-        ];
+        ]);
         let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
         notify.set_nonblocking(true).unwrap();
         let mut n = Node {
@@ -331,6 +326,26 @@ impl Drop for Node {
         self.kill_kubelet();
         cleanup_containerd(&self.containerd, &self.ns, self.dir.path());
     }
+}
+
+/// The flags that keep a test's kubelet to itself: its state under `dir`, its containers in
+/// namespace `ns` of `containerd` and its cgroups under `/knode-test/<ns>`, images from `registry`.
+pub fn test_kubelet_args(
+    dir: &std::path::Path,
+    containerd: &PrivateContainerd,
+    ns: &str,
+    registry: &PrivateRegistry,
+) -> Vec<String> {
+    vec![
+        format!("--root-dir={}", dir.join("root").display()),
+        format!(
+            "--container-runtime-endpoint=unix://{}",
+            containerd.socket().display()
+        ),
+        format!("--containerd-namespace={ns}"),
+        format!("--insecure-registry={}", registry.host()),
+        format!("--cgroup-root=/knode-test/{ns}"),
+    ]
 }
 
 /// What a test kubelet leaves after it is killed: containers and their tasks in namespace `ns`
