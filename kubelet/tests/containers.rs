@@ -440,12 +440,10 @@ async fn bench_lifecycle_against_ctr_run() {
     let ours = t0.elapsed();
     let t1 = std::time::Instant::now();
     for i in 0..n {
-        let out = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(env.containerd.socket())
+        let out = env
+            .containerd
+            .ctr(&env.ns)
             .args([
-                "-n",
-                &env.ns,
                 "run",
                 "--rm",
                 &env.image.name,
@@ -489,10 +487,9 @@ async fn bench_lifecycle_against_ctr_run() {
     let t3 = std::time::Instant::now();
     let children: Vec<_> = (0..n)
         .map(|i| {
-            std::process::Command::new("ctr")
-                .arg("--address")
-                .arg(env.containerd.socket())
-                .args(["-n", &env.ns, "run", "--rm", &env.image.name])
+            env.containerd
+                .ctr(&env.ns)
+                .args(["run", "--rm", &env.image.name])
                 .arg(format!("ctrp-{i}"))
                 .args(["/testimg", "exit", "0"])
                 .stdout(std::process::Stdio::null())

@@ -244,14 +244,7 @@ impl Node {
 
     /// `ctr` against the node's containerd and namespace.
     pub fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.args([
-            "--address",
-            self.containerd.socket().to_str().unwrap(),
-            "-n",
-            &self.ns,
-        ]);
-        c
+        self.containerd.ctr(&self.ns)
     }
 
     /// Waits until `f` gives `Some` (at most `secs`), or fails with the kubelet's log.
@@ -352,25 +345,19 @@ pub fn test_kubelet_args(
 /// (they outlive the kubelet), mounts under `dir`, and the cgroups of `ns`.
 pub fn cleanup_containerd(containerd: &PrivateContainerd, ns: &str, dir: &std::path::Path) {
     // Containers outlive the kubelet: kill them through ctr, then unmount what is left.
-    let sock = containerd.socket().to_str().unwrap().to_string();
-    let out = Command::new("ctr")
-        .args(["--address", &sock, "-n", ns, "containers", "ls", "-q"])
-        .output();
+    let out = containerd.ctr(ns).args(["containers", "ls", "-q"]).output();
     for id in out
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
         .lines()
     {
-        let _ = Command::new("ctr")
-            .args(["--address", &sock, "-n", ns, "tasks", "kill", "-s", "SIGKILL", id])
+        let _ = containerd
+            .ctr(ns)
+            .args(["tasks", "kill", "-s", "SIGKILL", id])
             .output();
         std::thread::sleep(Duration::from_millis(100));
-        let _ = Command::new("ctr")
-            .args(["--address", &sock, "-n", ns, "tasks", "rm", "-f", id])
-            .output();
-        let _ = Command::new("ctr")
-            .args(["--address", &sock, "-n", ns, "containers", "rm", id])
-            .output();
+        let _ = containerd.ctr(ns).args(["tasks", "rm", "-f", id]).output();
+        let _ = containerd.ctr(ns).args(["containers", "rm", id]).output();
     }
     knode_harness::cleanup::unmount_under(dir);
     for ctl in std::fs::read_dir("/sys/fs/cgroup")
@@ -384,6 +371,9 @@ pub fn cleanup_containerd(containerd: &PrivateContainerd, ns: &str, dir: &std::p
         knode_harness::cleanup::remove_cgroup_tree(&ctl.path().join(ns));
     }
 }
+
+/// The test image's arguments for a container that sleeps until SIGTERM.
+pub const SLEEP_FOREVER: &[&str] = &["sleep", "infinity", "--exit-on-sigterm"];
 
 pub fn pod_yaml(name: &str, image: &str, restart: &str, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
