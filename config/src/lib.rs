@@ -184,19 +184,10 @@ mod tests {
 
     #[test]
     fn identity_and_syntax_are_checked() {
-        let e = decode::<Sample>(
-            Path::new("/f"),
-            "apiVersion: example.io/v2\nkind: Sample\n",
-            &SCHEMA,
-        )
-        .unwrap_err();
+        let decode_err = |text| decode::<Sample>(Path::new("/f"), text, &SCHEMA).unwrap_err();
+        let e = decode_err("apiVersion: example.io/v2\nkind: Sample\n");
         assert!(e.to_string().contains("field apiVersion"), "{e}");
-        let e = decode::<Sample>(
-            Path::new("/f"),
-            "apiVersion: example.io/v1\nkind: Other\n",
-            &SCHEMA,
-        )
-        .unwrap_err();
+        let e = decode_err("apiVersion: example.io/v1\nkind: Other\n");
         assert!(e.to_string().contains("field kind"), "{e}");
         assert!(matches!(
             decode::<Sample>(Path::new("/f"), "a: [x\n", &SCHEMA),

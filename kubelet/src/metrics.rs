@@ -96,17 +96,24 @@ pub struct Registry {
     probes: Mutex<BTreeMap<(String, String), ProbeSeries>>,
 }
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
-    started_pods: AtomicU64::new(0),
-    started_pods_errors: AtomicU64::new(0),
-    started_containers: Mutex::new(BTreeMap::new()),
-    started_containers_errors: Mutex::new(BTreeMap::new()),
-    pod_start_sli: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
-    pod_start: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
-    relist: Mutex::new(Histogram::new(&DEFAULT_BUCKETS)),
-    evictions: Mutex::new(BTreeMap::new()),
-    probes: Mutex::new(BTreeMap::new()),
-});
+impl Registry {
+    /// A registry with nothing counted yet.
+    fn new() -> Registry {
+        Registry {
+            started_pods: AtomicU64::new(0),
+            started_pods_errors: AtomicU64::new(0),
+            started_containers: Mutex::new(BTreeMap::new()),
+            started_containers_errors: Mutex::new(BTreeMap::new()),
+            pod_start_sli: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
+            pod_start: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
+            relist: Mutex::new(Histogram::new(&DEFAULT_BUCKETS)),
+            evictions: Mutex::new(BTreeMap::new()),
+            probes: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 /// The process-wide registry.
 pub fn registry() -> &'static Registry {
@@ -171,106 +178,107 @@ impl Registry {
     /// `/metrics` in the text format.
     pub fn render(&self, node: &str, running: &Running) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        };
-        let counter = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        };
-        gauge(
+        family(
             &mut out,
-            "kubelet_node_name",
+            ("kubelet_node_name", "gauge"),
             "[ALPHA] The node's name. The count is always 1.",
+            [(format!("{{node=\"{}\"}}", escape(node)), 1)],
         );
-        let _ = writeln!(out, "kubelet_node_name{{node=\"{}\"}} 1", escape(node));
-        gauge(
+        family(
             &mut out,
-            "kubelet_running_pods",
+            ("kubelet_running_pods", "gauge"),
             "[ALPHA] Number of pods that have a running pod sandbox",
+            [(String::new(), running.pods)],
         );
-        let _ = writeln!(out, "kubelet_running_pods {}", running.pods);
-        gauge(
+        family(
             &mut out,
-            "kubelet_running_containers",
+            ("kubelet_running_containers", "gauge"),
             "[ALPHA] Number of containers currently running",
+            running
+                .containers
+                .iter()
+                .map(|(state, n)| (format!("{{container_state=\"{state}\"}}"), *n)),
         );
-        for (state, n) in &running.containers {
-            let _ = writeln!(
-                out,
-                "kubelet_running_containers{{container_state=\"{state}\"}} {n}"
+        for (name, help, n) in [
+            (
+                "kubelet_started_pods_total",
+                "[ALPHA] Cumulative number of pods started",
+                &self.started_pods,
+            ),
+            (
+                "kubelet_started_pods_errors_total",
+                "[ALPHA] Cumulative number of errors when starting pods",
+                &self.started_pods_errors,
+            ),
+        ] {
+            family(
+                &mut out,
+                (name, "counter"),
+                help,
+                [(String::new(), n.load(Ordering::Relaxed))],
             );
         }
-        counter(
+        family(
             &mut out,
-            "kubelet_started_pods_total",
-            "[ALPHA] Cumulative number of pods started",
-        );
-        let _ = writeln!(
-            out,
-            "kubelet_started_pods_total {}",
-            self.started_pods.load(Ordering::Relaxed)
-        );
-        counter(
-            &mut out,
-            "kubelet_started_pods_errors_total",
-            "[ALPHA] Cumulative number of errors when starting pods",
-        );
-        let _ = writeln!(
-            out,
-            "kubelet_started_pods_errors_total {}",
-            self.started_pods_errors.load(Ordering::Relaxed)
-        );
-        counter(
-            &mut out,
-            "kubelet_started_containers_total",
+            ("kubelet_started_containers_total", "counter"),
             "[ALPHA] Cumulative number of containers started",
+            lock(&self.started_containers)
+                .iter()
+                .map(|(ty, n)| (format!("{{container_type=\"{ty}\"}}"), *n)),
         );
-        for (ty, n) in lock(&self.started_containers).iter() {
-            let _ = writeln!(
-                out,
-                "kubelet_started_containers_total{{container_type=\"{ty}\"}} {n}"
-            );
-        }
-        counter(
+        family(
             &mut out,
-            "kubelet_started_containers_errors_total",
+            ("kubelet_started_containers_errors_total", "counter"),
             "[ALPHA] Cumulative number of errors when starting containers",
+            lock(&self.started_containers_errors)
+                .iter()
+                .map(|((code, ty), n)| {
+                    let code = escape(code);
+                    (format!("{{code=\"{code}\",container_type=\"{ty}\"}}"), *n)
+                }),
         );
-        for ((code, ty), n) in lock(&self.started_containers_errors).iter() {
-            let _ = writeln!(
-                out,
-                "kubelet_started_containers_errors_total{{code=\"{}\",container_type=\"{ty}\"}} {n}",
-                escape(code)
-            );
+        for (histogram, name, help) in [
+            (
+                &self.pod_start_sli,
+                "kubelet_pod_start_sli_duration_seconds",
+                "[BETA] Duration in seconds to start a pod, excluding time to pull images and run init containers, measured from pod creation timestamp to when all its containers are reported as started and observed via watch",
+            ),
+            (
+                &self.pod_start,
+                "kubelet_pod_start_duration_seconds",
+                "[ALPHA] Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
+            ),
+            (
+                &self.relist,
+                "kubelet_pleg_relist_duration_seconds",
+                "[ALPHA] Duration in seconds for relisting pods in PLEG.",
+            ),
+        ] {
+            lock(histogram).render(&mut out, name, help);
         }
-        lock(&self.pod_start_sli).render(
+        family(
             &mut out,
-            "kubelet_pod_start_sli_duration_seconds",
-            "[BETA] Duration in seconds to start a pod, excluding time to pull images and run init containers, measured from pod creation timestamp to when all its containers are reported as started and observed via watch",
-        );
-        lock(&self.pod_start).render(
-            &mut out,
-            "kubelet_pod_start_duration_seconds",
-            "[ALPHA] Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
-        );
-        lock(&self.relist).render(
-            &mut out,
-            "kubelet_pleg_relist_duration_seconds",
-            "[ALPHA] Duration in seconds for relisting pods in PLEG.",
-        );
-        counter(
-            &mut out,
-            "kubelet_evictions",
+            ("kubelet_evictions", "counter"),
             "[ALPHA] Cumulative number of pod evictions by eviction signal",
+            lock(&self.evictions)
+                .iter()
+                .map(|(signal, n)| (format!("{{eviction_signal=\"{}\"}}", escape(signal)), *n)),
         );
-        for (signal, n) in lock(&self.evictions).iter() {
-            let _ = writeln!(
-                out,
-                "kubelet_evictions{{eviction_signal=\"{}\"}} {n}",
-                escape(signal)
-            );
-        }
         out
+    }
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per `(labels, value)` (`labels` is
+/// `{k="v",...}` or empty).
+fn family(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, n) in samples {
+        let _ = writeln!(out, "{name}{labels} {n}");
     }
 }
 
@@ -568,57 +576,42 @@ fn working_set(memory: &Option<MemoryStats>) -> Option<(f64, &str)> {
     Some((m.working_set_bytes? as f64, &m.time))
 }
 
+/// The cpu and memory series of a node, pod or container (`$scope`, with upstream's names and
+/// help), then `$more`.
+macro_rules! usage_series {
+    ($scope:literal $(, $more:expr)*) => {
+        [
+            ResourceSeries {
+                name: concat!($scope, "_cpu_usage_seconds_total"),
+                kind: "counter",
+                help: concat!("[STABLE] Cumulative cpu time consumed by the ", $scope, " in core-seconds"),
+                value: |s| cpu_seconds(&s.cpu),
+            },
+            ResourceSeries {
+                name: concat!($scope, "_memory_working_set_bytes"),
+                kind: "gauge",
+                help: concat!("[STABLE] Current working set of the ", $scope, " in bytes"),
+                value: |s| working_set(&s.memory),
+            },
+            $($more),*
+        ]
+    };
+}
+
 /// The container series, in upstream's order.
-const CONTAINER_SERIES: [ResourceSeries<ContainerStats>; 3] = [
-    ResourceSeries {
-        name: "container_cpu_usage_seconds_total",
-        kind: "counter",
-        help: "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
-        value: |c| cpu_seconds(&c.cpu),
-    },
-    ResourceSeries {
-        name: "container_memory_working_set_bytes",
-        kind: "gauge",
-        help: "[STABLE] Current working set of the container in bytes",
-        value: |c| working_set(&c.memory),
-    },
+const CONTAINER_SERIES: [ResourceSeries<ContainerStats>; 3] = usage_series!(
+    "container",
     ResourceSeries {
         name: "container_start_time_seconds",
         kind: "gauge",
         help: "[STABLE] Start time of the container since unix epoch in seconds",
         value: |c| secs(&c.start_time).map(|v| (v, c.start_time.as_str())),
-    },
-];
+    }
+);
 
-const NODE_SERIES: [ResourceSeries<NodeStats>; 2] = [
-    ResourceSeries {
-        name: "node_cpu_usage_seconds_total",
-        kind: "counter",
-        help: "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
-        value: |n| cpu_seconds(&n.cpu),
-    },
-    ResourceSeries {
-        name: "node_memory_working_set_bytes",
-        kind: "gauge",
-        help: "[STABLE] Current working set of the node in bytes",
-        value: |n| working_set(&n.memory),
-    },
-];
+const NODE_SERIES: [ResourceSeries<NodeStats>; 2] = usage_series!("node");
 
-const POD_SERIES: [ResourceSeries<PodStats>; 2] = [
-    ResourceSeries {
-        name: "pod_cpu_usage_seconds_total",
-        kind: "counter",
-        help: "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
-        value: |p| cpu_seconds(&p.cpu),
-    },
-    ResourceSeries {
-        name: "pod_memory_working_set_bytes",
-        kind: "gauge",
-        help: "[STABLE] Current working set of the pod in bytes",
-        value: |p| working_set(&p.memory),
-    },
-];
+const POD_SERIES: [ResourceSeries<PodStats>; 2] = usage_series!("pod");
 
 /// The body of a stats or metrics endpoint: `(status, content type, body)`, or `None` for a path
 /// that is not one of them. `/stats/summary`, `/metrics`, `/metrics/resource`.
@@ -675,47 +668,37 @@ mod tests {
     #[test]
     fn resource_metrics_have_upstream_names_and_labels() {
         let t = "2024-01-01T00:00:00Z".to_string();
+        let cpu = |nano_cores, core_ns| {
+            Some(CpuStats {
+                time: t.clone(),
+                usage_nano_cores: nano_cores,
+                usage_core_nano_seconds: Some(core_ns),
+            })
+        };
+        let memory = |working_set| {
+            Some(MemoryStats {
+                time: t.clone(),
+                working_set_bytes: Some(working_set),
+                ..Default::default()
+            })
+        };
         let s = Summary {
             node: NodeStats {
                 node_name: "n".into(),
-                cpu: Some(CpuStats {
-                    time: t.clone(),
-                    usage_nano_cores: None,
-                    usage_core_nano_seconds: Some(2_500_000_000),
-                }),
-                memory: Some(MemoryStats {
-                    time: t.clone(),
-                    working_set_bytes: Some(1000),
-                    ..Default::default()
-                }),
+                cpu: cpu(None, 2_500_000_000),
+                memory: memory(1000),
                 ..Default::default()
             },
             pods: vec![PodStats {
-                pod_ref: PodReference {
-                    name: "p".into(),
-                    namespace: "ns".into(),
-                    uid: "u".into(),
-                },
+                pod_ref: PodReference::new("ns", "p", "u"),
                 containers: vec![ContainerStats {
                     name: "c".into(),
                     start_time: t.clone(),
-                    cpu: Some(CpuStats {
-                        time: t.clone(),
-                        usage_nano_cores: Some(1),
-                        usage_core_nano_seconds: Some(1_000_000_000),
-                    }),
-                    memory: Some(MemoryStats {
-                        time: t.clone(),
-                        working_set_bytes: Some(42),
-                        ..Default::default()
-                    }),
+                    cpu: cpu(Some(1), 1_000_000_000),
+                    memory: memory(42),
                     ..Default::default()
                 }],
-                memory: Some(MemoryStats {
-                    time: t.clone(),
-                    working_set_bytes: Some(50),
-                    ..Default::default()
-                }),
+                memory: memory(50),
                 ..Default::default()
             }],
         };
@@ -743,14 +726,7 @@ mod tests {
     fn kubelet_metrics_render_counters_and_histograms() {
         let r = Registry {
             started_pods: AtomicU64::new(2),
-            started_pods_errors: AtomicU64::new(0),
-            started_containers: Mutex::new(BTreeMap::new()),
-            started_containers_errors: Mutex::new(BTreeMap::new()),
-            pod_start_sli: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
-            pod_start: Mutex::new(Histogram::new(&POD_START_BUCKETS)),
-            relist: Mutex::new(Histogram::new(&DEFAULT_BUCKETS)),
-            evictions: Mutex::new(BTreeMap::new()),
-            probes: Mutex::new(BTreeMap::new()),
+            ..Registry::new()
         };
         r.container_started(false);
         r.container_started(true);

@@ -176,18 +176,28 @@ impl Env {
             .unwrap()
     }
 
-    async fn run_to_exit(&self, mut created: CreatedContainer, id: &str) -> (ExitStatus, String) {
-        self.svc.start(id).await.unwrap();
-        let status = self.svc.wait_container(&created).await.unwrap();
-        let log_path = created.log_path.clone();
+    /// Flushes a container's log writers (blocking, off the runtime) and removes the container.
+    async fn remove(&self, mut created: CreatedContainer) {
         let created = tokio::task::spawn_blocking(move || {
             created.flush_logs();
             created
         })
         .await
         .unwrap();
-        let created = created;
         self.svc.remove(&created).await.unwrap();
+    }
+
+    /// Tears the sandbox down and asserts nothing of the test is left.
+    async fn finish(&self, sb: &Sandbox) {
+        sandbox::teardown(&self.dir.path().join("sandboxes"), &sb.id).unwrap();
+        self.assert_clean().await;
+    }
+
+    async fn run_to_exit(&self, created: CreatedContainer, id: &str) -> (ExitStatus, String) {
+        self.svc.start(id).await.unwrap();
+        let status = self.svc.wait_container(&created).await.unwrap();
+        let log_path = created.log_path.clone();
+        self.remove(created).await;
         (status, std::fs::read_to_string(log_path).unwrap())
     }
 
@@ -203,12 +213,12 @@ impl Env {
     async fn assert_clean(&self) {
         let ns = self.ns.as_str();
         let ch = self.containerd.channel().await.unwrap();
-        let containers = ContainersClient::new(ch.clone())
-            .list(with_namespace!(ListContainersRequest { filters: vec![] }, ns))
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+        let containers = listed(
+            ContainersClient::new(ch.clone())
+                .list(with_namespace!(ListContainersRequest { filters: vec![] }, ns)),
+        )
+        .await
+        .containers;
         assert!(containers.is_empty(), "containers left: {containers:?}");
         let tasks = TasksClient::new(ch.clone())
             .list(with_namespace!(
@@ -244,11 +254,8 @@ impl Env {
             })
             .await;
         assert_eq!(n, 0, "snapshots left");
-        let leases = LeasesClient::new(ch)
-            .list(with_namespace!(ListRequest { filters: vec![] }, ns))
+        let leases = listed(LeasesClient::new(ch).list(with_namespace!(ListRequest { filters: vec![] }, ns)))
             .await
-            .unwrap()
-            .into_inner()
             .leases;
         assert!(leases.is_empty(), "leases left: {leases:?}");
         assert!(mounts_under(self.dir.path()).is_empty());
@@ -259,8 +266,14 @@ impl Env {
     }
 }
 
-fn pinned(env: &Env, name: &str) -> Sandbox {
-    sandbox::create(
+/// The answer of a containerd call (the test fails on an error).
+async fn listed<T>(call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> T {
+    call.await.unwrap().into_inner()
+}
+
+/// A sandbox for pod `name`, and the pod.
+fn pinned(env: &Env, name: &str) -> (Sandbox, Pod) {
+    let sb = sandbox::create(
         &env.dir.path().join("sandboxes"),
         &SandboxConfig {
             id: name.into(),
@@ -270,7 +283,8 @@ fn pinned(env: &Env, name: &str) -> Sandbox {
             host_pid: false,
         },
     )
-    .unwrap()
+    .unwrap();
+    (sb, pod(name))
 }
 
 fn stdout_lines(log: &str, stream: &str) -> Vec<String> {
@@ -292,8 +306,7 @@ fn stdout_lines(log: &str, stream: &str) -> Vec<String> {
 #[tokio::test]
 async fn overridden_command_env_and_workdir_reach_the_cri_log() {
     let env = env("knode-ctr").await;
-    let sb = pinned(&env, "logpod");
-    let pod = pod("logpod");
+    let (sb, pod) = pinned(&env, "logpod");
     let mut c = container(
         "app",
         &["/bin/sh", "-c"],
@@ -315,15 +328,13 @@ async fn overridden_command_env_and_workdir_reach_the_cri_log() {
     // Timestamps are RFC3339Nano UTC.
     let ts = log.lines().next().unwrap().split(' ').next().unwrap();
     assert!(ts.ends_with('Z') && ts.len() >= 20 && &ts[10..11] == "T", "{ts}");
-    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
-    env.assert_clean().await;
+    env.finish(&sb).await;
 }
 
 #[tokio::test]
 async fn containers_in_one_sandbox_share_loopback_and_hostname_not_pids() {
     let env = env("knode-ctr").await;
-    let sb = pinned(&env, "shared");
-    let pod = pod("shared");
+    let (sb, pod) = pinned(&env, "shared");
     let server = container("server", &[], &["serve", "--http-port", "8080"]);
     let created = env.create(&pod, &server, sb.namespaces(), "server-1").await;
     env.svc.start("server-1").await.unwrap();
@@ -398,16 +409,8 @@ async fn containers_in_one_sandbox_share_loopback_and_hostname_not_pids() {
         env.svc.kill("server-1", 0, false).await.is_err(),
         "no process left to signal"
     );
-    let created = tokio::task::spawn_blocking(move || {
-        let mut c = created;
-        c.flush_logs();
-        c
-    })
-    .await
-    .unwrap();
-    env.svc.remove(&created).await.unwrap();
-    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
-    env.assert_clean().await;
+    env.remove(created).await;
+    env.finish(&sb).await;
 }
 
 /// Create+start+stop+delete N containers through this layer vs `ctr run --rm` (the floor), one after
@@ -420,36 +423,27 @@ async fn bench_lifecycle_against_ctr_run() {
         3
     };
     let env = env("knode-bench").await;
-    let sb = pinned(&env, "bench");
-    let pod = pod("bench");
+    let (sb, pod) = pinned(&env, "bench");
     let c = container("b", &[], &["exit", "0"]);
     let t0 = std::time::Instant::now();
     for i in 0..n {
         let id = format!("b-{i}");
-        let mut created = env.create(&pod, &c, sb.namespaces(), &id).await;
+        let created = env.create(&pod, &c, sb.namespaces(), &id).await;
         env.svc.start(&id).await.unwrap();
         // Wait first: a SIGTERM right after Start can still hit runc's Go init before it execs the
         // program (exit code 2), which would make the comparison with `ctr run --rm` unfair.
         assert_eq!(env.svc.wait(&id).await.unwrap().code, 0);
         let (status, killed) = env.svc.stop(&id, 15, Duration::from_secs(5)).await.unwrap();
         assert_eq!((status.code, killed), (0, false), "stopping an exited task");
-        created = tokio::task::spawn_blocking(move || {
-            created.flush_logs();
-            created
-        })
-        .await
-        .unwrap();
-        env.svc.remove(&created).await.unwrap();
+        env.remove(created).await;
     }
     let ours = t0.elapsed();
     let t1 = std::time::Instant::now();
     for i in 0..n {
-        let out = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(env.containerd.socket())
+        let out = env
+            .containerd
+            .ctr(&env.ns)
             .args([
-                "-n",
-                &env.ns,
                 "run",
                 "--rm",
                 &env.image.name,
@@ -485,14 +479,7 @@ async fn bench_lifecycle_against_ctr_run() {
             assert_eq!(env.svc.wait(&id).await.unwrap().code, 0);
             let (status, killed) = env.svc.stop(&id, 15, Duration::from_secs(5)).await.unwrap();
             assert_eq!((status.code, killed), (0, false));
-            let created = tokio::task::spawn_blocking(move || {
-                let mut created = created;
-                created.flush_logs();
-                created
-            })
-            .await
-            .unwrap();
-            env.svc.remove(&created).await.unwrap();
+            env.remove(created).await;
         }
     }));
     ours_par.await;
@@ -500,10 +487,9 @@ async fn bench_lifecycle_against_ctr_run() {
     let t3 = std::time::Instant::now();
     let children: Vec<_> = (0..n)
         .map(|i| {
-            std::process::Command::new("ctr")
-                .arg("--address")
-                .arg(env.containerd.socket())
-                .args(["-n", &env.ns, "run", "--rm", &env.image.name])
+            env.containerd
+                .ctr(&env.ns)
+                .args(["run", "--rm", &env.image.name])
                 .arg(format!("ctrp-{i}"))
                 .args(["/testimg", "exit", "0"])
                 .stdout(std::process::Stdio::null())
@@ -522,8 +508,7 @@ async fn bench_lifecycle_against_ctr_run() {
         floor_par.as_secs_f64(),
         ours_par.as_secs_f64() / floor_par.as_secs_f64()
     );
-    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
-    env.assert_clean().await;
+    env.finish(&sb).await;
     for ctl in ["memory", "cpu", "pids"] {
         let p = PathBuf::from(format!("/sys/fs/cgroup/{ctl}/{}", env.ns));
         assert!(!p.exists(), "cgroup dir left: {}", p.display());
@@ -545,8 +530,7 @@ async fn task_exit_and_oom_events_arrive() {
     let mut events = subscribe(c);
     // Every exit from now on is delivered.
     assert_eq!(next_event(&mut events).await, TaskEvent::Subscribed);
-    let sb = pinned(&env, "events");
-    let pod = pod("events");
+    let (sb, pod) = pinned(&env, "events");
 
     let exiter = container("exiter", &[], &["exit", "5"]);
     let created = env.create(&pod, &exiter, sb.namespaces(), "exiter-1").await;
@@ -605,8 +589,7 @@ async fn task_exit_and_oom_events_arrive() {
         exit_code: 137
     }));
     drop(events);
-    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
-    env.assert_clean().await;
+    env.finish(&sb).await;
 }
 
 /// A containerd restart breaks the event stream: the subscription reports `Resubscribed` once it
@@ -618,8 +601,7 @@ async fn events_resubscribe_and_relist_after_a_containerd_restart() {
     let c = Containerd::new(env.containerd.channel().await.unwrap(), &env.ns).unwrap();
     let mut events = subscribe(c);
     assert_eq!(next_event(&mut events).await, TaskEvent::Subscribed);
-    let sb = pinned(&env, "restart");
-    let pod = pod("restart");
+    let (sb, pod) = pinned(&env, "restart");
     let keeper = container("keeper", &[], &["sleep", "infinity", "--exit-on-sigterm"]);
     let keeper_c = env.create(&pod, &keeper, sb.namespaces(), "keeper-1").await;
     env.svc.start("keeper-1").await.unwrap();
@@ -683,24 +665,15 @@ async fn events_resubscribe_and_relist_after_a_containerd_restart() {
     }
     drop(events);
     for created in [keeper_c, quitter_c] {
-        let created = tokio::task::spawn_blocking(move || {
-            let mut c = created;
-            c.flush_logs();
-            c
-        })
-        .await
-        .unwrap();
-        env.svc.remove(&created).await.unwrap();
+        env.remove(created).await;
     }
-    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
-    env.assert_clean().await;
+    env.finish(&sb).await;
 }
 
 #[tokio::test]
 async fn sigterm_ignoring_pid1_is_killed_after_the_grace() {
     let env = env("knode-ctr").await;
-    let sb = pinned(&env, "stubborn");
-    let pod = pod("stubborn");
+    let (sb, pod) = pinned(&env, "stubborn");
     let c = container("sleeper", &[], &["sleep", "infinity"]);
     let created = env.create(&pod, &c, sb.namespaces(), "sleeper-1").await;
     env.svc.start("sleeper-1").await.unwrap();
@@ -711,16 +684,8 @@ async fn sigterm_ignoring_pid1_is_killed_after_the_grace() {
         .unwrap();
     assert!(killed, "SIGKILL was needed");
     assert_eq!(status.code, 137);
-    let created = tokio::task::spawn_blocking(move || {
-        let mut c = created;
-        c.flush_logs();
-        c
-    })
-    .await
-    .unwrap();
-    env.svc.remove(&created).await.unwrap();
+    env.remove(created).await;
     // Deleting again is a no-op.
     env.svc.delete("sleeper-1").await.unwrap();
-    sandbox::teardown(&env.dir.path().join("sandboxes"), &sb.id).unwrap();
-    env.assert_clean().await;
+    env.finish(&sb).await;
 }

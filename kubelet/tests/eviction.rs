@@ -48,6 +48,17 @@ fn condition<'a>(pod: &'a Value, ty: &str) -> Option<&'a Value> {
         .and_then(|c| c.iter().find(|c| c["type"] == ty))
 }
 
+/// A new pod is refused (failed, `Evicted`) for the node's `condition`.
+fn assert_new_pods_refused(node: &Node, image: &str, condition: &str) {
+    node.apply(&common::pod_yaml("late", image, "Never", &["sleep", "60"]));
+    let late = node.wait_phase("late", "Failed");
+    assert_eq!(late["status"]["reason"], "Evicted", "{late}");
+    assert_eq!(
+        late["status"]["message"],
+        format!("Pod was rejected: The node had condition: [{condition}]. ")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_dir_over_its_size_limit_evicts_only_that_pod() {
     let node = Node::start("evict-ed").await;
@@ -116,13 +127,7 @@ async fn disk_pressure_on_a_small_root_fs_evicts_the_heaviest_pod() {
     node.apply(&writer_pod("heavy", &image, 30, None));
     wait_node_condition(&node, "DiskPressure", "True", "KubeletHasDiskPressure");
     // New pods are refused while the node is under disk pressure.
-    node.apply(&common::pod_yaml("late", &image, "Never", &["sleep", "60"]));
-    let late = node.wait_phase("late", "Failed");
-    assert_eq!(late["status"]["reason"], "Evicted", "{late}");
-    assert_eq!(
-        late["status"]["message"],
-        "Pod was rejected: The node had condition: [DiskPressure]. "
-    );
+    assert_new_pods_refused(&node, &image, "DiskPressure");
 
     let heavy = node.wait_phase("heavy", "Failed");
     assert_eq!(heavy["status"]["reason"], "Evicted", "{heavy}");
@@ -195,13 +200,7 @@ async fn memory_pressure_on_allocatable_evicts_the_best_effort_pod_first() {
     assert_eq!(dt["reason"], "TerminationByKubelet");
     wait_node_condition(&node, "MemoryPressure", "True", "KubeletHasInsufficientMemory");
     // Under memory pressure alone only BestEffort pods are refused.
-    node.apply(&common::pod_yaml("late", &image, "Never", &["sleep", "60"]));
-    let late = node.wait_phase("late", "Failed");
-    assert_eq!(late["status"]["reason"], "Evicted", "{late}");
-    assert_eq!(
-        late["status"]["message"],
-        "Pod was rejected: The node had condition: [MemoryPressure]. "
-    );
+    assert_new_pods_refused(&node, &image, "MemoryPressure");
     let guaranteed = node.pod("guaranteed");
     assert_eq!(guaranteed["status"]["phase"], "Running", "{guaranteed}");
     wait_node_condition(&node, "MemoryPressure", "False", "KubeletHasSufficientMemory");

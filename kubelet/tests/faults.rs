@@ -37,12 +37,7 @@ async fn control_plane_outage_node_ready_again_and_statuses_caught_up() {
         &[],
     );
     let img = node.image().to_string();
-    node.apply(&pod_yaml(
-        "steady",
-        &img,
-        "Always",
-        &["sleep", "infinity", "--exit-on-sigterm"],
-    ));
+    node.apply(&pod_yaml("steady", &img, "Always", common::SLEEP_FOREVER));
     node.apply(&pod_yaml("finisher", &img, "Never", &["sleep", "12"]));
     node.wait_phase("steady", "Running");
     node.wait_phase("finisher", "Running");

@@ -201,16 +201,10 @@ async fn pull_unpacks_layers_into_chain_id_snapshots_and_registers_the_image() {
     );
 
     // ctr, an independent client, lists it.
-    let out = std::process::Command::new("ctr")
-        .args([
-            "--address",
-            env.containerd.socket().to_str().unwrap(),
-            "-n",
-            &env.ns,
-            "images",
-            "ls",
-            "-q",
-        ])
+    let out = env
+        .containerd
+        .ctr(&env.ns)
+        .args(["images", "ls", "-q"])
         .output()
         .unwrap();
     assert!(

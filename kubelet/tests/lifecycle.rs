@@ -218,12 +218,7 @@ async fn crash_loop_backoff_shows_and_delays_grow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_deletion_kills_and_removes_the_pod() {
     let node = Node::start("kl-delete").await;
-    node.apply(&pod_yaml(
-        "victim",
-        node.image(),
-        "Always",
-        &["sleep", "infinity", "--exit-on-sigterm"],
-    ));
+    node.apply(&pod_yaml("victim", node.image(), "Always", common::SLEEP_FOREVER));
     node.wait_phase("victim", "Running");
     assert_eq!(node.container_count(), 1);
     let started = Instant::now();
@@ -245,12 +240,7 @@ async fn graceful_deletion_kills_and_removes_the_pod() {
     });
     node.eventually("containers removed", || node.container_count() == 0);
     // A force-deleted pod (gone from the API at once) still has its containers killed and removed.
-    node.apply(&pod_yaml(
-        "forced",
-        node.image(),
-        "Always",
-        &["sleep", "infinity", "--exit-on-sigterm"],
-    ));
+    node.apply(&pod_yaml("forced", node.image(), "Always", common::SLEEP_FOREVER));
     node.wait_phase("forced", "Running");
     assert_eq!(node.container_count(), 1);
     node.kubectl(&["delete", "pod", "forced", "--grace-period=0", "--force"]);
@@ -269,12 +259,7 @@ async fn static_pod_runs_with_a_mirror_pod() {
     let mut node = Node::start("kl-static").await;
     std::fs::write(
         node.dir.path().join("manifests/web.yaml"),
-        pod_yaml(
-            "web",
-            node.image(),
-            "Always",
-            &["sleep", "infinity", "--exit-on-sigterm"],
-        ),
+        pod_yaml("web", node.image(), "Always", common::SLEEP_FOREVER),
     )
     .unwrap();
     let mirror = format!("web-{}", node.name);
@@ -296,12 +281,7 @@ async fn static_pod_runs_with_a_mirror_pod() {
     // pod in the API and deletes it (and the containers it no longer owns).
     std::fs::write(
         node.dir.path().join("manifests/db.yaml"),
-        pod_yaml(
-            "db",
-            node.image(),
-            "Always",
-            &["sleep", "infinity", "--exit-on-sigterm"],
-        ),
+        pod_yaml("db", node.image(), "Always", common::SLEEP_FOREVER),
     )
     .unwrap();
     let db = format!("db-{}", node.name);
@@ -372,12 +352,7 @@ async fn node_is_ready_with_capacity_and_its_lease_renews() {
 async fn malformed_pods_fail_alone_with_upstream_reasons() {
     let node = Node::start("kl-bad").await;
     let img = node.image().to_string();
-    node.apply(&pod_yaml(
-        "good",
-        &img,
-        "Always",
-        &["sleep", "infinity", "--exit-on-sigterm"],
-    ));
+    node.apply(&pod_yaml("good", &img, "Always", common::SLEEP_FOREVER));
     node.apply(&pod_yaml(
         "noimage",
         &format!("{}/knode/does-not-exist:v1", node._registry.host()),
@@ -413,7 +388,7 @@ async fn kubelet_restart_adopts_running_containers_without_restarting_them() {
             &format!("p{i}"),
             node.image(),
             "Always",
-            &["sleep", "infinity", "--exit-on-sigterm"],
+            common::SLEEP_FOREVER,
         ));
     }
     // One that keeps logging: its output must keep reaching the log file across the restart.

@@ -19,11 +19,25 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use knode_harness::cluster::{ClusterOptions, KnodeCluster};
+use knode_harness::cluster::{ClusterOptions, KnodeCluster, WEB_NODE_PORT_SERVICE};
 use serde_json::Value;
 
 /// The clusters are heavy for a 2-core machine: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A cluster without CoreDNS (`options` say the rest), the only one running while it is held.
+async fn cluster_without_dns(
+    options: ClusterOptions,
+) -> (tokio::sync::MutexGuard<'static, ()>, KnodeCluster) {
+    let one = ONE_AT_A_TIME.lock().await;
+    let c = KnodeCluster::start(ClusterOptions {
+        coredns: false,
+        ..options
+    })
+    .await
+    .unwrap();
+    (one, c)
+}
 
 const T: Duration = Duration::from_secs(180);
 
@@ -94,14 +108,7 @@ spec:
          env: [{{name: VERSION, value: "1"}}],
          readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}}}
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"#
+{WEB_NODE_PORT_SERVICE}"#
     )
 }
 
@@ -143,18 +150,11 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web-headless}\nspec:\n  clusterIP: None\n  \
          selector: {app: web}\n  ports: [{name: http, port: 8080}]\n",
     );
+    let coredns_ready = knode_harness::upstream::coredns::status_query("readyReplicas");
     wait(&c, "web, client and CoreDNS ready", || {
         ready_replicas(&c, "deploy", "web") == "4"
             && ready_replicas(&c, "ds", "client") == "2"
-            && c.kubectl(&[
-                "get",
-                "deploy",
-                "-n",
-                "kube-system",
-                "coredns",
-                "-o",
-                "jsonpath={.status.readyReplicas}",
-            ]) == "1"
+            && c.kubectl(&coredns_ready.iter().map(String::as_str).collect::<Vec<_>>()) == "1"
     });
     let (webs, clients) = (pods_of(&c, "web"), pods_of(&c, "client"));
     let web_nodes: BTreeSet<&String> = webs.iter().map(|w| &w.1).collect();
@@ -236,13 +236,7 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_daemonsets_jobs_and_drain_across_knode_nodes() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut c = KnodeCluster::start(ClusterOptions {
-        coredns: false,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (_one, mut c) = cluster_without_dns(ClusterOptions::default()).await;
     let img = c.images.testimg.reference.clone();
 
     // Deployment: 6 spread over the nodes, scaled to 9 and back to 3.
@@ -443,9 +437,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut c = KnodeCluster::start(ClusterOptions {
-        coredns: false,
+    let (_one, mut c) = cluster_without_dns(ClusterOptions {
         // Seconds instead of upstream's 40–50 s, so the test waits for the real controller.
         controller_manager_args: vec![
             "--node-monitor-grace-period=16s".into(),
@@ -454,8 +446,7 @@ async fn a_failed_node_is_tainted_its_pods_move_and_it_recovers() {
         kubelet_config: "nodeStatusUpdateFrequency: 2s\nnodeLeaseDurationSeconds: 8".into(),
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let img = c.images.testimg.reference.clone();
     let tolerations = "      tolerations:\n      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n";
     apply(&c, &web_yaml(&img, 2, tolerations));
@@ -589,16 +580,13 @@ fn pct(v: &[f64], q: f64) -> f64 {
 /// nodes, 30 replicas, 3000 round trips. Prints the numbers (the README keeps a full run's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_replicas_over_nodes_and_cross_node_latency() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let full = std::env::var("KNODE_BENCH").is_ok_and(|v| v == "full");
     let (nodes, replicas, count) = if full { (3, 30, 3000) } else { (2, 6, 300) };
-    let c = KnodeCluster::start(ClusterOptions {
+    let (_one, c) = cluster_without_dns(ClusterOptions {
         nodes,
-        coredns: false,
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let img = c.images.testimg.reference.clone();
     apply(&c, &client_ds_yaml(&img));
     wait(&c, "a client on every node", || {

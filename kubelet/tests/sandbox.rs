@@ -11,6 +11,13 @@ use knode_harness::cleanup::{mounts_under, unmount_under};
 use kubelet::sandbox::{self, SandboxConfig};
 
 struct Root(tempfile::TempDir);
+impl Root {
+    /// A sandbox root for a test that needs root.
+    fn new() -> Root {
+        knode_harness::require_root().unwrap();
+        Root(tempfile::tempdir().unwrap())
+    }
+}
 impl Drop for Root {
     fn drop(&mut self) {
         unmount_under(self.0.path());
@@ -34,8 +41,7 @@ fn inode(p: &Path) -> u64 {
 
 #[test]
 fn pinned_namespaces_have_hostname_loopback_and_are_removed() {
-    knode_harness::require_root().unwrap();
-    let root = Root(tempfile::tempdir().unwrap());
+    let root = Root::new();
     let cfg = SandboxConfig {
         id: "pod-uid-1".into(),
         hostname: "web-0".into(),
@@ -97,8 +103,7 @@ fn pinned_namespaces_have_hostname_loopback_and_are_removed() {
 
 #[test]
 fn host_network_pins_only_ipc() {
-    knode_harness::require_root().unwrap();
-    let root = Root(tempfile::tempdir().unwrap());
+    let root = Root::new();
     let cfg = SandboxConfig {
         id: "hostnet".into(),
         hostname: String::new(),

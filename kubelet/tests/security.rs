@@ -145,13 +145,8 @@ async fn named_image_user_resolved_from_the_images_passwd_and_group() {
         assert_eq!(id.trim(), want, "container {c}");
     }
     // The read-only view the files were read from is gone, and was never mounted on the host.
-    let snaps = std::process::Command::new("ctr")
-        .args([
-            "--address",
-            node.containerd.socket().to_str().unwrap(),
-            "-n",
-            &node.ns,
-        ])
+    let snaps = node
+        .ctr()
         .args(["snapshots", "--snapshotter", "overlayfs", "ls"])
         .output()
         .unwrap();

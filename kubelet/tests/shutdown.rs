@@ -130,7 +130,7 @@ async fn sigterm_with_grace_period_terminates_regular_then_critical_pods() {
         &image,
         Some(2_000_001_000),
         30,
-        &["sleep", "infinity", "--exit-on-sigterm"],
+        common::SLEEP_FOREVER,
     ));
     // A pod that already completed is left alone.
     node.apply(&pod("done", &image, None, 30, &["exit", "0"]));

@@ -31,12 +31,56 @@ fn kubectl(node: &Node, version: &str, args: &[&str], stdin: Option<&[u8]>) -> O
     knode_harness::process::output_with_stdin(&mut c, stdin).unwrap()
 }
 
+/// `kubectl exec [flags] two -c <container> -- sh -c <script>`.
+fn exec_sh(
+    node: &Node,
+    v: &str,
+    flags: &[&str],
+    container: &str,
+    script: &str,
+    stdin: Option<&[u8]>,
+) -> Output {
+    let args: Vec<&str> = ["exec"].into_iter().chain(flags.iter().copied()).collect();
+    let args = [&args[..], &["two", "-c", container, "--", "sh", "-c", script]].concat();
+    kubectl(node, v, &args, stdin)
+}
+
+/// Runs shell command `cmd` under `script` (a terminal), ended after `secs` by `timeout`; its
+/// output is piped when `capture`d, else dropped.
+fn under_script(secs: &str, cmd: &str, capture: bool) -> std::process::Child {
+    let out = || if capture { Stdio::piped() } else { Stdio::null() };
+    Command::new("timeout")
+        .args([secs, "script", "-qec", cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .unwrap()
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A node running pod `two` (containers `main`, serving HTTP on 8080, and `side`, printing).
+async fn node_with_two(name: &str) -> Node {
+    let node = Node::start(name).await;
+    let img = node.image().to_string();
+    node.apply(&two_container_pod(&img));
+    node.wait_phase("two", "Running");
+    node
+}
+
+/// Waits for pod `name` to run and for `line` in `kubectl <logs>`.
+fn wait_for_log(node: &Node, name: &str, logs: &[&str], line: &str) {
+    node.wait_phase(name, "Running");
+    node.eventually(&format!("{line} in {name}'s log"), || {
+        node.kubectl(logs).contains(line)
+    });
 }
 
 fn two_container_pod(img: &str) -> String {
@@ -48,65 +92,31 @@ fn two_container_pod(img: &str) -> String {
 /// exec (output, exit code, stdin, TTY, -c), attach and port-forward with one kubectl version.
 fn exercise(node: &Node, v: &str) {
     // Output on both streams, from the named container.
-    let o = kubectl(
-        node,
-        v,
-        &[
-            "exec",
-            "two",
-            "-c",
-            "main",
-            "--",
-            "sh",
-            "-c",
-            "echo out-$HOSTNAME; echo err >&2",
-        ],
-        None,
-    );
+    let o = exec_sh(node, v, &[], "main", "echo out-$HOSTNAME; echo err >&2", None);
     assert!(o.status.success(), "{v} exec: {}\n{}", err(&o), node.log());
     assert_eq!(out(&o).trim(), "out-two", "{v}");
     assert!(err(&o).contains("err"), "{v}: {}", err(&o));
     // The exit code propagates.
-    let o = kubectl(
-        node,
-        v,
-        &["exec", "two", "-c", "main", "--", "sh", "-c", "exit 3"],
-        None,
-    );
+    let o = exec_sh(node, v, &[], "main", "exit 3", None);
     assert_eq!(o.status.code(), Some(3), "{v}: {}", err(&o));
     // stdin piped in, and its end closes the command's input.
-    let o = kubectl(
+    let o = exec_sh(
         node,
         v,
-        &[
-            "exec",
-            "-i",
-            "two",
-            "-c",
-            "main",
-            "--",
-            "sh",
-            "-c",
-            "cat; echo done",
-        ],
+        &["-i"],
+        "main",
+        "cat; echo done",
         Some(b"hello\nworld\n"),
     );
     assert!(o.status.success(), "{v} exec -i: {}", err(&o));
     assert_eq!(out(&o), "hello\nworld\ndone\n", "{v}");
     // The second container.
-    let o = kubectl(
+    let o = exec_sh(
         node,
         v,
-        &[
-            "exec",
-            "two",
-            "-c",
-            "side",
-            "--",
-            "sh",
-            "-c",
-            "ps | grep -c 'sleep\\|side' >/dev/null; echo side-ok",
-        ],
+        &[],
+        "side",
+        "ps | grep -c 'sleep\\|side' >/dev/null; echo side-ok",
         None,
     );
     assert_eq!(out(&o).trim(), "side-ok", "{v}: {}", err(&o));
@@ -116,13 +126,7 @@ fn exercise(node: &Node, v: &str) {
         kubectl_bin(v).display(),
         node.cp.kubeconfig.display()
     );
-    let mut child = Command::new("timeout")
-        .args(["60", "script", "-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = under_script("60", &cmd, true);
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     let status = child.wait().unwrap();
@@ -199,10 +203,7 @@ fn exercise(node: &Node, v: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_attach_and_port_forward_with_1_27_and_1_33() {
-    let node = Node::start("st-kubectl").await;
-    let img = node.image().to_string();
-    node.apply(&two_container_pod(&img));
-    node.wait_phase("two", "Running");
+    let node = node_with_two("st-kubectl").await;
     let sessions = |transport: &str| {
         let log = std::fs::read_to_string(node.dir.path().join("kubelet.log")).unwrap();
         log.lines()
@@ -241,11 +242,7 @@ async fn kubectl_logs_since_second_container_and_follow_ends_with_the_container(
     node.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: early}}\nspec:\n  containers:\n  - name: main\n    image: {img}\n    command: [\"/bin/sh\", \"-c\", \"echo early-line; sleep 100000\"]\n  - name: other\n    image: {img}\n    command: [\"/bin/sh\", \"-c\", \"echo from-other; sleep 100000\"]\n"
     ));
-    node.wait_phase("early", "Running");
-    node.eventually("early logs", || {
-        node.kubectl(&["logs", "early", "-c", "main"])
-            .contains("early-line")
-    });
+    wait_for_log(&node, "early", &["logs", "early", "-c", "main"], "early-line");
     std::thread::sleep(Duration::from_secs(4));
     for v in ["1.27", "1.33"] {
         let o = kubectl(&node, v, &["logs", "early", "-c", "main", "--since=2s"], None);
@@ -296,13 +293,13 @@ fn curl(args: &[&str]) -> (String, String) {
     (code.to_string(), body.to_string())
 }
 
-/// kubectl straight at the kubelet (its self-signed serving certificate as the CA).
+/// kubectl straight at the kubelet (its self-signed serving certificate as the CA), with `auth`
+/// (a kubeconfig, and a token).
 fn kubectl_at_kubelet(node: &Node, url: &str, auth: &[String], args: &[&str]) -> Output {
     let ca = node.dir.path().join("root/pki/kubelet.crt");
     Command::new("timeout")
         .arg("60")
         .arg(kubectl_bin("1.33"))
-        .arg("--kubeconfig=/dev/null")
         .arg(format!("--server={url}"))
         .arg(format!("--certificate-authority={}", ca.display()))
         .args(auth)
@@ -313,10 +310,7 @@ fn kubectl_at_kubelet(node: &Node, url: &str, auth: &[String], args: &[&str]) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_api_authenticates_authorizes_and_serves_pods() {
-    let node = Node::start("st-sec").await;
-    let img = node.image().to_string();
-    node.apply(&two_container_pod(&img));
-    node.wait_phase("two", "Running");
+    let node = node_with_two("st-sec").await;
     let url = kubelet_url(&node);
     // No credentials: 401 everywhere but healthz.
     for (method, path) in [
@@ -341,32 +335,24 @@ async fn kubelet_api_authenticates_authorizes_and_serves_pods() {
     // A valid client certificate without permission: 403 with upstream's message.
     let alice = node.cp.issue_kubeconfig("alice", &[]).unwrap();
     let alice_auth = vec![format!("--kubeconfig={}", alice.display())];
-    let ca = node.dir.path().join("root/pki/kubelet.crt");
     for path in ["/containerLogs/default/two/main", "/pods"] {
-        let o = Command::new(kubectl_bin("1.33"))
-            .args(&alice_auth)
-            .arg(format!("--server={url}"))
-            .arg(format!("--certificate-authority={}", ca.display()))
-            .args(["get", "--raw", path])
-            .output()
-            .unwrap();
+        let o = kubectl_at_kubelet(&node, &url, &alice_auth, &["get", "--raw", path]);
         assert!(!o.status.success());
         assert!(err(&o).contains("Forbidden"), "{path}: {}", err(&o));
     }
     // Exec at the kubelet with that certificate: refused before any upgrade.
-    let o = Command::new(kubectl_bin("1.33"))
-        .args(&alice_auth)
-        .arg(format!("--server={url}"))
-        .arg(format!("--certificate-authority={}", ca.display()))
-        .args([
+    let o = kubectl_at_kubelet(
+        &node,
+        &url,
+        &alice_auth,
+        &[
             "create",
             "--raw",
             "/exec/default/two/main?command=true&output=1",
             "-f",
             "/dev/null",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         err(&o).contains("Forbidden (user=alice, verb=create, resource=nodes, subresource=proxy)"),
         "{}",
@@ -397,7 +383,7 @@ async fn kubelet_api_authenticates_authorizes_and_serves_pods() {
     let o = kubectl_at_kubelet(
         &node,
         &url,
-        &[format!("--token={token}")],
+        &["--kubeconfig=/dev/null".into(), format!("--token={token}")],
         &["get", "--raw", "/containerLogs/default/two/main"],
     );
     assert!(
@@ -409,13 +395,7 @@ async fn kubelet_api_authenticates_authorizes_and_serves_pods() {
     assert_eq!(code, "401");
     // /pods and /runningpods/ with the cluster admin's certificate.
     let admin = vec![format!("--kubeconfig={}", node.cp.kubeconfig.display())];
-    let o = Command::new(kubectl_bin("1.33"))
-        .args(&admin)
-        .arg(format!("--server={url}"))
-        .arg(format!("--certificate-authority={}", ca.display()))
-        .args(["get", "--raw", "/pods"])
-        .output()
-        .unwrap();
+    let o = kubectl_at_kubelet(&node, &url, &admin, &["get", "--raw", "/pods"]);
     let pods: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", err(&o)));
     assert_eq!(pods["kind"], "PodList");
     assert!(
@@ -425,13 +405,7 @@ async fn kubelet_api_authenticates_authorizes_and_serves_pods() {
             .iter()
             .any(|p| p["metadata"]["name"] == "two")
     );
-    let o = Command::new(kubectl_bin("1.33"))
-        .args(&admin)
-        .arg(format!("--server={url}"))
-        .arg(format!("--certificate-authority={}", ca.display()))
-        .args(["get", "--raw", "/runningpods/"])
-        .output()
-        .unwrap();
+    let o = kubectl_at_kubelet(&node, &url, &admin, &["get", "--raw", "/runningpods/"]);
     let running: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", err(&o)));
     let two = running["items"]
@@ -455,10 +429,7 @@ async fn bench_tail_of_a_100_mib_rotated_log() {
     node.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: big}}\nspec:\n  containers:\n  - name: main\n    image: {img}\n    command: [\"/bin/sh\", \"-c\", \"echo last-words; sleep 100000\"]\n"
     ));
-    node.wait_phase("big", "Running");
-    node.eventually("first line", || {
-        node.kubectl(&["logs", "big"]).contains("last-words")
-    });
+    wait_for_log(&node, "big", &["logs", "big"], "last-words");
     // Ten rotated 10 MiB files before the current one, named as the log writer rotates them.
     let logs = node.dir.path().join("logs");
     let pod_dir = std::fs::read_dir(&logs)
@@ -586,13 +557,7 @@ async fn kubectl_attach_writes_to_stdin_with_1_27_and_1_33() {
             kubectl_bin(v).display(),
             node.cp.kubeconfig.display()
         );
-        let mut child = Command::new("timeout")
-            .args(["8", "script", "-qec", &cmd, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = under_script("8", &cmd, false);
         node.eventually(&format!("{v}: size {rows} {cols} in term's log"), || {
             term_log().contains(&format!("size:{rows} {cols}"))
         });
@@ -626,17 +591,8 @@ async fn read_frame(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>
 
 /// A masked binary client frame.
 fn client_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut f = vec![0x82];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut f = Vec::new();
+    kubelet::server::websocket::encode_frame(0x82, payload, Some([0x12, 0x34, 0x56, 0x78]), &mut f);
     f
 }
 

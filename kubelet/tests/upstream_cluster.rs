@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use knode_harness::cluster::{ClusterOptions, KnodeCluster};
+use knode_harness::cluster::{ClusterOptions, KnodeCluster, WEB_NODE_PORT_SERVICE};
 use knode_harness::upstream::coredns::CLUSTER_DNS_IP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,16 +47,9 @@ async fn a_networked_knode_node_runs_cluster_dns_services_attach_and_port_forwar
             .unwrap_or_else(|e| panic!("kubectl apply: {e}"))
     };
     // Cluster DNS, deployed as kubeadm does, runs on this node.
+    let coredns_available = knode_harness::upstream::coredns::status_query("availableReplicas");
     eventually("CoreDNS available", Duration::from_secs(180), &mut || {
-        kubectl(&[
-            "get",
-            "deploy",
-            "-n",
-            "kube-system",
-            "coredns",
-            "-o",
-            "jsonpath={.status.availableReplicas}",
-        ]) == "1"
+        kubectl(&coredns_available.iter().map(String::as_str).collect::<Vec<_>>()) == "1"
     });
 
     let img = &c.images.testimg.reference;
@@ -70,14 +63,7 @@ spec:
      readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}},
      lifecycle: {{postStart: {{exec: {{command: [sh, -c, "echo started > /tmp/poststart"]}}}}}}}}
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
+{WEB_NODE_PORT_SERVICE}---
 apiVersion: v1
 kind: Pod
 metadata: {{name: client}}

@@ -38,6 +38,25 @@ impl Drop for Kubelet {
     }
 }
 
+impl Kubelet {
+    /// Waits up to 30 s for `error` twice in the log, asserts the kubelet still runs (it keeps
+    /// retrying) and returns the log.
+    fn retrying(&mut self, what: &str, error: &str) -> String {
+        eventually(what, Duration::from_secs(30), &self.log, || {
+            std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .matches(error)
+                .count()
+                >= 2
+        });
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the kubelet keeps retrying"
+        );
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
 fn start_kubelet(dir: &Path, args: &[String]) -> Kubelet {
     let log = dir.join("kubelet.log");
     let file = std::fs::OpenOptions::new()
@@ -119,19 +138,14 @@ async fn a_knode_node_joins_the_upstream_control_plane_by_bootstrap_token() {
         format!("--config={}", config.display()),
         format!("--hostname-override={node}"),
         "--node-ip=127.0.0.1".to_string(),
-        format!("--root-dir={}", dir.path().join("root").display()),
-        format!(
-            "--container-runtime-endpoint=unix://{}",
-            containerd.socket().display()
-        ),
-        format!("--containerd-namespace={ns}"),
-        format!("--insecure-registry={}", registry.host()),
-        format!("--cgroup-root=/knode-test/{ns}"),
         format!("--cni-conf-dir={}", dir.path().join("no-cni").display()),
-        // Flags kubeadm's drop-in and upstream's launchers pass that knode does not act on.
-        "--fail-swap-on=false".to_string(),
-        "--pod-infra-container-image=ignored".to_string(),
     ];
+    args.extend(common::test_kubelet_args(dir.path(), &containerd, &ns, &registry));
+    // Flags kubeadm's drop-in and upstream's launchers pass that knode does not act on.
+    args.extend([
+        "--fail-swap-on=false".into(),
+        "--pod-infra-container-image=ignored".into(),
+    ]);
     // `--pod-infra-container-image` left upstream's kubelet in 1.35: it is an unknown flag.
     let o = Command::new(target_bin("kubelet")).args(&args).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -149,23 +163,7 @@ async fn a_knode_node_joins_the_upstream_control_plane_by_bootstrap_token() {
     let mut bad_args = args.clone();
     bad_args.push(format!("--bootstrap-kubeconfig={}", bad.display()));
     let mut k = start_kubelet(dir.path(), &bad_args);
-    eventually(
-        "two failed bootstrap attempts",
-        Duration::from_secs(30),
-        &k.log,
-        || {
-            std::fs::read_to_string(&k.log)
-                .unwrap_or_default()
-                .matches("TLS bootstrap failed")
-                .count()
-                >= 2
-        },
-    );
-    assert!(
-        k.child.try_wait().unwrap().is_none(),
-        "the kubelet keeps retrying"
-    );
-    let log = std::fs::read_to_string(&k.log).unwrap();
+    let log = k.retrying("two failed bootstrap attempts", "TLS bootstrap failed");
     assert!(log.contains("check the bootstrap token"), "{log}");
     drop(k);
 
@@ -204,18 +202,10 @@ async fn a_knode_node_joins_the_upstream_control_plane_by_bootstrap_token() {
         !pending.is_empty()
     });
     cp.run_kubectl(&["certificate", "deny", &pending], None).unwrap();
-    eventually("two denied attempts", Duration::from_secs(30), &k.log, || {
-        std::fs::read_to_string(&k.log)
-            .unwrap_or_default()
-            .matches(&format!("certificate signing request {pending} was denied"))
-            .count()
-            >= 2
-    });
-    assert!(
-        k.child.try_wait().unwrap().is_none(),
-        "the kubelet keeps retrying"
+    let log = k.retrying(
+        "two denied attempts",
+        &format!("certificate signing request {pending} was denied"),
     );
-    let log = std::fs::read_to_string(&k.log).unwrap();
     assert!(log.contains(&format!("kubectl delete csr {pending}")), "{log}");
     let mut binding: Value = serde_json::from_str(&autoapprove).unwrap();
     for field in ["resourceVersion", "uid", "creationTimestamp", "managedFields"] {

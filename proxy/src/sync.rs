@@ -330,6 +330,30 @@ impl Tracker {
         }
     }
 
+    /// A complete relist of Services and EndpointSlices and an empty one of the Node: what the
+    /// watches deliver at start-up, at once (benchmarks and tests).
+    pub fn initial_lists<S, E>(
+        &mut self,
+        services: impl IntoIterator<Item = S>,
+        slices: impl IntoIterator<Item = E>,
+    ) where
+        S: Into<ProjectedService>,
+        E: Into<ProjectedSlice>,
+    {
+        self.service_event(Event::<S>::Init);
+        for s in services {
+            self.service_event(Event::InitApply(s));
+        }
+        self.service_event(Event::<S>::InitDone);
+        self.slice_event(Event::<E>::Init);
+        for s in slices {
+            self.slice_event(Event::InitApply(s));
+        }
+        self.slice_event(Event::<E>::InitDone);
+        self.node_event(Event::Init);
+        self.node_event(Event::InitDone);
+    }
+
     /// The node's interface addresses changed (read again after an rtnetlink address event):
     /// NodePorts follow `--nodeport-addresses` CIDRs onto addresses that appear later and leave
     /// those that go.

@@ -525,18 +525,7 @@ fn bench_daemon_model_partial_vs_full() {
         16,
     );
     let ingest = Instant::now();
-    t.service_event(Event::<Service>::Init);
-    for s in services {
-        t.service_event(Event::InitApply(s));
-    }
-    t.service_event(Event::<Service>::InitDone);
-    t.slice_event(Event::<EndpointSlice>::Init);
-    for s in slices {
-        t.slice_event(Event::InitApply(s));
-    }
-    t.slice_event(Event::<EndpointSlice>::InitDone);
-    t.node_event(Event::Init);
-    t.node_event(Event::InitDone);
+    t.initial_lists(services, slices);
     let ingest = ingest.elapsed();
     let t0 = Instant::now();
     t.take_due(t0).unwrap();

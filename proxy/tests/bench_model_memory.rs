@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::watcher::Event;
 use kube_proxy::model::Family;
 use kube_proxy::sync::{NodePortAddresses, Timing, Tracker};
 
@@ -102,18 +101,7 @@ fn bench_model_heap_at_10k_services() {
         16,
     )
     .with_node_name("node-1");
-    t.service_event(Event::<Service>::Init);
-    for i in 0..n {
-        t.service_event(Event::InitApply(service(i)));
-    }
-    t.service_event(Event::<Service>::InitDone);
-    t.slice_event(Event::<EndpointSlice>::Init);
-    for i in 0..n {
-        t.slice_event(Event::InitApply(slice(i)));
-    }
-    t.slice_event(Event::<EndpointSlice>::InitDone);
-    t.node_event(Event::Init);
-    t.node_event(Event::InitDone);
+    t.initial_lists((0..n).map(service), (0..n).map(slice));
     assert!(t.take_due(Instant::now()).is_some(), "the first sync is due");
     let caches = live() - start;
 

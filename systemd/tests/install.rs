@@ -4,17 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BINS: &[&str] = &[
-    "kubelet",
-    "kube-proxy",
-    "knode-control-plane",
-    "knode-bridge",
-    "knode-hostgw",
-];
+use common::BINS;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("install.sh")

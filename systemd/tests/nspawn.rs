@@ -10,18 +10,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BINS: &[&str] = &[
-    "kubelet",
-    "kube-proxy",
-    "knode-control-plane",
-    "knode-bridge",
-    "knode-hostgw",
-];
+use common::BINS;
 
 /// Where cargo put the daemons: test executables live in `<target>/<profile>/deps/`.
 fn bin_dir() -> PathBuf {

@@ -322,11 +322,11 @@ fn fs_used(bytes: u64) -> Option<FsStats> {
 
 fn stats(p: &Pod, memory: u64, rootfs: u64, logs: u64, volumes: &[(&str, u64)]) -> PodStats {
     PodStats {
-        pod_ref: PodReference {
-            name: p.metadata.name.clone().unwrap(),
-            namespace: "default".into(),
-            uid: p.metadata.uid.clone().unwrap(),
-        },
+        pod_ref: PodReference::new(
+            "default",
+            p.metadata.name.clone().unwrap(),
+            p.metadata.uid.clone().unwrap(),
+        ),
         containers: vec![ContainerStats {
             name: "main".into(),
             memory: Some(MemoryStats {

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodSpec, PodStatus,
+    ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -146,9 +149,24 @@ pub fn created(p: &Pod, name: &str, attempt: u32, at: Timestamp) -> ContainerAtt
 }
 
 pub fn sandbox_ready() -> Option<SandboxState> {
+    sandbox(true)
+}
+
+/// The pod's first sandbox, `ready` or not.
+pub fn sandbox(ready: bool) -> Option<SandboxState> {
     Some(SandboxState {
         id: "sb".into(),
         attempt: 0,
-        ready: true,
+        ready,
     })
+}
+
+/// The terminated state of a container state (panics when it is not terminated).
+pub fn terminated_state(state: &Option<ContainerState>) -> &ContainerStateTerminated {
+    state.as_ref().unwrap().terminated.as_ref().unwrap()
+}
+
+/// The reason of a container status' current terminated state.
+pub fn terminated_reason_of(c: &ContainerStatus) -> Option<&str> {
+    terminated_state(&c.state).reason.as_deref()
 }

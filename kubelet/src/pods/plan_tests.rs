@@ -25,6 +25,44 @@ fn one(policy: &str) -> k8s_openapi::api::core::v1::Pod {
     pod_with(vec![container("app", "img:1")], policy)
 }
 
+/// The plan with a fresh backoff book.
+fn plan_at(pod: &k8s_openapi::api::core::v1::Pod, o: &Observed, now: super::Timestamp) -> super::Plan {
+    plan(pod, o, &BackoffBook::default(), now)
+}
+
+/// One worker step with a fresh backoff book.
+fn step_at(
+    state: WorkerState,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    o: &Observed,
+    now: super::Timestamp,
+) -> (super::Plan, WorkerState) {
+    let book = BackoffBook::default();
+    step(
+        state,
+        &Input {
+            pod,
+            observed: o,
+            backoff: &book,
+            now,
+        },
+    )
+}
+
+/// The one action of killing the pod.
+fn kill_pod(grace_seconds: i64, reason: TerminationReason) -> Vec<Action> {
+    vec![Action::KillPod {
+        grace_seconds,
+        reason,
+    }]
+}
+
+/// Nothing is left to do and the worker is terminated for `reason` (`what` names the case).
+fn assert_terminated(p: &super::Plan, reason: TerminationReason, what: &str) {
+    assert!(p.actions.is_empty(), "{what}: {:?}", p.actions);
+    assert_eq!(p.stage, Stage::Terminated { reason }, "{what}");
+}
+
 fn starts(p: &super::Plan) -> Vec<(String, bool, u32)> {
     p.actions
         .iter()
@@ -57,7 +95,7 @@ fn new_pod_creates_sandbox_pulls_missing_image_and_starts_all_app_containers() {
         images_present: ["img:1".to_string()].into_iter().collect(),
         ..Default::default()
     };
-    let p = plan(&pod, &observed, &BackoffBook::default(), t(0));
+    let p = plan_at(&pod, &observed, t(0));
     let hash_b = spec_hash(spec_of(&pod, "b"));
     assert_eq!(
         p.actions,
@@ -88,12 +126,7 @@ fn new_pod_creates_sandbox_pulls_missing_image_and_starts_all_app_containers() {
 #[test]
 fn running_pod_needs_nothing() {
     let pod = one("Always");
-    let p = plan(
-        &pod,
-        &obs(vec![running(&pod, "app", 0, t(0))]),
-        &BackoffBook::default(),
-        t(100),
-    );
+    let p = plan_at(&pod, &obs(vec![running(&pod, "app", 0, t(0))]), t(100));
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.stage, Stage::Syncing);
 }
@@ -113,12 +146,7 @@ fn restart_policy_by_exit_code_table() {
     ];
     for (policy, code, restarted) in table {
         let pod = one(policy);
-        let p = plan(
-            &pod,
-            &obs(vec![exited(&pod, "app", 0, code, t(0), t(5))]),
-            &BackoffBook::default(),
-            t(6),
-        );
+        let p = plan_at(&pod, &obs(vec![exited(&pod, "app", 0, code, t(0), t(5))]), t(6));
         if restarted {
             assert_eq!(starts(&p), vec![("app".into(), false, 1)], "{policy} {code}");
             assert_eq!(
@@ -130,10 +158,7 @@ fn restart_policy_by_exit_code_table() {
         } else {
             assert_eq!(
                 p.actions,
-                vec![Action::KillPod {
-                    grace_seconds: 30,
-                    reason: TerminationReason::Completed
-                }],
+                kill_pod(30, TerminationReason::Completed),
                 "{policy} {code}"
             );
             assert!(matches!(
@@ -157,7 +182,7 @@ fn on_failure_restarts_only_the_failed_container() {
         exited(&pod, "ok", 0, 0, t(0), t(1)),
         exited(&pod, "bad", 0, 2, t(0), t(1)),
     ]);
-    let p = plan(&pod, &o, &BackoffBook::default(), t(2));
+    let p = plan_at(&pod, &o, t(2));
     assert_eq!(starts(&p), vec![("bad".into(), false, 1)]);
 }
 
@@ -290,26 +315,14 @@ fn failed_init_container_fails_the_pod_with_never_and_is_restarted_otherwise() {
             exited(&pod, "i1", 0, 0, t(0), t(1)),
             exited(&pod, "i2", 0, 3, t(2), t(3)),
         ]);
-        let p = plan(&pod, &o, &BackoffBook::default(), t(4));
+        let p = plan_at(&pod, &o, t(4));
         if policy == "Never" {
-            assert_eq!(
-                p.actions,
-                vec![Action::KillPod {
-                    grace_seconds: 30,
-                    reason: TerminationReason::InitFailed
-                }]
-            );
+            assert_eq!(p.actions, kill_pod(30, TerminationReason::InitFailed));
             // Once the sandbox is down nothing is ever started again.
             let mut o2 = o.clone();
             o2.sandbox = None;
-            let p = plan(&pod, &o2, &BackoffBook::default(), t(5));
-            assert!(p.actions.is_empty(), "{:?}", p.actions);
-            assert_eq!(
-                p.stage,
-                Stage::Terminated {
-                    reason: TerminationReason::InitFailed
-                }
-            );
+            let p = plan_at(&pod, &o2, t(5));
+            assert_terminated(&p, TerminationReason::InitFailed, "");
         } else {
             assert_eq!(starts(&p), vec![("i2".into(), true, 1)], "{policy}");
         }
@@ -321,7 +334,7 @@ fn failed_init_container_fails_the_pod_with_never_and_is_restarted_otherwise() {
     if let AttemptState::Exited { reason, .. } = &mut a.state {
         *reason = "OOMKilled".into();
     }
-    let p = plan(&pod, &obs(vec![a]), &BackoffBook::default(), t(2));
+    let p = plan_at(&pod, &obs(vec![a]), t(2));
     assert!(matches!(
         p.stage,
         Stage::Terminating {
@@ -341,13 +354,7 @@ fn deletion_kills_with_the_deletion_grace_period_then_removes() {
 
     pod.metadata.deletion_grace_period_seconds = Some(5);
     let p = plan(&pod, &o, &book, t(11));
-    assert_eq!(
-        p.actions,
-        vec![Action::KillPod {
-            grace_seconds: 5,
-            reason: TerminationReason::Deleted
-        }]
-    );
+    assert_eq!(p.actions, kill_pod(5, TerminationReason::Deleted));
     // Without a deletion grace period the spec's applies; never less than 1 s.
     pod.metadata.deletion_grace_period_seconds = None;
     assert!(matches!(
@@ -387,20 +394,10 @@ fn deletion_kills_with_the_deletion_grace_period_then_removes() {
 #[test]
 fn worker_grace_period_only_shrinks_and_states_never_go_back() {
     let mut pod = one("Always");
-    let book = BackoffBook::default();
     let o = obs(vec![running(&pod, "app", 0, t(0))]);
     let input = |pod: &k8s_openapi::api::core::v1::Pod, o: &Observed, now| (pod.clone(), o.clone(), now);
-    let run = |state, (pod, o, now): (k8s_openapi::api::core::v1::Pod, Observed, _)| {
-        step(
-            state,
-            &Input {
-                pod: &pod,
-                observed: &o,
-                backoff: &book,
-                now,
-            },
-        )
-    };
+    let run =
+        |state, (pod, o, now): (k8s_openapi::api::core::v1::Pod, Observed, _)| step_at(state, &pod, &o, now);
 
     let (p, s) = run(WorkerState::Syncing, input(&pod, &o, t(1)));
     assert!(p.actions.is_empty());
@@ -418,22 +415,10 @@ fn worker_grace_period_only_shrinks_and_states_never_go_back() {
     );
     pod.metadata.deletion_grace_period_seconds = Some(60);
     let (p, s) = run(s, input(&pod, &o, t(3)));
-    assert_eq!(
-        p.actions,
-        vec![Action::KillPod {
-            grace_seconds: 20,
-            reason: TerminationReason::Deleted
-        }]
-    );
+    assert_eq!(p.actions, kill_pod(20, TerminationReason::Deleted));
     pod.metadata.deletion_grace_period_seconds = Some(4);
     let (p, s) = run(s, input(&pod, &o, t(4)));
-    assert_eq!(
-        p.actions,
-        vec![Action::KillPod {
-            grace_seconds: 4,
-            reason: TerminationReason::Deleted
-        }]
-    );
+    assert_eq!(p.actions, kill_pod(4, TerminationReason::Deleted));
 
     let gone = Observed {
         containers: vec![exited(&pod, "app", 0, 143, t(0), t(5))],
@@ -450,21 +435,12 @@ fn worker_grace_period_only_shrinks_and_states_never_go_back() {
 #[test]
 fn terminated_worker_never_restarts_even_if_the_pod_looks_runnable() {
     let pod = one("Always");
-    let book = BackoffBook::default();
     let mut o = obs(vec![exited(&pod, "app", 0, 1, t(0), t(1))]);
     o.sandbox = None;
     let state = WorkerState::Terminated {
         reason: TerminationReason::DeadlineExceeded,
     };
-    let (p, s) = step(
-        state,
-        &Input {
-            pod: &pod,
-            observed: &o,
-            backoff: &book,
-            now: t(2),
-        },
-    );
+    let (p, s) = step_at(state, &pod, &o, t(2));
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(s, state);
 }
@@ -484,29 +460,12 @@ fn rejected_pod_runs_nothing_and_is_removed_once_deleted() {
     );
     assert_eq!(WorkerState::admitted(&Ok(())), WorkerState::Syncing);
     let mut pod = one("Always");
-    let book = BackoffBook::default();
     let o = Observed::default();
-    let (p, s) = step(
-        state,
-        &Input {
-            pod: &pod,
-            observed: &o,
-            backoff: &book,
-            now: t(0),
-        },
-    );
+    let (p, s) = step_at(state, &pod, &o, t(0));
     assert!(p.actions.is_empty());
     assert_eq!(s, state);
     pod.metadata.deletion_timestamp = Some(Time(t(1)));
-    let (p, s) = step(
-        s,
-        &Input {
-            pod: &pod,
-            observed: &o,
-            backoff: &book,
-            now: t(1),
-        },
-    );
+    let (p, s) = step_at(s, &pod, &o, t(1));
     assert_eq!(p.actions, vec![Action::RemovePod]);
     assert_eq!(s, WorkerState::Finished);
 }
@@ -517,17 +476,11 @@ fn active_deadline_wakes_up_then_kills_everything() {
     pod.spec.as_mut().unwrap().active_deadline_seconds = Some(60);
     set_start_time(&mut pod, t(0));
     let o = obs(vec![running(&pod, "app", 0, t(1))]);
-    let p = plan(&pod, &o, &BackoffBook::default(), t(30));
+    let p = plan_at(&pod, &o, t(30));
     assert!(p.actions.is_empty());
     assert_eq!(p.wake_at, Some(t(60)));
-    let p = plan(&pod, &o, &BackoffBook::default(), t(60));
-    assert_eq!(
-        p.actions,
-        vec![Action::KillPod {
-            grace_seconds: 30,
-            reason: TerminationReason::DeadlineExceeded
-        }]
-    );
+    let p = plan_at(&pod, &o, t(60));
+    assert_eq!(p.actions, kill_pod(30, TerminationReason::DeadlineExceeded));
 }
 
 #[test]
@@ -536,7 +489,7 @@ fn image_change_kills_and_restarts_the_container_with_the_new_hash() {
     let o = obs(vec![running(&old, "app", 3, t(0))]);
     let mut new = old.clone();
     new.spec.as_mut().unwrap().containers[0].image = Some("img:new".into());
-    let p = plan(&new, &o, &BackoffBook::default(), t(10));
+    let p = plan_at(&new, &o, t(10));
     let new_hash = spec_hash(&new.spec.as_ref().unwrap().containers[0]);
     assert_ne!(new_hash, spec_hash(&old.spec.as_ref().unwrap().containers[0]));
     assert_eq!(
@@ -576,7 +529,7 @@ fn liveness_failure_kills_and_restarts_unless_never() {
         let pod = one(policy);
         let mut a = running(&pod, "app", 0, t(0));
         a.live = Some(false);
-        let p = plan(&pod, &obs(vec![a]), &BackoffBook::default(), t(5));
+        let p = plan_at(&pod, &obs(vec![a]), t(5));
         let Action::KillContainer { message, .. } = &p.actions[0] else {
             panic!("{policy}: {:?}", p.actions)
         };
@@ -602,7 +555,7 @@ fn startup_failure_kills_and_probe_grace_overrides_the_pods() {
     }
     // Startup not yet decided: nothing happens.
     let a = running(&pod, "app", 0, t(0));
-    let p = plan(&pod, &obs(vec![a.clone()]), &BackoffBook::default(), t(5));
+    let p = plan_at(&pod, &obs(vec![a.clone()]), t(5));
     assert!(
         !p.actions
             .iter()
@@ -613,7 +566,7 @@ fn startup_failure_kills_and_probe_grace_overrides_the_pods() {
     // Startup failed for good: killed with the probe's own grace period, then restarted.
     let mut failed = a.clone();
     failed.started = Some(false);
-    let p = plan(&pod, &obs(vec![failed]), &BackoffBook::default(), t(5));
+    let p = plan_at(&pod, &obs(vec![failed]), t(5));
     let Action::KillContainer {
         message,
         grace_seconds,
@@ -628,7 +581,7 @@ fn startup_failure_kills_and_probe_grace_overrides_the_pods() {
     // A liveness probe without its own grace period uses the pod's.
     let mut dead = a;
     dead.live = Some(false);
-    let p = plan(&pod, &obs(vec![dead]), &BackoffBook::default(), t(5));
+    let p = plan_at(&pod, &obs(vec![dead]), t(5));
     let Action::KillContainer { grace_seconds, .. } = &p.actions[0] else {
         panic!("{:?}", p.actions)
     };
@@ -645,7 +598,7 @@ fn containers_not_in_the_spec_are_killed_then_removed() {
     stray_exited.name = "older".into();
     stray_exited.id = "older-0".into();
     let o = obs(vec![running(&pod, "app", 0, t(0)), stray_running, stray_exited]);
-    let p = plan(&pod, &o, &BackoffBook::default(), t(2));
+    let p = plan_at(&pod, &o, t(2));
     assert_eq!(
         p.actions,
         vec![
@@ -672,7 +625,7 @@ fn keeps_the_newest_two_attempts_and_removes_older_ones() {
         exited(&pod, "app", 2, 1, t(4), t(5)),
         running(&pod, "app", 3, t(6)),
     ]);
-    let p = plan(&pod, &o, &BackoffBook::default(), t(7));
+    let p = plan_at(&pod, &o, t(7));
     assert_eq!(
         p.actions,
         vec![
@@ -694,24 +647,15 @@ fn terminal_pods_never_restart_anything() {
         let mut pod = one("Always");
         set_phase(&mut pod, phase);
         let mut o = obs(vec![exited(&pod, "app", 0, 1, t(0), t(1))]);
-        let p = plan(&pod, &o, &BackoffBook::default(), t(2));
+        let p = plan_at(&pod, &o, t(2));
         assert_eq!(
             p.actions,
-            vec![Action::KillPod {
-                grace_seconds: 30,
-                reason: TerminationReason::Terminal
-            }],
+            kill_pod(30, TerminationReason::Terminal),
             "sandbox still there: stop it"
         );
         o.sandbox = None;
-        let p = plan(&pod, &o, &BackoffBook::default(), t(3));
-        assert!(p.actions.is_empty(), "{phase}: {:?}", p.actions);
-        assert_eq!(
-            p.stage,
-            Stage::Terminated {
-                reason: TerminationReason::Terminal
-            }
-        );
+        let p = plan_at(&pod, &o, t(3));
+        assert_terminated(&p, TerminationReason::Terminal, phase);
     }
 }
 
@@ -719,12 +663,8 @@ fn terminal_pods_never_restart_anything() {
 fn sandbox_loss_restarts_the_pod_unless_it_is_done() {
     let pod = one("Always");
     let mut o = obs(vec![running(&pod, "app", 2, t(0))]);
-    o.sandbox = Some(SandboxState {
-        id: "sb".into(),
-        attempt: 0,
-        ready: false,
-    });
-    let p = plan(&pod, &o, &BackoffBook::default(), t(5));
+    o.sandbox = sandbox(false);
+    let p = plan_at(&pod, &o, t(5));
     assert_eq!(
         p.actions[..2],
         [
@@ -741,18 +681,12 @@ fn sandbox_loss_restarts_the_pod_unless_it_is_done() {
     let pod = one("Never");
     let mut o = obs(vec![exited(&pod, "app", 0, 0, t(0), t(1))]);
     o.sandbox = None;
-    let p = plan(&pod, &o, &BackoffBook::default(), t(5));
+    let p = plan_at(&pod, &o, t(5));
     assert!(p.actions.is_empty());
     // OnFailure with everything succeeded: done too.
     let pod = one("OnFailure");
-    let p = plan(&pod, &o, &BackoffBook::default(), t(5));
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
-    assert_eq!(
-        p.stage,
-        Stage::Terminated {
-            reason: TerminationReason::Completed
-        }
-    );
+    let p = plan_at(&pod, &o, t(5));
+    assert_terminated(&p, TerminationReason::Completed, "");
 }
 
 #[test]
@@ -783,7 +717,7 @@ fn image_pull_backoff_never_pull_and_bad_policy_hold_the_container() {
     let mut never = container("app", "img:gone");
     never.image_pull_policy = Some("Never".into());
     let pod = pod_with(vec![never], "Always");
-    let p = plan(&pod, &obs(vec![]), &BackoffBook::default(), t(0));
+    let p = plan_at(&pod, &obs(vec![]), t(0));
     assert_eq!(
         held(&p, "app"),
         Some(StartError::new(
@@ -797,25 +731,20 @@ fn image_pull_backoff_never_pull_and_bad_policy_hold_the_container() {
     let mut always = container("app", "img:1");
     always.image_pull_policy = Some("Always".into());
     let pod = pod_with(vec![always], "Always");
-    let p = plan(&pod, &obs(vec![]), &BackoffBook::default(), t(0));
+    let p = plan_at(&pod, &obs(vec![]), t(0));
     assert!(matches!(p.actions[0], Action::PullImage { .. }));
 
     let mut bad = container("app", "img:1");
     bad.image_pull_policy = Some("Sometimes".into());
     let pod = pod_with(vec![bad], "Always");
-    let p = plan(&pod, &obs(vec![]), &BackoffBook::default(), t(0));
+    let p = plan_at(&pod, &obs(vec![]), t(0));
     assert_eq!(held(&p, "app").unwrap().reason, "CreateContainerConfigError");
 }
 
 #[test]
 fn created_and_unknown_attempts_are_cleared_before_a_new_start() {
     let pod = one("Always");
-    let p = plan(
-        &pod,
-        &obs(vec![created(&pod, "app", 0, t(0))]),
-        &BackoffBook::default(),
-        t(1),
-    );
+    let p = plan_at(&pod, &obs(vec![created(&pod, "app", 0, t(0))]), t(1));
     assert_eq!(
         p.actions,
         vec![
@@ -833,7 +762,7 @@ fn created_and_unknown_attempts_are_cleared_before_a_new_start() {
     );
     let mut unknown = running(&pod, "app", 0, t(0));
     unknown.state = AttemptState::Unknown;
-    let p = plan(&pod, &obs(vec![unknown]), &BackoffBook::default(), t(1));
+    let p = plan_at(&pod, &obs(vec![unknown]), t(1));
     assert!(matches!(&p.actions[0], Action::KillContainer { message, .. } if message.contains("unknown")));
     assert_eq!(starts(&p), vec![("app".into(), false, 1)]);
 }
@@ -856,7 +785,7 @@ fn restart_count_continues_from_the_status_when_the_runtime_lost_the_containers(
         }]),
         ..Default::default()
     });
-    let p = plan(&pod, &obs(vec![]), &BackoffBook::default(), t(0));
+    let p = plan_at(&pod, &obs(vec![]), t(0));
     assert_eq!(starts(&p), vec![("app".into(), false, 5)]);
 }
 
@@ -866,30 +795,16 @@ fn readiness_probe_does_not_affect_plans() {
     pod.spec.as_mut().unwrap().containers[0].readiness_probe = Some(Probe::default());
     let mut a = running(&pod, "app", 0, t(0));
     a.ready = Some(false);
-    assert!(
-        plan(&pod, &obs(vec![a]), &BackoffBook::default(), t(1))
-            .actions
-            .is_empty()
-    );
+    assert!(plan_at(&pod, &obs(vec![a]), t(1)).actions.is_empty());
 }
 
 #[test]
 fn done_pod_with_a_broken_sandbox_is_stopped_not_restarted() {
     let pod = one("Never");
     let mut o = obs(vec![exited(&pod, "app", 0, 0, t(0), t(1))]);
-    o.sandbox = Some(SandboxState {
-        id: "sb".into(),
-        attempt: 0,
-        ready: false,
-    });
-    let p = plan(&pod, &o, &BackoffBook::default(), t(2));
-    assert_eq!(
-        p.actions,
-        vec![Action::KillPod {
-            grace_seconds: 30,
-            reason: TerminationReason::Completed
-        }]
-    );
+    o.sandbox = sandbox(false);
+    let p = plan_at(&pod, &o, t(2));
+    assert_eq!(p.actions, kill_pod(30, TerminationReason::Completed));
     assert!(matches!(
         p.stage,
         Stage::Terminating {
@@ -957,7 +872,7 @@ fn termination_removes_never_started_containers_instead_of_killing_them() {
         created(&pod, "app", 1, t(3)),
         exited(&pod, "app", 0, 1, t(0), t(1)),
     ]);
-    let p = plan(&pod, &o, &BackoffBook::default(), t(4));
+    let p = plan_at(&pod, &o, t(4));
     assert_eq!(
         p.actions,
         vec![
@@ -972,7 +887,7 @@ fn termination_removes_never_started_containers_instead_of_killing_them() {
         ]
     );
     o.sandbox = None;
-    let p = plan(&pod, &o, &BackoffBook::default(), t(5));
+    let p = plan_at(&pod, &o, t(5));
     assert_eq!(
         p.actions,
         vec![Action::RemoveContainer {
@@ -1139,17 +1054,7 @@ fn lifecycle_never_pod_with_init_runs_to_succeeded_and_stops() {
     assert!(sim.step().actions.is_empty(), "nothing ever runs again");
     let st = sim.pod.status.clone().unwrap();
     let init = &st.init_container_statuses.unwrap()[0];
-    assert_eq!(
-        init.state
-            .as_ref()
-            .unwrap()
-            .terminated
-            .as_ref()
-            .unwrap()
-            .reason
-            .as_deref(),
-        Some("Completed")
-    );
+    assert_eq!(terminated_reason_of(init), Some("Completed"));
     assert_eq!(st.container_statuses.unwrap()[0].restart_count, 0);
 }
 
@@ -1194,13 +1099,7 @@ fn lifecycle_deleted_running_pod_is_killed_removed_and_finished() {
     sim.pod.metadata.deletion_timestamp = Some(Time(sim.now));
     sim.pod.metadata.deletion_grace_period_seconds = Some(30);
     let p = sim.step();
-    assert_eq!(
-        p.actions,
-        vec![Action::KillPod {
-            grace_seconds: 30,
-            reason: TerminationReason::Deleted
-        }]
-    );
+    assert_eq!(p.actions, kill_pod(30, TerminationReason::Deleted));
     assert_eq!(
         sim.phase(),
         "Failed",

@@ -336,15 +336,24 @@ fn go_list(names: &[&str]) -> String {
     format!("[{}]", names.join(" "))
 }
 
-fn initialized_condition(spec: &PodSpec, all: &[ContainerStatus], phase: &str) -> PodCondition {
-    let (mut unknown, mut incomplete) = (vec![], vec![]);
-    for c in spec.init_containers.iter().flatten() {
-        match find(all, &c.name) {
+/// The names of `containers` without a status in `statuses`, and of those not ready.
+fn unknown_and_unready<'a>(
+    containers: impl IntoIterator<Item = &'a Container>,
+    statuses: &[ContainerStatus],
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (mut unknown, mut unready) = (vec![], vec![]);
+    for c in containers {
+        match find(statuses, &c.name) {
             None => unknown.push(c.name.as_str()),
-            Some(s) if !s.ready => incomplete.push(c.name.as_str()),
+            Some(s) if !s.ready => unready.push(c.name.as_str()),
             Some(_) => {}
         }
     }
+    (unknown, unready)
+}
+
+fn initialized_condition(spec: &PodSpec, all: &[ContainerStatus], phase: &str) -> PodCondition {
+    let (unknown, incomplete) = unknown_and_unready(spec.init_containers.iter().flatten(), all);
     if phase == "Succeeded" && unknown.is_empty() {
         return condition("Initialized", true, "PodCompleted", "");
     }
@@ -369,14 +378,7 @@ fn initialized_condition(spec: &PodSpec, all: &[ContainerStatus], phase: &str) -
 }
 
 fn containers_ready_condition(spec: &PodSpec, app: &[ContainerStatus], phase: &str) -> PodCondition {
-    let (mut unknown, mut unready) = (vec![], vec![]);
-    for c in &spec.containers {
-        match find(app, &c.name) {
-            None => unknown.push(c.name.as_str()),
-            Some(s) if !s.ready => unready.push(c.name.as_str()),
-            Some(_) => {}
-        }
-    }
+    let (unknown, unready) = unknown_and_unready(&spec.containers, app);
     if phase == "Succeeded" && unknown.is_empty() {
         return condition("ContainersReady", false, "PodCompleted", "");
     }

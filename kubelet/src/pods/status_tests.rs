@@ -387,16 +387,7 @@ fn crash_loop_back_off_shows_waiting_last_state_and_restart_count() {
     let s = status(&pod, &o, t(31), NODE_IP);
     let c = cs(&s, "app");
     assert!(c.state.as_ref().unwrap().running.is_some());
-    assert_eq!(
-        c.last_state
-            .as_ref()
-            .unwrap()
-            .terminated
-            .as_ref()
-            .unwrap()
-            .exit_code,
-        1
-    );
+    assert_eq!(terminated_state(&c.last_state).exit_code, 1);
     assert_eq!(c.restart_count, 3);
 }
 
@@ -467,18 +458,7 @@ fn init_containers_statuses_and_initialized_condition() {
     let s = status(&pod, &o, t(4), NODE_IP);
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert!(cs(&s, "i1").ready && cs(&s, "i2").ready);
-    assert_eq!(
-        cs(&s, "i1")
-            .state
-            .as_ref()
-            .unwrap()
-            .terminated
-            .as_ref()
-            .unwrap()
-            .reason
-            .as_deref(),
-        Some("Completed")
-    );
+    assert_eq!(terminated_reason_of(cs(&s, "i1")), Some("Completed"));
     assert_eq!(cond_summary(&s, "Initialized"), ("True".into(), None, None));
 
     // A failed init container with Never fails the pod; the app never ran.

@@ -277,34 +277,11 @@ impl CreatedContainer {
 
 /// Formats `t` as Go's `time.RFC3339Nano` in UTC (trailing zeros of the fraction trimmed).
 pub fn rfc3339_nano(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut s = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    let nanos = d.subsec_nanos();
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
+    // jiff prints a timestamp as RFC 3339 in UTC, the fraction only when not zero and without its
+    // trailing zeros: Go's RFC3339Nano. Times before the epoch are the epoch, as they always were here.
+    k8s_openapi::jiff::Timestamp::try_from(t.max(UNIX_EPOCH))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Upstream's maximum CRI log line payload; longer lines are split into `P` (partial) records.
@@ -318,6 +295,23 @@ pub fn cri_log_record(time: SystemTime, stream: &str, msg: &[u8], complete: bool
     out.extend_from_slice(msg);
     out.push(b'\n');
     out
+}
+
+/// A thread copying `stream` from its FIFO into the container's log (a failure is logged).
+fn spawn_log_writer(
+    fifo: &Path,
+    stream: &'static str,
+    log: &Arc<Mutex<LogFile>>,
+    id: &str,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let (f, l, cid) = (fifo.to_path_buf(), log.clone(), id.to_string());
+    std::thread::Builder::new()
+        .name(format!("log-{stream}"))
+        .spawn(move || {
+            if let Err(e) = copy_stream(&f, stream, &l) {
+                tracing::warn!(container = %cid, stream, error = %e, "container log copy failed");
+            }
+        })
 }
 
 /// Copies one FIFO to the log file as CRI records until EOF.
@@ -535,16 +529,7 @@ impl ContainerService {
             if !fifo.exists() {
                 continue;
             }
-            let (f, l, cid) = (fifo.clone(), log.clone(), id.to_string());
-            let t = std::thread::Builder::new()
-                .name(format!("log-{stream}"))
-                .spawn(move || {
-                    if let Err(e) = copy_stream(&f, stream, &l) {
-                        tracing::warn!(container = %cid, stream, error = %e, "container log copy failed");
-                    }
-                })
-                .map_err(io_err("starting a log writer"))?;
-            threads.push(t);
+            threads.push(spawn_log_writer(&fifo, stream, &log, id).map_err(io_err("starting a log writer"))?);
         }
         tracing::info!(container = %id, log = %log_path.display(), "log copy re-attached");
         Ok(CreatedContainer {
@@ -598,16 +583,7 @@ impl ContainerService {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(io_err("creating a stdio FIFO")(e.into())),
             }
-            let (f, l, cid) = (fifo.clone(), log.clone(), id.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("log-{stream}"))
-                .spawn(move || {
-                    if let Err(e) = copy_stream(&f, stream, &l) {
-                        tracing::warn!(container = %cid, stream, error = %e, "container log copy failed");
-                    }
-                })
-                .map_err(io_err("starting a log writer"))?;
-            threads.push(t);
+            threads.push(spawn_log_writer(&fifo, stream, &log, id).map_err(io_err("starting a log writer"))?);
             fifos.push(fifo);
         }
         let stdin = fifo_dir.join("stdin");
@@ -654,38 +630,44 @@ impl ContainerService {
         })
     }
 
+    /// One Tasks call about a container's own task, its error as the container's.
+    async fn task_call<Req, T>(
+        &self,
+        id: &str,
+        op: &'static str,
+        req: Req,
+        call: impl AsyncFnOnce(
+            TasksClient<tonic::transport::Channel>,
+            tonic::Request<Req>,
+        ) -> Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, ContainerError> {
+        let c = &self.containerd;
+        call(TasksClient::new(c.channel()), c.request(req, None))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(RuntimeError::grpc(op))
+            .map_err(Self::err(id))
+    }
+
     /// Starts the container's task.
     pub async fn start(&self, id: &str) -> Result<u32, ContainerError> {
-        let c = &self.containerd;
-        let r = TasksClient::new(c.channel())
-            .start(c.request(
-                StartRequest {
-                    container_id: id.into(),
-                    exec_id: String::new(),
-                },
-                None,
-            ))
-            .await
-            .map_err(RuntimeError::grpc("Tasks.Start"))
-            .map_err(Self::err(id))?;
-        Ok(r.into_inner().pid)
+        let req = StartRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let started = self.task_call(id, "Tasks.Start", req, async |mut t, r| t.start(r).await);
+        Ok(started.await?.pid)
     }
 
     /// Waits for the task to exit.
     pub async fn wait(&self, id: &str) -> Result<ExitStatus, ContainerError> {
-        let c = &self.containerd;
-        let r = TasksClient::new(c.channel())
-            .wait(c.request(
-                WaitRequest {
-                    container_id: id.into(),
-                    exec_id: String::new(),
-                },
-                None,
-            ))
-            .await
-            .map_err(RuntimeError::grpc("Tasks.Wait"))
-            .map_err(Self::err(id))?
-            .into_inner();
+        let req = WaitRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let r = self
+            .task_call(id, "Tasks.Wait", req, async |mut t, r| t.wait(r).await)
+            .await?;
         Ok(ExitStatus {
             code: r.exit_status,
             exited_at: r.exited_at.and_then(|t| {
@@ -708,20 +690,14 @@ impl ContainerService {
 
     /// Sends `signal` to the task's init process (`all` = every process of the container).
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ContainerError> {
-        let c = &self.containerd;
-        TasksClient::new(c.channel())
-            .kill(c.request(
-                KillRequest {
-                    container_id: id.into(),
-                    exec_id: String::new(),
-                    signal,
-                    all,
-                },
-                None,
-            ))
-            .await
-            .map_err(RuntimeError::grpc("Tasks.Kill"))
-            .map_err(Self::err(id))?;
+        let req = KillRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+            signal,
+            all,
+        };
+        self.task_call(id, "Tasks.Kill", req, async |mut t, r| t.kill(r).await)
+            .await?;
         Ok(())
     }
 

@@ -147,19 +147,32 @@ impl Decoder {
 
 /// Appends one unmasked server frame.
 pub fn encode(op: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x80 | op);
+    encode_frame(0x80 | op, payload, None, out);
+}
+
+/// Appends one frame: `head` is its first byte (FIN bit and opcode); a client's frame is masked
+/// with `mask`.
+pub fn encode_frame(head: u8, payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    out.push(head);
+    let masked = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
-        n if n < 126 => out.push(n as u8),
+        n if n < 126 => out.push(masked | n as u8),
         n if n <= 0xffff => {
-            out.push(126);
+            out.push(masked | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(masked | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
+    match mask {
+        Some(mask) => {
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
 }
 
 #[derive(Debug)]
@@ -291,17 +304,13 @@ mod tests {
     use super::*;
 
     fn masked(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut f = vec![if fin { 0x80 | op } else { op }];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut f = Vec::new();
+        encode_frame(
+            if fin { 0x80 | op } else { op },
+            payload,
+            Some([1, 2, 3, 4]),
+            &mut f,
+        );
         f
     }
 

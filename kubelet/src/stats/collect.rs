@@ -190,11 +190,11 @@ impl StatsProvider {
             let Some((first, pid)) = containers.first() else {
                 continue;
             };
-            let pod_ref = PodReference {
-                name: first.meta.pod_name.clone(),
-                namespace: first.meta.pod_namespace.clone(),
-                uid: uid.clone(),
-            };
+            let pod_ref = PodReference::new(
+                first.meta.pod_namespace.clone(),
+                first.meta.pod_name.clone(),
+                uid.clone(),
+            );
             let mut pod_cg = String::new();
             let mut cstats = Vec::new();
             let mut ephemeral_used = 0u64;

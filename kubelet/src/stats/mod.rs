@@ -70,6 +70,17 @@ pub struct PodReference {
     pub uid: String,
 }
 
+impl PodReference {
+    /// The reference of pod `namespace/name` with `uid`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>, uid: impl Into<String>) -> Self {
+        PodReference {
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: uid.into(),
+        }
+    }
+}
+
 /// Upstream's `PodStats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

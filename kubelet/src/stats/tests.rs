@@ -103,11 +103,7 @@ fn summary_serializes_in_upstream_shape() {
             ..Default::default()
         },
         pods: vec![PodStats {
-            pod_ref: PodReference {
-                name: "p".into(),
-                namespace: "ns".into(),
-                uid: "u".into(),
-            },
+            pod_ref: PodReference::new("ns", "p", "u"),
             ephemeral_storage: Some(FsStats {
                 used_bytes: Some(5),
                 ..Default::default()

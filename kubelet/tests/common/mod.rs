@@ -113,19 +113,14 @@ impl Node {
         } else {
             "127.0.0.1"
         };
-        let args = vec![
+        let mut args = vec![
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--config={}", config.display()),
             format!("--hostname-override={name}"),
             format!("--node-ip={node_ip}"),
-            format!("--root-dir={}", dir.path().join("root").display()),
-            format!(
-                "--container-runtime-endpoint=unix://{}",
-                containerd.socket().display()
-            ),
-            format!("--containerd-namespace={ns}"),
-            format!("--insecure-registry={}", registry.host()),
-            format!("--cgroup-root=/knode-test/{ns}"),
+        ];
+        args.extend(test_kubelet_args(dir.path(), &containerd, &ns, &registry));
+        args.extend([
             format!(
                 "--cni-conf-dir={}",
                 if netns.is_some() {
@@ -139,7 +134,7 @@ impl Node {
                 "--cni-bin-dir={}",
                 target_bin("knode-bridge").parent().unwrap().display()
             ),
-        ];
+        ]);
         let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
         notify.set_nonblocking(true).unwrap();
         let mut n = Node {
@@ -249,14 +244,7 @@ impl Node {
 
     /// `ctr` against the node's containerd and namespace.
     pub fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.args([
-            "--address",
-            self.containerd.socket().to_str().unwrap(),
-            "-n",
-            &self.ns,
-        ]);
-        c
+        self.containerd.ctr(&self.ns)
     }
 
     /// Waits until `f` gives `Some` (at most `secs`), or fails with the kubelet's log.
@@ -333,29 +321,43 @@ impl Drop for Node {
     }
 }
 
+/// The flags that keep a test's kubelet to itself: its state under `dir`, its containers in
+/// namespace `ns` of `containerd` and its cgroups under `/knode-test/<ns>`, images from `registry`.
+pub fn test_kubelet_args(
+    dir: &std::path::Path,
+    containerd: &PrivateContainerd,
+    ns: &str,
+    registry: &PrivateRegistry,
+) -> Vec<String> {
+    vec![
+        format!("--root-dir={}", dir.join("root").display()),
+        format!(
+            "--container-runtime-endpoint=unix://{}",
+            containerd.socket().display()
+        ),
+        format!("--containerd-namespace={ns}"),
+        format!("--insecure-registry={}", registry.host()),
+        format!("--cgroup-root=/knode-test/{ns}"),
+    ]
+}
+
 /// What a test kubelet leaves after it is killed: containers and their tasks in namespace `ns`
 /// (they outlive the kubelet), mounts under `dir`, and the cgroups of `ns`.
 pub fn cleanup_containerd(containerd: &PrivateContainerd, ns: &str, dir: &std::path::Path) {
     // Containers outlive the kubelet: kill them through ctr, then unmount what is left.
-    let sock = containerd.socket().to_str().unwrap().to_string();
-    let out = Command::new("ctr")
-        .args(["--address", &sock, "-n", ns, "containers", "ls", "-q"])
-        .output();
+    let out = containerd.ctr(ns).args(["containers", "ls", "-q"]).output();
     for id in out
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
         .lines()
     {
-        let _ = Command::new("ctr")
-            .args(["--address", &sock, "-n", ns, "tasks", "kill", "-s", "SIGKILL", id])
+        let _ = containerd
+            .ctr(ns)
+            .args(["tasks", "kill", "-s", "SIGKILL", id])
             .output();
         std::thread::sleep(Duration::from_millis(100));
-        let _ = Command::new("ctr")
-            .args(["--address", &sock, "-n", ns, "tasks", "rm", "-f", id])
-            .output();
-        let _ = Command::new("ctr")
-            .args(["--address", &sock, "-n", ns, "containers", "rm", id])
-            .output();
+        let _ = containerd.ctr(ns).args(["tasks", "rm", "-f", id]).output();
+        let _ = containerd.ctr(ns).args(["containers", "rm", id]).output();
     }
     knode_harness::cleanup::unmount_under(dir);
     for ctl in std::fs::read_dir("/sys/fs/cgroup")
@@ -369,6 +371,9 @@ pub fn cleanup_containerd(containerd: &PrivateContainerd, ns: &str, dir: &std::p
         knode_harness::cleanup::remove_cgroup_tree(&ctl.path().join(ns));
     }
 }
+
+/// The test image's arguments for a container that sleeps until SIGTERM.
+pub const SLEEP_FOREVER: &[&str] = &["sleep", "infinity", "--exit-on-sigterm"];
 
 pub fn pod_yaml(name: &str, image: &str, restart: &str, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();

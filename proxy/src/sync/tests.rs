@@ -91,18 +91,7 @@ fn key(name: &str) -> ServiceKey {
 
 /// Delivers a complete initial list of both kinds.
 fn initial_lists(t: &mut Tracker, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-    t.service_event(Event::<Service>::Init);
-    for s in services {
-        t.service_event(Event::InitApply(s));
-    }
-    t.service_event(Event::<Service>::InitDone);
-    t.slice_event(Event::<EndpointSlice>::Init);
-    for s in slices {
-        t.slice_event(Event::InitApply(s));
-    }
-    t.slice_event(Event::<EndpointSlice>::InitDone);
-    t.node_event(Event::Init);
-    t.node_event(Event::InitDone);
+    t.initial_lists(services, slices);
 }
 
 #[test]

@@ -56,6 +56,22 @@ const fn def(
     }
 }
 
+impl ResourceDef {
+    /// With kubectl's short names.
+    const fn short(self, short_names: &'static [&'static str]) -> ResourceDef {
+        ResourceDef { short_names, ..self }
+    }
+
+    /// A review: created and answered, never stored.
+    const fn review(self) -> ResourceDef {
+        ResourceDef {
+            verbs: CREATE_ONLY,
+            storage: "",
+            ..self
+        }
+    }
+}
+
 /// Every served resource.
 pub static RESOURCES: &[ResourceDef] = &[
     ResourceDef {
@@ -89,28 +105,16 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &["all"],
         ..def("", "services", "service", "Service", true)
     },
-    ResourceDef {
-        short_names: &["ep"],
-        ..def("", "endpoints", "endpoints", "Endpoints", true)
-    },
-    ResourceDef {
-        short_names: &["cm"],
-        ..def("", "configmaps", "configmap", "ConfigMap", true)
-    },
+    def("", "endpoints", "endpoints", "Endpoints", true).short(&["ep"]),
+    def("", "configmaps", "configmap", "ConfigMap", true).short(&["cm"]),
     def("", "secrets", "secret", "Secret", true),
     ResourceDef {
         short_names: &["sa"],
         subresources: &["token"],
         ..def("", "serviceaccounts", "serviceaccount", "ServiceAccount", true)
     },
-    ResourceDef {
-        short_names: &["ev"],
-        ..def("", "events", "event", "Event", true)
-    },
-    ResourceDef {
-        short_names: &["ev"],
-        ..def("events.k8s.io", "events", "event", "Event", true)
-    },
+    def("", "events", "event", "Event", true).short(&["ev"]),
+    def("events.k8s.io", "events", "event", "Event", true).short(&["ev"]),
     ResourceDef {
         storage: "leases.coordination.k8s.io",
         ..def("coordination.k8s.io", "leases", "lease", "Lease", true)
@@ -125,50 +129,38 @@ pub static RESOURCES: &[ResourceDef] = &[
             true,
         )
     },
-    ResourceDef {
-        verbs: CREATE_ONLY,
-        storage: "",
-        ..def(
-            "authentication.k8s.io",
-            "tokenreviews",
-            "tokenreview",
-            "TokenReview",
-            false,
-        )
-    },
-    ResourceDef {
-        verbs: CREATE_ONLY,
-        storage: "",
-        ..def(
-            "authentication.k8s.io",
-            "selfsubjectreviews",
-            "selfsubjectreview",
-            "SelfSubjectReview",
-            false,
-        )
-    },
-    ResourceDef {
-        verbs: CREATE_ONLY,
-        storage: "",
-        ..def(
-            "authorization.k8s.io",
-            "subjectaccessreviews",
-            "subjectaccessreview",
-            "SubjectAccessReview",
-            false,
-        )
-    },
-    ResourceDef {
-        verbs: CREATE_ONLY,
-        storage: "",
-        ..def(
-            "authorization.k8s.io",
-            "selfsubjectaccessreviews",
-            "selfsubjectaccessreview",
-            "SelfSubjectAccessReview",
-            false,
-        )
-    },
+    def(
+        "authentication.k8s.io",
+        "tokenreviews",
+        "tokenreview",
+        "TokenReview",
+        false,
+    )
+    .review(),
+    def(
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false,
+    )
+    .review(),
+    def(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false,
+    )
+    .review(),
+    def(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false,
+    )
+    .review(),
 ];
 
 impl ResourceDef {
@@ -338,15 +330,20 @@ pub fn version() -> Value {
 mod tests {
     use super::*;
 
-    #[test]
-    fn discovery_lists_core_and_groups() {
-        let core = resource_list("", "v1").unwrap();
-        let names: Vec<&str> = core["resources"]
+    /// The `name` of every item of a list.
+    fn names_of(items: &Value) -> Vec<&str> {
+        items
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r["name"].as_str().unwrap())
-            .collect();
+            .map(|i| i["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn discovery_lists_core_and_groups() {
+        let core = resource_list("", "v1").unwrap();
+        let names = names_of(&core["resources"]);
         for want in [
             "pods",
             "pods/status",
@@ -358,12 +355,7 @@ mod tests {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let groups = group_list();
-        let gnames: Vec<&str> = groups["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g["name"].as_str().unwrap())
-            .collect();
+        let gnames = names_of(&groups["groups"]);
         assert_eq!(
             gnames,
             [

@@ -22,6 +22,17 @@ use crate::upstream::node::{self, KernelTunables};
 use crate::upstream::{CLUSTER_CIDR, UpstreamBinaries, UpstreamControlPlane, UpstreamOptions};
 use crate::{HarnessError, Result, cleanup};
 
+/// A NodePort Service `web` in front of the pods labelled `app: web`, to their port named `http`
+/// (a YAML document).
+pub const WEB_NODE_PORT_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+";
+
 /// How to build the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

@@ -144,6 +144,13 @@ impl PrivateContainerd {
         &self.socket
     }
 
+    /// `ctr` against this containerd, in namespace `ns`.
+    pub fn ctr(&self, ns: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ctr");
+        c.arg("--address").arg(&self.socket).args(["-n", ns]);
+        c
+    }
+
     /// The private directory holding config, root, state and log.
     pub fn dir(&self) -> &Path {
         self.dir

@@ -4,69 +4,46 @@
 //! The alpha `attestations` map (field 5, newer than 1.33) is skipped like any unknown field.
 
 use crate::meta_v1::OBJECT_META;
-use crate::schema::{Card, Msg, Ty, f};
 
-pub(crate) static TOKEN_REQUEST: Msg = Msg {
-    name: "TokenRequest",
-    fields: &[
-        f(1, "metadata", Ty::Msg(&OBJECT_META), Card::Omit),
-        f(2, "spec", Ty::Msg(&TOKEN_REQUEST_SPEC), Card::Always),
-        f(3, "status", Ty::Msg(&TOKEN_REQUEST_STATUS), Card::Omit),
-    ],
-};
+msg! {
+    pub(crate) TOKEN_REQUEST = "TokenRequest" {
+        1 "metadata" Msg(&OBJECT_META) Omit,
+        2 "spec" Msg(&TOKEN_REQUEST_SPEC) Always,
+        3 "status" Msg(&TOKEN_REQUEST_STATUS) Omit,
+    }
 
-static TOKEN_REQUEST_SPEC: Msg = Msg {
-    name: "TokenRequestSpec",
-    fields: &[
-        f(1, "audiences", Ty::Str, Card::RepNull),
-        f(4, "expirationSeconds", Ty::I64, Card::PtrNull),
-        f(
-            3,
-            "boundObjectRef",
-            Ty::Msg(&BOUND_OBJECT_REFERENCE),
-            Card::PtrNull,
-        ),
-    ],
-};
+    TOKEN_REQUEST_SPEC = "TokenRequestSpec" {
+        1 "audiences" Str RepNull,
+        4 "expirationSeconds" I64 PtrNull,
+        3 "boundObjectRef" Msg(&BOUND_OBJECT_REFERENCE) PtrNull,
+    }
 
-static BOUND_OBJECT_REFERENCE: Msg = Msg {
-    name: "BoundObjectReference",
-    fields: &[
-        f(1, "kind", Ty::Str, Card::Omit),
-        f(2, "apiVersion", Ty::Str, Card::Omit),
-        f(3, "name", Ty::Str, Card::Omit),
-        f(4, "uid", Ty::Str, Card::Omit),
-    ],
-};
+    BOUND_OBJECT_REFERENCE = "BoundObjectReference" {
+        1 "kind" Str Omit,
+        2 "apiVersion" Str Omit,
+        3 "name" Str Omit,
+        4 "uid" Str Omit,
+    }
 
-static TOKEN_REQUEST_STATUS: Msg = Msg {
-    name: "TokenRequestStatus",
-    fields: &[
-        f(1, "token", Ty::Str, Card::Always),
-        f(2, "expirationTimestamp", Ty::Time, Card::Always),
-    ],
-};
+    TOKEN_REQUEST_STATUS = "TokenRequestStatus" {
+        1 "token" Str Always,
+        2 "expirationTimestamp" Time Always,
+    }
 
-/// `SelfSubjectReview` (`kubectl auth whoami`).
-pub(crate) static SELF_SUBJECT_REVIEW: Msg = Msg {
-    name: "SelfSubjectReview",
-    fields: &[
-        f(1, "metadata", Ty::Msg(&OBJECT_META), Card::Omit),
-        f(2, "status", Ty::Msg(&SELF_SUBJECT_REVIEW_STATUS), Card::Omit),
-    ],
-};
+    /// `SelfSubjectReview` (`kubectl auth whoami`).
+    pub(crate) SELF_SUBJECT_REVIEW = "SelfSubjectReview" {
+        1 "metadata" Msg(&OBJECT_META) Omit,
+        2 "status" Msg(&SELF_SUBJECT_REVIEW_STATUS) Omit,
+    }
 
-static SELF_SUBJECT_REVIEW_STATUS: Msg = Msg {
-    name: "SelfSubjectReviewStatus",
-    fields: &[f(1, "userInfo", Ty::Msg(&USER_INFO), Card::Omit)],
-};
+    SELF_SUBJECT_REVIEW_STATUS = "SelfSubjectReviewStatus" {
+        1 "userInfo" Msg(&USER_INFO) Omit,
+    }
 
-static USER_INFO: Msg = Msg {
-    name: "UserInfo",
-    fields: &[
-        f(1, "username", Ty::Str, Card::Omit),
-        f(2, "uid", Ty::Str, Card::Omit),
-        f(3, "groups", Ty::Str, Card::Rep),
-        f(4, "extra", Ty::MapStrList, Card::Rep),
-    ],
-};
+    USER_INFO = "UserInfo" {
+        1 "username" Str Omit,
+        2 "uid" Str Omit,
+        3 "groups" Str Rep,
+        4 "extra" MapStrList Rep,
+    }
+}

@@ -2,184 +2,137 @@
 //! `k8s.io/api/core/v1/generated.proto`, JSON names and omission rules from `types.go`).
 
 use crate::meta_v1::{CONDITION, OBJECT_META};
-use crate::schema::{Card, Msg, Ty, f};
+use crate::schema::{Card, Ty, f};
 
 /// Every top-level kind starts with `metadata = 1` (a struct, so always emitted).
 const METADATA: crate::schema::Field = f(1, "metadata", Ty::Msg(&OBJECT_META), Card::Omit);
 
-pub(crate) static CONFIG_MAP: Msg = Msg {
-    name: "ConfigMap",
-    fields: &[
+msg! {
+    pub(crate) CONFIG_MAP = "ConfigMap" {
         METADATA,
-        f(4, "immutable", Ty::Bool, Card::Ptr),
-        f(2, "data", Ty::MapStr, Card::Rep),
-        f(3, "binaryData", Ty::MapBytes, Card::Rep),
-    ],
-};
+        4 "immutable" Bool Ptr,
+        2 "data" MapStr Rep,
+        3 "binaryData" MapBytes Rep,
+    }
 
-pub(crate) static SECRET: Msg = Msg {
-    name: "Secret",
-    fields: &[
+    pub(crate) SECRET = "Secret" {
         METADATA,
-        f(5, "immutable", Ty::Bool, Card::Ptr),
-        f(2, "data", Ty::MapBytes, Card::Rep),
-        f(4, "stringData", Ty::MapStr, Card::Rep),
-        f(3, "type", Ty::Str, Card::Omit),
-    ],
-};
+        5 "immutable" Bool Ptr,
+        2 "data" MapBytes Rep,
+        4 "stringData" MapStr Rep,
+        3 "type" Str Omit,
+    }
 
-pub(crate) static NAMESPACE: Msg = Msg {
-    name: "Namespace",
-    fields: &[
+    pub(crate) NAMESPACE = "Namespace" {
         METADATA,
-        f(2, "spec", Ty::Msg(&NAMESPACE_SPEC), Card::Omit),
-        f(3, "status", Ty::Msg(&NAMESPACE_STATUS), Card::Omit),
-    ],
-};
+        2 "spec" Msg(&NAMESPACE_SPEC) Omit,
+        3 "status" Msg(&NAMESPACE_STATUS) Omit,
+    }
 
-static NAMESPACE_SPEC: Msg = Msg {
-    name: "NamespaceSpec",
-    fields: &[f(1, "finalizers", Ty::Str, Card::Rep)],
-};
+    NAMESPACE_SPEC = "NamespaceSpec" {
+        1 "finalizers" Str Rep,
+    }
 
-static NAMESPACE_STATUS: Msg = Msg {
-    name: "NamespaceStatus",
-    fields: &[
-        f(1, "phase", Ty::Str, Card::Omit),
-        f(2, "conditions", Ty::Msg(&NAMESPACE_CONDITION), Card::Rep),
-    ],
-};
+    NAMESPACE_STATUS = "NamespaceStatus" {
+        1 "phase" Str Omit,
+        2 "conditions" Msg(&NAMESPACE_CONDITION) Rep,
+    }
 
-static NAMESPACE_CONDITION: Msg = Msg {
-    name: "NamespaceCondition",
-    fields: &[
-        f(1, "type", Ty::Str, Card::Always),
-        f(2, "status", Ty::Str, Card::Always),
-        f(4, "lastTransitionTime", Ty::Time, Card::Omit),
-        f(5, "reason", Ty::Str, Card::Omit),
-        f(6, "message", Ty::Str, Card::Omit),
-    ],
-};
+    NAMESPACE_CONDITION = "NamespaceCondition" {
+        1 "type" Str Always,
+        2 "status" Str Always,
+        4 "lastTransitionTime" Time Omit,
+        5 "reason" Str Omit,
+        6 "message" Str Omit,
+    }
 
-pub(crate) static SERVICE_ACCOUNT: Msg = Msg {
-    name: "ServiceAccount",
-    fields: &[
+    pub(crate) SERVICE_ACCOUNT = "ServiceAccount" {
         METADATA,
-        f(2, "secrets", Ty::Msg(&OBJECT_REFERENCE), Card::Rep),
-        f(3, "imagePullSecrets", Ty::Msg(&LOCAL_OBJECT_REFERENCE), Card::Rep),
-        f(4, "automountServiceAccountToken", Ty::Bool, Card::Ptr),
-    ],
-};
+        2 "secrets" Msg(&OBJECT_REFERENCE) Rep,
+        3 "imagePullSecrets" Msg(&LOCAL_OBJECT_REFERENCE) Rep,
+        4 "automountServiceAccountToken" Bool Ptr,
+    }
 
-static OBJECT_REFERENCE: Msg = Msg {
-    name: "ObjectReference",
-    fields: &[
-        f(1, "kind", Ty::Str, Card::Omit),
-        f(2, "namespace", Ty::Str, Card::Omit),
-        f(3, "name", Ty::Str, Card::Omit),
-        f(4, "uid", Ty::Str, Card::Omit),
-        f(5, "apiVersion", Ty::Str, Card::Omit),
-        f(6, "resourceVersion", Ty::Str, Card::Omit),
-        f(7, "fieldPath", Ty::Str, Card::Omit),
-    ],
-};
+    OBJECT_REFERENCE = "ObjectReference" {
+        1 "kind" Str Omit,
+        2 "namespace" Str Omit,
+        3 "name" Str Omit,
+        4 "uid" Str Omit,
+        5 "apiVersion" Str Omit,
+        6 "resourceVersion" Str Omit,
+        7 "fieldPath" Str Omit,
+    }
 
-static LOCAL_OBJECT_REFERENCE: Msg = Msg {
-    name: "LocalObjectReference",
-    fields: &[f(1, "name", Ty::Str, Card::Omit)],
-};
+    LOCAL_OBJECT_REFERENCE = "LocalObjectReference" {
+        1 "name" Str Omit,
+    }
 
-pub(crate) static SERVICE: Msg = Msg {
-    name: "Service",
-    fields: &[
+    pub(crate) SERVICE = "Service" {
         METADATA,
-        f(2, "spec", Ty::Msg(&SERVICE_SPEC), Card::Omit),
-        f(3, "status", Ty::Msg(&SERVICE_STATUS), Card::Omit),
-    ],
-};
+        2 "spec" Msg(&SERVICE_SPEC) Omit,
+        3 "status" Msg(&SERVICE_STATUS) Omit,
+    }
 
-static SERVICE_SPEC: Msg = Msg {
-    name: "ServiceSpec",
-    fields: &[
-        f(1, "ports", Ty::Msg(&SERVICE_PORT), Card::Rep),
-        f(2, "selector", Ty::MapStr, Card::Rep),
-        f(3, "clusterIP", Ty::Str, Card::Omit),
-        f(18, "clusterIPs", Ty::Str, Card::Rep),
-        f(4, "type", Ty::Str, Card::Omit),
-        f(5, "externalIPs", Ty::Str, Card::Rep),
-        f(7, "sessionAffinity", Ty::Str, Card::Omit),
-        f(8, "loadBalancerIP", Ty::Str, Card::Omit),
-        f(9, "loadBalancerSourceRanges", Ty::Str, Card::Rep),
-        f(10, "externalName", Ty::Str, Card::Omit),
-        f(11, "externalTrafficPolicy", Ty::Str, Card::Omit),
-        f(12, "healthCheckNodePort", Ty::I32, Card::Omit),
-        f(13, "publishNotReadyAddresses", Ty::Bool, Card::Omit),
-        f(
-            14,
-            "sessionAffinityConfig",
-            Ty::Msg(&SESSION_AFFINITY_CONFIG),
-            Card::Ptr,
-        ),
-        f(19, "ipFamilies", Ty::Str, Card::Rep),
-        f(17, "ipFamilyPolicy", Ty::Str, Card::Ptr),
-        f(20, "allocateLoadBalancerNodePorts", Ty::Bool, Card::Ptr),
-        f(21, "loadBalancerClass", Ty::Str, Card::Ptr),
-        f(22, "internalTrafficPolicy", Ty::Str, Card::Ptr),
-        f(23, "trafficDistribution", Ty::Str, Card::Ptr),
-    ],
-};
+    SERVICE_SPEC = "ServiceSpec" {
+        1 "ports" Msg(&SERVICE_PORT) Rep,
+        2 "selector" MapStr Rep,
+        3 "clusterIP" Str Omit,
+        18 "clusterIPs" Str Rep,
+        4 "type" Str Omit,
+        5 "externalIPs" Str Rep,
+        7 "sessionAffinity" Str Omit,
+        8 "loadBalancerIP" Str Omit,
+        9 "loadBalancerSourceRanges" Str Rep,
+        10 "externalName" Str Omit,
+        11 "externalTrafficPolicy" Str Omit,
+        12 "healthCheckNodePort" I32 Omit,
+        13 "publishNotReadyAddresses" Bool Omit,
+        14 "sessionAffinityConfig" Msg(&SESSION_AFFINITY_CONFIG) Ptr,
+        19 "ipFamilies" Str Rep,
+        17 "ipFamilyPolicy" Str Ptr,
+        20 "allocateLoadBalancerNodePorts" Bool Ptr,
+        21 "loadBalancerClass" Str Ptr,
+        22 "internalTrafficPolicy" Str Ptr,
+        23 "trafficDistribution" Str Ptr,
+    }
 
-/// `ServicePort`: `port` has no `omitempty`; `targetPort` is a struct, so always emitted.
-static SERVICE_PORT: Msg = Msg {
-    name: "ServicePort",
-    fields: &[
-        f(1, "name", Ty::Str, Card::Omit),
-        f(2, "protocol", Ty::Str, Card::Omit),
-        f(6, "appProtocol", Ty::Str, Card::Ptr),
-        f(3, "port", Ty::I32, Card::Always),
-        f(4, "targetPort", Ty::IntOrString, Card::Omit),
-        f(5, "nodePort", Ty::I32, Card::Omit),
-    ],
-};
+    /// `ServicePort`: `port` has no `omitempty`; `targetPort` is a struct, so always emitted.
+    SERVICE_PORT = "ServicePort" {
+        1 "name" Str Omit,
+        2 "protocol" Str Omit,
+        6 "appProtocol" Str Ptr,
+        3 "port" I32 Always,
+        4 "targetPort" IntOrString Omit,
+        5 "nodePort" I32 Omit,
+    }
 
-static SESSION_AFFINITY_CONFIG: Msg = Msg {
-    name: "SessionAffinityConfig",
-    fields: &[f(1, "clientIP", Ty::Msg(&CLIENT_IP_CONFIG), Card::Ptr)],
-};
+    SESSION_AFFINITY_CONFIG = "SessionAffinityConfig" {
+        1 "clientIP" Msg(&CLIENT_IP_CONFIG) Ptr,
+    }
 
-static CLIENT_IP_CONFIG: Msg = Msg {
-    name: "ClientIPConfig",
-    fields: &[f(1, "timeoutSeconds", Ty::I32, Card::Ptr)],
-};
+    CLIENT_IP_CONFIG = "ClientIPConfig" {
+        1 "timeoutSeconds" I32 Ptr,
+    }
 
-static SERVICE_STATUS: Msg = Msg {
-    name: "ServiceStatus",
-    fields: &[
-        f(1, "loadBalancer", Ty::Msg(&LOAD_BALANCER_STATUS), Card::Omit),
-        f(2, "conditions", Ty::Msg(&CONDITION), Card::Rep),
-    ],
-};
+    SERVICE_STATUS = "ServiceStatus" {
+        1 "loadBalancer" Msg(&LOAD_BALANCER_STATUS) Omit,
+        2 "conditions" Msg(&CONDITION) Rep,
+    }
 
-static LOAD_BALANCER_STATUS: Msg = Msg {
-    name: "LoadBalancerStatus",
-    fields: &[f(1, "ingress", Ty::Msg(&LOAD_BALANCER_INGRESS), Card::Rep)],
-};
+    LOAD_BALANCER_STATUS = "LoadBalancerStatus" {
+        1 "ingress" Msg(&LOAD_BALANCER_INGRESS) Rep,
+    }
 
-static LOAD_BALANCER_INGRESS: Msg = Msg {
-    name: "LoadBalancerIngress",
-    fields: &[
-        f(1, "ip", Ty::Str, Card::Omit),
-        f(2, "hostname", Ty::Str, Card::Omit),
-        f(3, "ipMode", Ty::Str, Card::Ptr),
-        f(4, "ports", Ty::Msg(&PORT_STATUS), Card::Rep),
-    ],
-};
+    LOAD_BALANCER_INGRESS = "LoadBalancerIngress" {
+        1 "ip" Str Omit,
+        2 "hostname" Str Omit,
+        3 "ipMode" Str Ptr,
+        4 "ports" Msg(&PORT_STATUS) Rep,
+    }
 
-static PORT_STATUS: Msg = Msg {
-    name: "PortStatus",
-    fields: &[
-        f(1, "port", Ty::I32, Card::Always),
-        f(2, "protocol", Ty::Str, Card::Always),
-        f(3, "error", Ty::Str, Card::Ptr),
-    ],
-};
+    PORT_STATUS = "PortStatus" {
+        1 "port" I32 Always,
+        2 "protocol" Str Always,
+        3 "error" Str Ptr,
+    }
+}

@@ -15,6 +15,30 @@
 //! difference from the 1.33 Go types: a zero `metadata.creationTimestamp` is left out rather than
 //! `null`, as current upstream (`omitempty,omitzero`) does; servers treat both the same.
 
+/// Declares message schemas ([`schema::Msg`]) as statics, each with its upstream name, then a field a
+/// line as `number "jsonName" Type Card` (after any shared [`schema::Field`] constants), `Type` a [`schema::Ty`] variant (`Msg(&OTHER)` for an
+/// embedded message) and `Card` a [`schema::Card`] variant.
+macro_rules! msg {
+    ($(
+        $(#[$attr:meta])*
+        $vis:vis $name:ident = $go:literal {
+            $($shared:ident,)*
+            $($number:literal $json:literal $ty:ident $(($of:expr))? $card:ident,)*
+        }
+    )*) => {$(
+        $(#[$attr])*
+        $vis static $name: crate::schema::Msg = crate::schema::Msg {
+            name: $go,
+            fields: &[$($shared,)* $(crate::schema::f(
+                $number,
+                $json,
+                crate::schema::Ty::$ty $(($of))?,
+                crate::schema::Card::$card,
+            )),*],
+        };
+    )*};
+}
+
 mod authentication_v1;
 mod authorization_v1;
 mod core_v1;

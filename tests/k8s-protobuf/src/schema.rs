@@ -333,19 +333,17 @@ fn convert(ty: Ty, bytes: Option<&[u8]>) -> Result<Value, Failure> {
     }
 }
 
-/// `ExtraValue`: a list of strings; an empty one is a nil slice to Go, hence `null`.
-static EXTRA_VALUE: Msg = Msg {
-    name: "ExtraValue",
-    fields: &[f(1, "items", Ty::Str, Card::RepNull)],
-};
+msg! {
+    /// `ExtraValue`: a list of strings; an empty one is a nil slice to Go, hence `null`.
+    EXTRA_VALUE = "ExtraValue" {
+        1 "items" Str RepNull,
+    }
 
-static TIMESTAMP: Msg = Msg {
-    name: "Timestamp",
-    fields: &[
-        f(1, "seconds", Ty::I64, Card::Always),
-        f(2, "nanos", Ty::I32, Card::Always),
-    ],
-};
+    TIMESTAMP = "Timestamp" {
+        1 "seconds" I64 Always,
+        2 "nanos" I32 Always,
+    }
+}
 
 /// Go's zero `time.Time` as Unix seconds (January 1, year 1, UTC).
 const GO_ZERO_TIME_UNIX: i64 = -62_135_596_800;
@@ -391,14 +389,13 @@ pub(crate) fn rfc3339(unix: i64) -> Option<String> {
     ))
 }
 
-static INT_OR_STRING: Msg = Msg {
-    name: "IntOrString",
-    fields: &[
-        f(1, "type", Ty::I64, Card::Always),
-        f(2, "intVal", Ty::I32, Card::Always),
-        f(3, "strVal", Ty::Str, Card::Always),
-    ],
-};
+msg! {
+    INT_OR_STRING = "IntOrString" {
+        1 "type" I64 Always,
+        2 "intVal" I32 Always,
+        3 "strVal" Str Always,
+    }
+}
 
 /// `intstr.IntOrString`: type 0 → the int, type 1 → the string (Go refuses anything else).
 fn int_or_string_json(buf: &[u8]) -> Result<Value, Failure> {

@@ -58,58 +58,62 @@ impl ApiError {
         )
     }
 
-    /// 404 NotFound for an object.
-    pub fn not_found(def: &ResourceDef, name: &str) -> Self {
+    /// An error about an object (`name`, empty for the resource) of `def`, with its details.
+    fn about(def: &ResourceDef, name: &str, code: u16, reason: &'static str, message: String) -> Self {
         ApiError {
             details: Some(details(def, name)),
-            ..Self::new(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", def.qualified()),
-            )
+            ..Self::new(code, reason, message)
         }
+    }
+
+    /// 404 NotFound for an object.
+    pub fn not_found(def: &ResourceDef, name: &str) -> Self {
+        Self::about(
+            def,
+            name,
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", def.qualified()),
+        )
     }
 
     /// 405 for a verb a resource does not support.
     pub fn method_not_supported(def: &ResourceDef, verb: &str) -> Self {
-        ApiError {
-            details: Some(details(def, "")),
-            ..Self::new(
-                405,
-                "MethodNotAllowed",
-                format!(
-                    "{verb} is not supported on resources of kind \"{}\"",
-                    def.qualified()
-                ),
-            )
-        }
+        Self::about(
+            def,
+            "",
+            405,
+            "MethodNotAllowed",
+            format!(
+                "{verb} is not supported on resources of kind \"{}\"",
+                def.qualified()
+            ),
+        )
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(def: &ResourceDef, name: &str) -> Self {
-        ApiError {
-            details: Some(details(def, name)),
-            ..Self::new(
-                409,
-                "AlreadyExists",
-                format!("{} \"{name}\" already exists", def.qualified()),
-            )
-        }
+        Self::about(
+            def,
+            name,
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", def.qualified()),
+        )
     }
 
     /// 409 Conflict for a stale resourceVersion (or another precondition).
     pub fn conflict(def: &ResourceDef, name: &str, why: &str) -> Self {
-        ApiError {
-            details: Some(details(def, name)),
-            ..Self::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": {why}",
-                    def.qualified()
-                ),
-            )
-        }
+        Self::about(
+            def,
+            name,
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                def.qualified()
+            ),
+        )
     }
 
     /// The standard optimistic-concurrency conflict.

@@ -31,6 +31,20 @@ use crate::ControlPlane;
 #[derive(Debug)]
 pub struct AnyKubeletCert(pub Arc<rustls::crypto::CryptoProvider>);
 
+/// The `ServerCertVerifier` signature checks, each by the crypto provider's function of its name.
+macro_rules! verify_signature_with_provider {
+    ($($check:ident),*) => {$(
+        fn $check(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::$check(m, c, d, &self.0.signature_verification_algorithms)
+        }
+    )*};
+}
+
 impl ServerCertVerifier for AnyKubeletCert {
     fn verify_server_cert(
         &self,
@@ -42,22 +56,7 @@ impl ServerCertVerifier for AnyKubeletCert {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
+    verify_signature_with_provider!(verify_tls12_signature, verify_tls13_signature);
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
@@ -99,6 +98,54 @@ fn choose_container(pod: &Value, name: &str, asked: Option<&str>) -> Result<Stri
             names.join(" ")
         ))),
     }
+}
+
+/// A TLS connection to a kubelet's API (`unreachable` words a failure), its HTTP/1 connection
+/// driven on a task of its own (upgrades allowed).
+async fn dial_kubelet<B>(
+    cp: &ControlPlane,
+    host: &str,
+    port: u16,
+    unreachable: &impl Fn(String) -> ApiError,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, ApiError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(cp.kubelet_tls.clone());
+    let sni = ServerName::try_from(host.to_string()).map_err(|e| unreachable(e.to_string()))?;
+    let tls = connector
+        .connect(sni, tcp)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(send)
+}
+
+/// A kubelet's response body, passed on as it arrives.
+fn forward_body(mut body: hyper::body::Incoming) -> tokio::sync::mpsc::Receiver<Bytes> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return };
+            if let Ok(data) = frame.into_data()
+                && tx.send(data).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// `GET pods/{name}/log`.
@@ -149,21 +196,7 @@ async fn pod_log_inner(cp: &Arc<ControlPlane>, rr: &ResourceRequest) -> Result<R
         query.join("&")
     );
     let unreachable = |e: String| ApiError::internal(format!("Get \"https://{host}:{port}{path}\": {e}"));
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let connector = tokio_rustls::TlsConnector::from(cp.kubelet_tls.clone());
-    let sni = ServerName::try_from(host.clone()).map_err(|e| unreachable(e.to_string()))?;
-    let tls = connector
-        .connect(sni, tcp)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut send = dial_kubelet(cp, &host, port, &unreachable).await?;
     let req = http::Request::get(&path)
         .header(http::header::HOST, format!("{host}:{port}"))
         .body(http_body_util::Empty::<Bytes>::new())
@@ -187,18 +220,7 @@ async fn pod_log_inner(cp: &Arc<ControlPlane>, rr: &ResourceRequest) -> Result<R
             _ => ApiError::internal(msg),
         });
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let mut body = resp.into_body();
-    tokio::spawn(async move {
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return };
-            if let Ok(data) = frame.into_data()
-                && tx.send(data).await.is_err()
-            {
-                return;
-            }
-        }
-    });
+    let rx = forward_body(resp.into_body());
     Response::builder()
         .status(200)
         .header(http::header::CONTENT_TYPE, "text/plain")
@@ -383,22 +405,7 @@ async fn proxy_inner(
             path.split('?').next().unwrap_or("")
         ))
     };
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(cp.kubelet_tls.clone());
-    let sni = ServerName::try_from(host.clone()).map_err(|e| unreachable(e.to_string()))?;
-    let tls = connector
-        .connect(sni, tcp)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let mut send = dial_kubelet(cp, &host, port, &unreachable).await?;
     let mut out = http::Request::builder()
         .method(parts.method.clone())
         .uri(&path)
@@ -448,18 +455,7 @@ async fn proxy_inner(
             ours = ours.header(k, v);
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let mut body = resp.into_body();
-    tokio::spawn(async move {
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return };
-            if let Ok(data) = frame.into_data()
-                && tx.send(data).await.is_err()
-            {
-                return;
-            }
-        }
-    });
+    let rx = forward_body(resp.into_body());
     ours.body(ChannelBody::new(rx).boxed())
         .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -16,6 +16,15 @@ use crate::{HarnessError, Result};
 pub const CLUSTER_DNS_IP: &str = "10.96.0.10";
 /// The cluster domain (a kubelet's `clusterDomain`).
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// `kubectl` arguments printing a field of the CoreDNS Deployment's status (`readyReplicas`,
+/// `availableReplicas`).
+pub fn status_query(field: &str) -> Vec<String> {
+    let jsonpath = format!("jsonpath={{.status.{field}}}");
+    ["get", "deploy", "-n", "kube-system", "coredns", "-o", &jsonpath]
+        .map(String::from)
+        .to_vec()
+}
+
 /// The repository the image is pushed to (upstream's is `registry.k8s.io/coredns/coredns`).
 pub const REPOSITORY: &str = "coredns/coredns";
 
