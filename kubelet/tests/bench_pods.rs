@@ -18,33 +18,9 @@ use std::time::{Duration, Instant};
 use common::Node;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use knode_harness::procstat::{cpu_percent, rss_kib};
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// CPU use of `pid` over `window`, in percent of one core.
-fn cpu_percent(pid: u32, window: Duration) -> f64 {
-    let hz = 100.0; // USER_HZ on Linux
-    let t0 = cpu_ticks(pid);
-    std::thread::sleep(window);
-    (cpu_ticks(pid) - t0) as f64 / hz / window.as_secs_f64() * 100.0
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;

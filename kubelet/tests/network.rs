@@ -120,15 +120,8 @@ impl Drop for OutsideHost {
 fn serve_in(netns: &Path) -> Bg {
     let child = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args([
-            "--",
-            TESTIMG,
-            "serve",
-            "--http-port",
-            "8080",
-            "--udp-port",
-            "8081",
-        ])
+        .args(["--", TESTIMG])
+        .args(["serve", "--http-port", "8080", "--udp-port", "8081"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -120,12 +120,7 @@ struct Lab {
     _dir: tempfile::TempDir,
 }
 
-impl std::ops::Deref for Lab {
-    type Target = Topology;
-    fn deref(&self) -> &Topology {
-        &self.topo
-    }
-}
+support::deref_topology!(Lab);
 
 impl Lab {
     fn new(pods: usize) -> Lab {

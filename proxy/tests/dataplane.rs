@@ -31,12 +31,7 @@ struct Lab {
     topo: Topology,
 }
 
-impl std::ops::Deref for Lab {
-    type Target = Topology;
-    fn deref(&self) -> &Topology {
-        &self.topo
-    }
-}
+support::deref_topology!(Lab);
 
 impl Lab {
     fn new(pods: usize) -> Lab {

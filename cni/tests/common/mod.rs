@@ -82,17 +82,8 @@ impl Netns {
     /// Starts the test image's servers in this netns.
     pub fn serve(&self) -> Server {
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                TESTIMG,
-                "serve",
-                "--http-port",
-                "8080",
-                "--udp-port",
-                "8081",
-            ])
+            .args(["netns", "exec", &self.name, TESTIMG])
+            .args(["serve", "--http-port", "8080", "--udp-port", "8081"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -185,6 +185,21 @@ pub fn kill_all_in(ns: &str) {
 /// bridge (10.244.0.10 + i, hairpin mode on their bridge ports, each running `testimg serve` on
 /// 8080/tcp and 8081/udp with hostname `pod<i>`), and a "client" namespace ([`CLIENT_IP`], default
 /// route via the node). Removed on drop.
+/// `Deref<Target = Topology>` for a test's lab struct that holds its [`Topology`] in `topo`.
+#[allow(unused_macros)]
+macro_rules! deref_topology {
+    ($lab:ident) => {
+        impl std::ops::Deref for $lab {
+            type Target = support::Topology;
+            fn deref(&self) -> &support::Topology {
+                &self.topo
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use deref_topology;
+
 pub struct Topology {
     pub id: String,
     pub node: String,

@@ -69,6 +69,14 @@ fn parse_args() -> Result<Opts> {
     Ok(opts)
 }
 
+/// What both halves of the benchmark work on.
+pub struct Ctx<'a> {
+    pub cluster: &'a mut KnodeCluster,
+    pub client: &'a kube::Client,
+    pub pair: Pair,
+    pub opts: &'a Opts,
+}
+
 /// The two nodes' indexes in the cluster: (knode, upstream).
 #[derive(Debug, Clone, Copy)]
 pub struct Pair {
@@ -151,11 +159,20 @@ async fn run(opts: &Opts) -> Result<Vec<Row>> {
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
     let client = kube::Client::try_from(cfg)?;
     let mut rows = Vec::new();
-    if opts.only.as_deref() != Some("proxy") {
-        pods::run(&mut cluster, &client, pair, opts, &mut rows).await?;
-    }
-    if opts.only.as_deref() != Some("pods") {
-        proxy::run(&mut cluster, &client, pair, opts, &mut rows).await?;
+    for half in ["pods", "proxy"] {
+        if opts.only.as_deref().is_some_and(|o| o != half) {
+            continue;
+        }
+        let ctx = Ctx {
+            cluster: &mut cluster,
+            client: &client,
+            pair,
+            opts,
+        };
+        match half {
+            "pods" => pods::run(ctx, &mut rows).await?,
+            _ => proxy::run(ctx, &mut rows).await?,
+        }
     }
     Ok(rows)
 }

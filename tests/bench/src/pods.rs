@@ -16,8 +16,8 @@ use knode_harness::procstat::{cpu_percent, cpu_percent_between, cpu_ticks, rss_k
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use crate::Ctx;
 use crate::report::{Row, percentile};
-use crate::{Opts, Pair};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -27,6 +27,26 @@ fn pod(name: &str, node: &str, image: &str, tag: &str) -> Result<Pod> {
         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{"name": "main",
             "image": image, "imagePullPolicy": "IfNotPresent", "args": ["sleep", "infinity", "--exit-on-sigterm"]}]}
     }))?)
+}
+
+/// A watch of the pods labelled `bench=<tag>`, past its initial list (no later event is missed).
+async fn watch_labelled(
+    pods: &Api<Pod>,
+    tag: &str,
+) -> Result<impl futures::Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + use<>> {
+    let mut stream = Box::pin(
+        watcher(
+            pods.clone(),
+            watcher::Config::default().labels(&format!("bench={tag}")),
+        )
+        .default_backoff(),
+    );
+    while let Some(ev) = stream.next().await {
+        if matches!(ev?, watcher::Event::InitDone) {
+            break;
+        }
+    }
+    Ok(stream)
 }
 
 /// What one burst measured on one node.
@@ -46,18 +66,7 @@ async fn burst(
     pid: u32,
 ) -> Result<Burst> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let mut stream = Box::pin(
-        watcher(
-            pods.clone(),
-            watcher::Config::default().labels(&format!("bench={tag}")),
-        )
-        .default_backoff(),
-    );
-    while let Some(ev) = stream.next().await {
-        if matches!(ev?, watcher::Event::InitDone) {
-            break;
-        }
-    }
+    let mut stream = watch_labelled(&pods, tag).await?;
     let ticks0 = cpu_ticks(pid);
     let start = Instant::now();
     let mut created = HashMap::new();
@@ -317,18 +326,7 @@ async fn restart(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut stream = Box::pin(
-        watcher(
-            pods.clone(),
-            watcher::Config::default().labels(&format!("bench={tag}")),
-        )
-        .default_backoff(),
-    );
-    while let Some(ev) = stream.next().await {
-        if matches!(ev?, watcher::Event::InitDone) {
-            break;
-        }
-    }
+    let mut stream = watch_labelled(&pods, &tag).await?;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), "kube-node-lease");
     let renewed = |l: k8s_openapi::api::coordination::v1::Lease| {
@@ -391,13 +389,8 @@ async fn restart(
     })
 }
 
-pub async fn run(
-    cluster: &mut KnodeCluster,
-    client: &kube::Client,
-    pair: Pair,
-    opts: &Opts,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
+pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
+    let (cluster, client, pair, opts) = (ctx.cluster, ctx.client, ctx.pair, ctx.opts);
     let image = cluster.images.testimg.reference.clone();
     let name = |i: usize| cluster.nodes[i].name.clone();
     // Warm-up: the image pulled into both nodes' stores, first-pod costs paid.

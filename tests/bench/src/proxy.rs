@@ -19,7 +19,7 @@ use knode_harness::procstat::rss_kib;
 use kube::api::{Api, PostParams};
 
 use crate::report::{Row, percentile};
-use crate::{Opts, Pair};
+use crate::{Ctx, Pair};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 const ENDPOINTS: usize = 5;
@@ -116,22 +116,28 @@ fn connect_latency(netns: &str, addr: SocketAddr, samples: usize) -> Result<f64>
     Ok(percentile(&mut v, 0.5))
 }
 
-/// Time from creating a Service (selecting the node's own backend pod) to the first successful
-/// connection to it from that node, in ms.
-async fn first_connection(client: &kube::Client, netns: &str, name: &str, app: &str) -> Result<f64> {
+/// Creates Service `name` selecting pods labelled `app=<app>` (port 80 → 8080); its ClusterIP:80.
+async fn create_selecting(client: &kube::Client, name: &str, app: &str) -> Result<SocketAddr> {
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let svc: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}
     }))?;
-    let start = Instant::now();
     let ip = svcs
         .create(&PostParams::default(), &svc)
-        .await?
+        .await
+        .with_context(|| format!("creating Service {name}"))?
         .spec
         .and_then(|s| s.cluster_ip)
-        .context("no clusterIP")?;
-    let addr: SocketAddr = format!("{ip}:80").parse()?;
+        .with_context(|| format!("Service {name} got no clusterIP"))?;
+    Ok(format!("{ip}:80").parse()?)
+}
+
+/// Time from creating a Service (selecting the node's own backend pod) to the first successful
+/// connection to it from that node, in ms.
+async fn first_connection(client: &kube::Client, netns: &str, name: &str, app: &str) -> Result<f64> {
+    let start = Instant::now();
+    let addr = create_selecting(client, name, app).await?;
     let elapsed = in_netns(netns, move || -> Result<f64> {
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
@@ -154,7 +160,6 @@ async fn backends(
     pair: Pair,
 ) -> Result<Vec<(usize, SocketAddr)>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let image = &cluster.images.testimg.reference;
     let mut out = Vec::new();
     for (_, i) in pair.order(0) {
@@ -165,17 +170,7 @@ async fn backends(
                 "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
         }))?;
         pods.create(&PostParams::default(), &pod).await?;
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": app},
-            "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}
-        }))?;
-        let ip = svcs
-            .create(&PostParams::default(), &svc)
-            .await?
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("no clusterIP")?;
-        out.push((i, format!("{ip}:80").parse()?));
+        out.push((i, create_selecting(client, &app, &app).await?));
     }
     for (i, addr) in &out {
         let ns = cluster.nodes[*i].netns.name.clone();
@@ -209,13 +204,8 @@ fn row_of(name: String, unit: &'static str, pair: Pair, per_node: &mut [Vec<f64>
     )
 }
 
-pub async fn run(
-    cluster: &mut KnodeCluster,
-    client: &kube::Client,
-    pair: Pair,
-    opts: &Opts,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
+pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
+    let (cluster, client, pair, opts) = (ctx.cluster, ctx.client, ctx.pair, ctx.opts);
     let nodes = cluster.nodes.len();
     let netns: Vec<String> = cluster.nodes.iter().map(|n| n.netns.name.clone()).collect();
     let both = [netns[pair.knode].clone(), netns[pair.upstream].clone()];

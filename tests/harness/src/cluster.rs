@@ -57,6 +57,40 @@ impl Default for ClusterOptions {
     }
 }
 
+/// A node daemon that tests stop and start again with the same flags.
+struct Daemon {
+    child: Option<Child>,
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    fn new(bin: PathBuf, args: Vec<String>) -> Daemon {
+        Daemon {
+            child: None,
+            bin,
+            args,
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    fn start(&mut self, ns: &NodeNetns, log: &Path) -> Result<()> {
+        self.stop();
+        self.child = Some(spawn_in(ns, &self.bin, &self.args, log)?);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 /// Which node agents a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -75,12 +109,8 @@ pub struct ClusterNode {
     pub netns: NodeNetns,
     /// The containerd namespace the kubelet uses (`k8s.io` on an upstream node: CRI's).
     pub ns: String,
-    kubelet: Option<Child>,
-    kubelet_bin: PathBuf,
-    kubelet_args: Vec<String>,
-    proxy: Option<Child>,
-    proxy_bin: PathBuf,
-    proxy_args: Vec<String>,
+    kubelet: Daemon,
+    proxy: Daemon,
     others: Vec<Child>,
     containerd: PrivateContainerd,
     /// The cgroup root both kubelets are given (`/knode-test/<unique>`).
@@ -134,50 +164,34 @@ impl ClusterNode {
 
     /// Kills the kubelet (SIGKILL); its containers keep running, as on a real node.
     pub fn stop_kubelet(&mut self) {
-        if let Some(mut k) = self.kubelet.take() {
-            kill(&mut k);
-        }
+        self.kubelet.stop();
     }
 
     /// Starts the kubelet again with the same flags (it adopts what runs).
     pub fn start_kubelet(&mut self) -> Result<()> {
-        self.stop_kubelet();
-        self.kubelet = Some(spawn_in(
-            &self.netns,
-            &self.kubelet_bin,
-            &self.kubelet_args,
-            &self.log("kubelet"),
-        )?);
-        Ok(())
+        self.kubelet
+            .start(&self.netns, &self.dir.path().join("kubelet.log"))
     }
 
     /// Kills kube-proxy (SIGKILL); its rules stay in the kernel.
     pub fn stop_proxy(&mut self) {
-        if let Some(mut k) = self.proxy.take() {
-            kill(&mut k);
-        }
+        self.proxy.stop();
     }
 
     /// Starts kube-proxy again with the same flags.
     pub fn start_proxy(&mut self) -> Result<()> {
-        self.stop_proxy();
-        self.proxy = Some(spawn_in(
-            &self.netns,
-            &self.proxy_bin,
-            &self.proxy_args,
-            &self.log("kube-proxy"),
-        )?);
-        Ok(())
+        self.proxy
+            .start(&self.netns, &self.dir.path().join("kube-proxy.log"))
     }
 
     /// The kubelet's process id, while it runs.
     pub fn kubelet_pid(&self) -> Option<u32> {
-        self.kubelet.as_ref().map(Child::id)
+        self.kubelet.pid()
     }
 
     /// kube-proxy's process id, while it runs.
     pub fn proxy_pid(&self) -> Option<u32> {
-        self.proxy.as_ref().map(Child::id)
+        self.proxy.pid()
     }
 
     /// The node's containerd (CRI-enabled on an upstream node).
@@ -188,8 +202,8 @@ impl ClusterNode {
 
 impl Drop for ClusterNode {
     fn drop(&mut self) {
-        self.stop_kubelet();
-        self.stop_proxy();
+        self.kubelet.stop();
+        self.proxy.stop();
         for c in &mut self.others {
             kill(c);
         }
@@ -425,18 +439,18 @@ impl KnodeCluster {
             format!("node{i}-{}", &unique[unique.len().saturating_sub(5)..]).to_lowercase()
         });
         let cgroup_root = format!("/knode-test/{unique}");
-        let settings = node::NodeSettings {
-            node_ip: &netns.node_ip,
-            pod_logs_dir: &dir.path().join("logs"),
-            client_ca: &self.cp.ca_file,
-            extra: &self.kubelet_config,
-        };
+        let common = node::kubelet_config_common(
+            &netns.node_ip,
+            &dir.path().join("logs"),
+            &self.cp.ca_file,
+            &self.kubelet_config,
+        );
         let config = dir.path().join("kubelet-config.yaml");
         let config_text = match kind {
-            NodeKind::Knode => node::kubelet_config_common(&settings),
+            NodeKind::Knode => common,
             NodeKind::Upstream => {
                 node::create_cgroup_root(&cgroup_root)?;
-                node::upstream_kubelet_config(&settings, containerd.socket(), &cgroup_root, dir.path())
+                node::upstream_kubelet_config(&common, containerd.socket(), &cgroup_root, dir.path())
             }
         };
         std::fs::write(&config, config_text).map_err(HarnessError::io("writing the kubelet config"))?;
@@ -507,12 +521,8 @@ impl KnodeCluster {
             kind,
             netns,
             ns,
-            kubelet: None,
-            kubelet_bin,
-            kubelet_args,
-            proxy: None,
-            proxy_bin,
-            proxy_args,
+            kubelet: Daemon::new(kubelet_bin, kubelet_args),
+            proxy: Daemon::new(proxy_bin, proxy_args),
             others: Vec::new(),
             containerd,
             cgroup_root,

@@ -366,27 +366,11 @@ fn time_json(buf: &[u8]) -> Result<Value, Failure> {
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`; `None` outside years 0..=9999.
 pub(crate) fn rfc3339(unix: i64) -> Option<String> {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    ))
+    let t = jiff::Timestamp::from_second(unix).ok()?;
+    let year = t.to_zoned(jiff::tz::TimeZone::UTC).year();
+    (0..=9999)
+        .contains(&year)
+        .then(|| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 msg! {

@@ -9,47 +9,31 @@ use std::path::{Path, PathBuf};
 
 use crate::{HarnessError, Result};
 
-/// Settings a knode node and an upstream node of one cluster share.
-#[derive(Debug, Clone)]
-pub struct NodeSettings<'a> {
-    pub node_ip: &'a str,
-    pub pod_logs_dir: &'a Path,
-    pub client_ca: &'a Path,
-    /// Extra KubeletConfiguration lines (top-level YAML keys) for both kubelets.
-    pub extra: &'a str,
-}
-
-/// The KubeletConfiguration both kubelets get; knode's ignores the keys it does not know.
-pub fn kubelet_config_common(s: &NodeSettings<'_>) -> String {
+/// The KubeletConfiguration both kinds of node get (knode's kubelet ignores keys it does not
+/// know): serving on `node_ip`, logs under `pod_logs_dir`, clients verified against `client_ca`,
+/// plus `extra` (top-level YAML keys of the test).
+pub fn kubelet_config_common(node_ip: &str, pod_logs_dir: &Path, client_ca: &Path, extra: &str) -> String {
     format!(
         "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-         podLogsDir: {logs}\naddress: {ip}\nrotateCertificates: true\nserverTLSBootstrap: true\n\
+         podLogsDir: {logs}\naddress: {node_ip}\nrotateCertificates: true\nserverTLSBootstrap: true\n\
          clusterDomain: {domain}\nclusterDNS: [{dns}]\n\
          authentication:\n  x509:\n    clientCAFile: {ca}\n  webhook:\n    enabled: true\n\
          authorization:\n  mode: Webhook\nevictionHard:\n  memory.available: 100Mi\n  \
          nodefs.available: 100Mi\n  imagefs.available: 100Mi\nimageGCHighThresholdPercent: 100\n{extra}\n",
-        logs = s.pod_logs_dir.display(),
-        ip = s.node_ip,
+        logs = pod_logs_dir.display(),
         domain = super::coredns::CLUSTER_DOMAIN,
         dns = super::coredns::CLUSTER_DNS_IP,
-        ca = s.client_ca.display(),
-        extra = s.extra,
+        ca = client_ca.display(),
     )
 }
 
-/// Upstream's kubelet: the common settings plus what it needs on this host — containerd's CRI
+/// Upstream's kubelet: `common` ([`kubelet_config_common`]) plus what it needs on this host — containerd's CRI
 /// socket, the cgroupfs driver under a private cgroup root, cgroup v1 allowed (the host has no
 /// unified hierarchy; 1.35+ refuses v1 unless told), swap tolerated, its plugin dir private.
-pub fn upstream_kubelet_config(
-    s: &NodeSettings<'_>,
-    cri_socket: &Path,
-    cgroup_root: &str,
-    dir: &Path,
-) -> String {
+pub fn upstream_kubelet_config(common: &str, cri_socket: &Path, cgroup_root: &str, dir: &Path) -> String {
     format!(
         "{common}containerRuntimeEndpoint: unix://{sock}\ncgroupDriver: cgroupfs\ncgroupRoot: {cgroup_root}\n\
          failCgroupV1: false\nfailSwapOn: false\nvolumePluginDir: {plugins}\nreadOnlyPort: 0\n",
-        common = kubelet_config_common(s),
         sock = cri_socket.display(),
         plugins = dir.join("volume-plugins").display(),
     )
@@ -207,14 +191,18 @@ mod tests {
 
     #[test]
     fn configs_match_where_both_daemons_have_the_setting() {
-        let s = NodeSettings {
-            node_ip: "10.0.0.2",
-            pod_logs_dir: Path::new("/tmp/x/logs"),
-            client_ca: Path::new("/tmp/ca.crt"),
-            extra: "maxPods: 150",
-        };
-        let common = kubelet_config_common(&s);
-        let up = upstream_kubelet_config(&s, Path::new("/tmp/c.sock"), "/knode-test/n", Path::new("/tmp/x"));
+        let common = kubelet_config_common(
+            "10.0.0.2",
+            Path::new("/tmp/x/logs"),
+            Path::new("/tmp/ca.crt"),
+            "maxPods: 150",
+        );
+        let up = upstream_kubelet_config(
+            &common,
+            Path::new("/tmp/c.sock"),
+            "/knode-test/n",
+            Path::new("/tmp/x"),
+        );
         assert!(up.starts_with(&common), "{up}");
         for want in [
             "containerRuntimeEndpoint: unix:///tmp/c.sock",
