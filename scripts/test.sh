@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: on a fresh Debian 12 machine (as root) it installs what the build and
 # the tests need, builds everything, checks formatting and lints, and runs every test (unit + e2e).
-# Exits non-zero on any failure. Benchmarks run in their short mode here (KNODE_BENCH=full for more).
+# Exits non-zero on any failure. Benchmarks run in their short mode here (KNODE_BENCH=full for more;
+# scripts/bench.sh for the side-by-side table with upstream's kubelet and kube-proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,5 +38,10 @@ scripts/build-upstream.sh >/dev/null
 
 step "tests (unit + e2e)"
 cargo test --workspace --no-fail-fast
+
+step "side-by-side benchmark, quick (prints knode / upstream ratios; asserts only that every row ran)"
+# Debug builds of knode's daemons here (no release build in CI): the table's numbers are for
+# checking the command still works; `scripts/bench.sh` (release) gives the ones to quote.
+scripts/bench.sh --quick --debug
 
 echo "test.sh: all green in $(( $(date +%s) - t0 )) s"

@@ -383,7 +383,7 @@ async fn malformed_pods_fail_alone_with_upstream_reasons() {
 async fn kubelet_restart_adopts_running_containers_without_restarting_them() {
     let mut node = Node::start("kl-adopt").await;
     let n = 10;
-    for i in 0..n - 1 {
+    for i in 0..n - 2 {
         node.apply(&pod_yaml(
             &format!("p{i}"),
             node.image(),
@@ -391,6 +391,12 @@ async fn kubelet_restart_adopts_running_containers_without_restarting_them() {
             common::SLEEP_FOREVER,
         ));
     }
+    // One with a readiness probe: Ready before the restart, it must stay Ready across it (the
+    // condition never flips, so its transition time does not move).
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed}}\nspec:\n  containers:\n  - name: main\n    image: {}\n    args: [\"sleep\", \"infinity\", \"--exit-on-sigterm\"]\n    readinessProbe:\n      exec: {{command: [\"true\"]}}\n      periodSeconds: 5\n",
+        node.image()
+    ));
     // One that keeps logging: its output must keep reaching the log file across the restart.
     node.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  containers:\n  - name: main\n    image: {}\n    command: [\"/bin/sh\", \"-c\", \"i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done\"]\n",
@@ -400,6 +406,17 @@ async fn kubelet_restart_adopts_running_containers_without_restarting_them() {
         let out = node.kubectl(&["get", "pods", "-o", "jsonpath={.items[*].status.phase}"]);
         out.split(' ').filter(|p| *p == "Running").count() == n
     });
+    let ready_since = |node: &Node| {
+        node.kubectl(&[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].lastTransitionTime}",
+        ])
+    };
+    node.eventually("probed pod Ready", || ready_since(&node).starts_with("True "));
+    let ready_before = ready_since(&node);
     let ids_before = node.kubectl(&[
         "get",
         "pods",
@@ -416,6 +433,11 @@ async fn kubelet_restart_adopts_running_containers_without_restarting_them() {
         "jsonpath={.items[*].status.containerStatuses[0].containerID}",
     ]);
     assert_eq!(ids_before, ids_after, "same containers after the restart");
+    assert_eq!(
+        ready_since(&node),
+        ready_before,
+        "the probed pod stayed Ready across the restart"
+    );
     let restarts = node.kubectl(&[
         "get",
         "pods",

@@ -114,9 +114,25 @@ impl ProbeManager {
         pod_ip: String,
         started_at: Timestamp,
     ) {
-        let probes = ContainerProbes::new(container, started_instant(started_at));
+        let mut probes = ContainerProbes::new(container, started_instant(started_at));
         if probes.liveness.is_none() && probes.readiness.is_none() && probes.startup.is_none() {
             return;
+        }
+        // This very container as the API last saw it: reported by a previous kubelet process.
+        let reported = pod
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .find(|s| {
+                s.name == container.name
+                    && s.container_id
+                        .as_deref()
+                        .and_then(|id| id.rsplit_once("://"))
+                        .map(|(_, id)| id)
+                        == Some(container_id)
+            });
+        if let Some(s) = reported {
+            probes.resume(s.started == Some(true), s.ready);
         }
         let mut containers = self.inner.containers();
         if containers.contains_key(container_id) {

@@ -116,6 +116,14 @@ impl ProbeWorker {
         }
     }
 
+    /// A success carried over from a previous kubelet process (see [`ContainerProbes::resume`]):
+    /// the next failures count from there, as if the last run had succeeded.
+    fn resume_success(&mut self) {
+        self.result = Some(true);
+        self.last_outcome = Some(true);
+        self.run = self.timing.success_threshold;
+    }
+
     /// Records one outcome at `now`; returns the new result when it changed.
     pub fn record(&mut self, outcome: &ProbeOutcome, now: Instant) -> Option<bool> {
         self.last_probe = Some(now);
@@ -219,6 +227,23 @@ impl ContainerProbes {
         self.worker_mut(kind)
             .and_then(|w| w.record(outcome, now))
             .is_some()
+    }
+
+    /// Takes over the results a previous kubelet process last reported for this same container
+    /// (`started`/`ready` of its status in the API): a kubelet restart then leaves a ready pod
+    /// Ready until its probes say otherwise. Upstream restarts every result at its initial value,
+    /// so each kubelet restart turns every probed pod NotReady for up to a probe period and
+    /// churns the endpoints of their Services. Only a success is taken over.
+    pub fn resume(&mut self, started: bool, ready: bool) {
+        if started && let Some(w) = &mut self.startup {
+            w.resume_success();
+        }
+        if ready
+            && self.started()
+            && let Some(w) = &mut self.readiness
+        {
+            w.resume_success();
+        }
     }
 
     /// The results as the pod core consumes them.

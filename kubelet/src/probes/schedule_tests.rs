@@ -291,3 +291,46 @@ fn no_probes_nothing_due() {
     assert_eq!(p.next_due(Instant::now()), None);
     assert_eq!(p.results(), ProbeResults::default());
 }
+
+#[test]
+fn a_restarted_kubelet_takes_over_reported_successes_only() {
+    let t0 = Instant::now();
+    let c = container(None, Some(probe(0, 10, 1, 3)), Some(probe(0, 10, 1, 3)));
+    let mut p = ContainerProbes::new(&c, t0);
+    p.resume(true, true);
+    assert_eq!(
+        p.results(),
+        ProbeResults {
+            ready: Some(true),
+            started: Some(true),
+            live: None
+        }
+    );
+    // Readiness failures count from a success: three in a row turn it false.
+    for i in 1..=2 {
+        assert!(!p.record(ProbeKind::Readiness, &fail(), t0 + secs(10 * i)));
+    }
+    assert!(p.record(ProbeKind::Readiness, &fail(), t0 + secs(30)));
+    assert_eq!(p.results().ready, Some(false));
+    // Reported not ready (or not started): the initial values stay.
+    let mut q = ContainerProbes::new(&c, t0);
+    q.resume(true, false);
+    assert_eq!(
+        q.results(),
+        ProbeResults {
+            ready: Some(false),
+            started: Some(true),
+            live: None
+        }
+    );
+    let mut r = ContainerProbes::new(&c, t0);
+    r.resume(false, true);
+    assert_eq!(
+        r.results(),
+        ProbeResults {
+            ready: Some(false),
+            started: None,
+            live: None
+        }
+    );
+}

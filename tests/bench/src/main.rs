@@ -111,6 +111,17 @@ fn main() -> Result<()> {
         }
     })?;
     println!("\n{}", report::table(&rows));
+    if let Some(r) = rows
+        .iter()
+        .find(|r| !r.knode.is_finite() || !r.upstream.is_finite())
+    {
+        bail!(
+            "row {:?} has no value for one of the two (knode {}, upstream {})",
+            r.name,
+            r.knode,
+            r.upstream
+        );
+    }
     if let Some(csv) = &opts.csv {
         let commit = std::process::Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])

@@ -241,7 +241,7 @@ fn footprint(cluster: &KnodeCluster, node: usize) -> (f64, f64) {
 fn idle_cpu(cluster: &KnodeCluster, node: usize) -> f64 {
     cluster.nodes[node]
         .kubelet_pid()
-        .map(|p| cpu_percent(p, Duration::from_secs(3)))
+        .map(|p| cpu_percent(p, Duration::from_secs(5)))
         .unwrap_or(0.0)
 }
 
@@ -428,7 +428,8 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
                 let b = burst(client, &name(i), &image, n, &tag, pid).await?;
                 lat.extend(kind, &b.latencies_ms);
                 cpu_burst.push(kind, b.cpu);
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Settled: the burst's status updates and first stats are done.
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 cpu_idle.push(kind, idle_cpu(cluster, i));
                 let (k, all) = footprint(cluster, i);
                 rss.push(kind, k);

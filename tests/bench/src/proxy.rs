@@ -24,11 +24,17 @@ use crate::{Ctx, Pair};
 const TIMEOUT: Duration = Duration::from_secs(600);
 const ENDPOINTS: usize = 5;
 
-/// A selectorless Service and its EndpointSlice of [`ENDPOINTS`] addresses; returns the ClusterIP.
-/// The slice is created first, so that the Service's arrival is the one change a daemon programs
-/// (the other order measures `minSyncPeriod`: a sync for the Service without endpoints, then one
-/// for its endpoints a moment later).
-async fn create_service(client: &kube::Client, name: &str, seq: usize) -> Result<String> {
+/// A selectorless Service and its EndpointSlice of [`ENDPOINTS`] addresses; returns the ClusterIP
+/// and when the Service was created. The slice comes first and, with `gap`, that long before the
+/// Service: then the Service's arrival is the one change a daemon programs (two objects in quick
+/// succession would measure `minSyncPeriod`: each daemon syncs for the first at once and for the
+/// second only a `minSyncPeriod` later).
+async fn create_service(
+    client: &kube::Client,
+    name: &str,
+    seq: usize,
+    gap: Option<Duration>,
+) -> Result<(String, Instant)> {
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let endpoints: Vec<_> = (0..ENDPOINTS)
@@ -48,18 +54,23 @@ async fn create_service(client: &kube::Client, name: &str, seq: usize) -> Result
         .create(&PostParams::default(), &slice)
         .await
         .with_context(|| format!("creating the EndpointSlice of {name}"))?;
+    if let Some(gap) = gap {
+        tokio::time::sleep(gap).await;
+    }
     let svc: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"bench": "svc"}},
         "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}
     }))?;
+    let start = Instant::now();
     let created = svcs
         .create(&PostParams::default(), &svc)
         .await
         .with_context(|| format!("creating Service {name}"))?;
-    created
+    let ip = created
         .spec
         .and_then(|s| s.cluster_ip)
-        .context("no clusterIP assigned")
+        .context("no clusterIP assigned")?;
+    Ok((ip, start))
 }
 
 /// Whether `ip`:80/TCP is in node namespace `netns`'s `service-ips` (one `nft get element`).
@@ -100,9 +111,9 @@ fn flush_tables(netns: &str) {
     }
 }
 
-/// `samples` TCP connects to `addr` from node namespace `netns`: median in microseconds.
-fn connect_latency(netns: &str, addr: SocketAddr, samples: usize) -> Result<f64> {
-    let mut v = in_netns(netns, move || -> Result<Vec<f64>> {
+/// `samples` TCP connects to `addr` from node namespace `netns`, each in microseconds.
+fn connect_times(netns: &str, addr: SocketAddr, samples: usize) -> Result<Vec<f64>> {
+    in_netns(netns, move || -> Result<Vec<f64>> {
         let mut v = Vec::with_capacity(samples);
         for _ in 0..samples {
             let t = Instant::now();
@@ -112,8 +123,7 @@ fn connect_latency(netns: &str, addr: SocketAddr, samples: usize) -> Result<f64>
             drop(s);
         }
         Ok(v)
-    })??;
-    Ok(percentile(&mut v, 0.5))
+    })?
 }
 
 /// Creates Service `name` selecting pods labelled `app=<app>` (port 80 → 8080); its ClusterIP:80.
@@ -211,10 +221,17 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
     let both = [netns[pair.knode].clone(), netns[pair.upstream].clone()];
     eprintln!("knode-bench: a backend pod and Service per node");
     let backends = backends(cluster, client, pair).await?;
+    // Rounds of 100 connects alternating between the nodes (after a warm-up), median of all.
     let latency = |label: String| -> Result<Row> {
         let mut per = vec![Vec::new(); nodes];
-        for (i, addr) in &backends {
-            per[*i].push(connect_latency(&netns[*i], *addr, 200)?);
+        for round in 0..6 {
+            for k in 0..backends.len() {
+                let (i, addr) = backends[(k + round) % backends.len()];
+                let times = connect_times(&netns[i], addr, 100)?;
+                if round > 0 {
+                    per[i].extend(times);
+                }
+            }
         }
         Ok(row_of(label, "µs", pair, &mut per))
     };
@@ -230,7 +247,7 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
         eprintln!("knode-bench: {size} Services × {ENDPOINTS} endpoints");
         let names: Vec<(String, usize)> = (made..size).map(|i| (format!("bench-svc-{i}"), i)).collect();
         let new: Vec<String> = futures::stream::iter(names)
-            .map(|(name, i)| async move { create_service(client, &name, i).await })
+            .map(|(name, i)| async move { Ok(create_service(client, &name, i, None).await?.0) })
             .buffered(16)
             .collect::<Vec<_>>()
             .await
@@ -261,11 +278,12 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
         // One change: a new Service, seen by both daemons at once.
         let mut change = vec![Vec::new(); nodes];
         for r in 0..opts.rounds().max(3) {
-            // Quiet for longer than minSyncPeriod, so neither daemon is still rate-limited.
+            // Quiet for longer than minSyncPeriod before each object, so neither daemon is
+            // still rate-limited when the Service arrives.
             tokio::time::sleep(Duration::from_millis(2500)).await;
             let name = format!("bench-change-{size}-{r}");
-            let start = Instant::now();
-            let ip = create_service(client, &name, 60_000 + size + r).await?;
+            let gap = Some(Duration::from_millis(2500));
+            let (ip, start) = create_service(client, &name, 60_000 + size + r, gap).await?;
             let t = wait_programmed(&both, &[ip], start).await?;
             change[pair.knode].push(t[0]);
             change[pair.upstream].push(t[1]);
