@@ -3,17 +3,36 @@
 
 use std::time::Duration;
 
+/// Why a duration string was refused (the input is in each message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("negative duration {0:?}")]
+    Negative(String),
+    #[error("invalid duration {0:?}: expected a number")]
+    NoNumber(String),
+    #[error("invalid duration {input:?}: bad number {number:?}")]
+    BadNumber { input: String, number: String },
+    #[error("invalid duration {0:?}: missing unit (use ns, us, ms, s, m or h)")]
+    MissingUnit(String),
+    #[error("invalid duration {input:?}: unknown unit {unit:?}")]
+    UnknownUnit { input: String, unit: String },
+    #[error("invalid duration {0:?}: out of range")]
+    OutOfRange(String),
+}
+
 /// Parses a Go duration string. Negative durations are refused: no kubelet setting takes one.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     if s.starts_with('-') {
-        return Err(format!("negative duration {s:?}"));
+        return Err(DurationError::Negative(s.into()));
     }
     let mut rest = s.strip_prefix('+').unwrap_or(s);
     let mut total = 0f64;
@@ -23,11 +42,12 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let (num, after) = rest.split_at(num_len);
         if num.is_empty() || num == "." {
-            return Err(format!("invalid duration {s:?}: expected a number"));
+            return Err(DurationError::NoNumber(s.into()));
         }
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: bad number {num:?}"))?;
+        let value: f64 = num.parse().map_err(|_| DurationError::BadNumber {
+            input: s.into(),
+            number: num.into(),
+        })?;
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after.len());
@@ -39,18 +59,19 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => {
-                return Err(format!(
-                    "invalid duration {s:?}: missing unit (use ns, us, ms, s, m or h)"
-                ));
+            "" => return Err(DurationError::MissingUnit(s.into())),
+            other => {
+                return Err(DurationError::UnknownUnit {
+                    input: s.into(),
+                    unit: other.into(),
+                });
             }
-            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?}")),
         };
         total += value * nanos_per;
         rest = next;
     }
     if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(format!("invalid duration {s:?}: out of range"));
+        return Err(DurationError::OutOfRange(s.into()));
     }
     Ok(Duration::from_nanos(total.round() as u64))
 }
@@ -96,9 +117,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_durations_with_a_reason() {
-        assert!(parse("10").unwrap_err().contains("missing unit"));
-        assert!(parse("5d").unwrap_err().contains("unknown unit"));
-        assert!(parse("-1s").unwrap_err().contains("negative"));
+        assert!(parse("10").unwrap_err().to_string().contains("missing unit"));
+        assert!(parse("5d").unwrap_err().to_string().contains("unknown unit"));
+        assert!(parse("-1s").unwrap_err().to_string().contains("negative"));
         assert!(parse("").is_err());
         assert!(parse("s").is_err());
     }

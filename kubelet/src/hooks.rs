@@ -37,17 +37,31 @@ pub enum HookAction {
     Sleep { seconds: u64 },
 }
 
-/// Resolves `handler` for `container` (named ports, the pod IP as the default host). The error
-/// is the whole message for the pod's status, as upstream's "Cannot run handler" one.
-pub fn action(handler: &LifecycleHandler, container: &Container, pod_ip: &str) -> Result<HookAction, String> {
+/// A lifecycle handler that cannot run; the message is the whole one for the pod's status, as
+/// upstream's "Cannot run handler" one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    #[error("Cannot run handler: {0}")]
+    BadHttpGet(String),
+    /// tcpSocket is kept in the API for compatibility only; upstream refuses to run it.
+    #[error("Cannot run handler: invalid handler: only exec, httpGet and sleep are supported")]
+    Unsupported,
+}
+
+/// Resolves `handler` for `container` (named ports, the pod IP as the default host).
+pub fn action(
+    handler: &LifecycleHandler,
+    container: &Container,
+    pod_ip: &str,
+) -> Result<HookAction, HandlerError> {
     if let Some(e) = &handler.exec {
         return Ok(HookAction::Exec {
             command: e.command.clone().unwrap_or_default(),
         });
     }
     if let Some(h) = &handler.http_get {
-        let mut target =
-            HttpTarget::from_action(h, container, pod_ip).map_err(|e| format!("Cannot run handler: {e}"))?;
+        let mut target = HttpTarget::from_action(h, container, pod_ip)
+            .map_err(|e| HandlerError::BadHttpGet(e.to_string()))?;
         if !target
             .headers
             .iter()
@@ -62,8 +76,7 @@ pub fn action(handler: &LifecycleHandler, container: &Container, pod_ip: &str) -
             seconds: u64::try_from(s.seconds).unwrap_or(0),
         });
     }
-    // tcpSocket is kept in the API for compatibility only; upstream refuses to run it.
-    Err("Cannot run handler: invalid handler: only exec, httpGet and sleep are supported".into())
+    Err(HandlerError::Unsupported)
 }
 
 /// The message upstream puts in the container status when a hook fails (`pod` formatted as
@@ -132,7 +145,7 @@ pub async fn run(
             crate::probes::http::get(target, limit)
                 .await
                 .map(|_| ())
-                .map_err(fail)
+                .map_err(|e| fail(e.to_string()))
         }
         HookAction::Sleep { seconds } => {
             let want = Duration::from_secs(*seconds);
@@ -226,6 +239,7 @@ mod tests {
         assert!(
             action(&missing, &container(), "10.0.0.5")
                 .unwrap_err()
+                .to_string()
                 .starts_with("Cannot run handler")
         );
         let sleep = LifecycleHandler {

@@ -367,10 +367,12 @@ impl ProxyFlags {
             c.metrics_bind_address = v.clone();
         }
         if let Some(v) = &self.min_sync_period {
-            c.nftables.min_sync_period = duration::parse(v).map_err(|e| flag_err("--min-sync-period", e))?;
+            c.nftables.min_sync_period =
+                duration::parse(v).map_err(|e| flag_err("--min-sync-period", e.to_string()))?;
         }
         if let Some(v) = &self.sync_period {
-            c.nftables.sync_period = duration::parse(v).map_err(|e| flag_err("--sync-period", e))?;
+            c.nftables.sync_period =
+                duration::parse(v).map_err(|e| flag_err("--sync-period", e.to_string()))?;
         }
         let kubeconfig = self.kubeconfig.clone().or_else(|| {
             (!c.client_connection.kubeconfig.is_empty())

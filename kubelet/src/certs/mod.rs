@@ -91,11 +91,15 @@ pub struct Validity {
 
 impl Validity {
     /// The validity of the first certificate in `pem`.
-    pub fn of_pem(pem: &[u8]) -> Result<Validity, String> {
-        let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    pub fn of_pem(pem: &[u8]) -> Result<Validity, CertError> {
+        let invalid = |message: String| CertError::Invalid {
+            what: "certificate".into(),
+            message,
+        };
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| invalid(format!("not PEM: {e}")))?;
         let cert = p
             .parse_x509()
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
         let to_time = |t: x509_parser::time::ASN1Time| {
             SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
         };

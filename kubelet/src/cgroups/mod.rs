@@ -468,16 +468,27 @@ pub fn node_config(allocatable: &BTreeMap<String, i128>) -> ResourceConfig {
     }
 }
 
+/// An item of a map flag that is not `name<sep>value`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{item:?} is not name{sep}value")]
+pub struct MapFlagError {
+    pub item: String,
+    pub sep: char,
+}
+
 /// Parses a map flag: `--system-reserved=cpu=100m,memory=1Gi` (`sep` `=`) or
 /// `--eviction-hard=memory.available<100Mi,nodefs.available<10%` (`sep` `<`).
-pub fn parse_map_flag(s: &str, sep: char) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_map_flag(s: &str, sep: char) -> Result<BTreeMap<String, String>, MapFlagError> {
     s.split(',')
         .filter(|kv| !kv.trim().is_empty())
         .map(|kv| {
             kv.split_once(sep)
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                 .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-                .ok_or_else(|| format!("{kv:?} is not name{sep}value"))
+                .ok_or_else(|| MapFlagError {
+                    item: kv.to_string(),
+                    sep,
+                })
         })
         .collect()
 }
@@ -487,7 +498,7 @@ fn parse_reserved(field: &str, m: &BTreeMap<String, String>) -> Result<Amounts, 
         .map(|(k, v)| {
             let n = parse_quantity(v).map_err(|e| CgroupError::BadReservation {
                 field: format!("{field}.{k}"),
-                message: e,
+                message: e.to_string(),
             })?;
             if n < 0 {
                 return Err(CgroupError::BadReservation {
@@ -549,7 +560,7 @@ pub fn allocatable(
         } else {
             parse_quantity(v).map_err(|e| CgroupError::BadReservation {
                 field: format!("evictionHard.{signal}"),
-                message: e,
+                message: e.to_string(),
             })?
         };
         let e = with_eviction.entry(resource.to_string()).or_default();

@@ -218,9 +218,9 @@ impl KubeletFlags {
             config.image_gc_low_threshold_percent = v;
         }
         let map_flag = |flag: &str, v: &str, sep: char| -> Result<BTreeMap<String, String>, ConfigError> {
-            crate::cgroups::parse_map_flag(v, sep).map_err(|message| ConfigError::Flag {
+            crate::cgroups::parse_map_flag(v, sep).map_err(|e| ConfigError::Flag {
                 flag: flag.to_string(),
-                message,
+                message: e.to_string(),
             })
         };
         if let Some(v) = &self.system_reserved {

@@ -16,6 +16,7 @@ pub mod manager;
 #[cfg(test)]
 mod tests;
 
+use crate::pods::resources::QuantityError;
 use std::fmt;
 use std::time::Duration;
 
@@ -157,10 +158,10 @@ impl Qty {
 
     /// Parses a quantity as written in a spec or flag (`100Mi`, `1G`, `1.5Gi`); the value is
     /// rounded up to an integer, as `Quantity.Value()`.
-    pub fn parse(s: &str) -> Result<Qty, String> {
+    pub fn parse(s: &str) -> Result<Qty, QuantityError> {
         let nano = crate::pods::resources::parse_quantity(s)?;
         let value = nano.div_euclid(1_000_000_000) + i128::from(nano.rem_euclid(1_000_000_000) != 0);
-        let value = i64::try_from(value).map_err(|_| format!("quantity {s:?} is too large"))?;
+        let value = i64::try_from(value).map_err(|_| QuantityError::TooLarge(s.to_string()))?;
         let format = if s.trim_end().ends_with('i') {
             Format::BinarySI
         } else {
@@ -327,7 +328,7 @@ fn parse_statement(
         }
         ThresholdValue::Percentage(p / 100.0)
     } else {
-        let q = Qty::parse(value).map_err(bad)?;
+        let q = Qty::parse(value).map_err(|e| bad(e.to_string()))?;
         if q.value <= 0 {
             return Err(bad(format!(
                 "eviction threshold {signal} must be positive: {value}"

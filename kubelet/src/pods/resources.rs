@@ -13,10 +13,21 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// Nano-units per unit: quantities are kept as exact integers of 1e-9.
 const NANO: i128 = 1_000_000_000;
 
+/// Why a quantity was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    /// Not a quantity, or beyond what nano-units of an `i128` hold.
+    #[error("invalid quantity {0:?}")]
+    Invalid(String),
+    /// A quantity, but larger than the integer it must fit.
+    #[error("quantity {0:?} is too large")]
+    TooLarge(String),
+}
+
 /// Parses a Kubernetes quantity (`100m`, `1.5`, `128Mi`, `1G`, `2e3`) into nano-units.
-pub fn parse_quantity(q: &str) -> Result<i128, String> {
+pub fn parse_quantity(q: &str) -> Result<i128, QuantityError> {
     let s = q.trim();
-    let bad = || format!("invalid quantity {q:?}");
+    let bad = || QuantityError::Invalid(q.to_string());
     let num_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(s.len());

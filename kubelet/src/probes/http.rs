@@ -86,12 +86,21 @@ pub async fn probe(target: &HttpTarget, timeout: Duration) -> ProbeOutcome {
 /// Performs the GET (same-host redirects followed) within `timeout` and returns the final
 /// status, or the failed exchange's error — for callers with their own notion of success
 /// (lifecycle hooks take any response).
-pub async fn get(target: &HttpTarget, timeout: Duration) -> Result<StatusCode, String> {
+pub async fn get(target: &HttpTarget, timeout: Duration) -> Result<StatusCode, HttpGetError> {
     let url = target.url();
     match tokio::time::timeout(timeout, follow(target, &url)).await {
-        Ok(r) => r.map_err(|e| format!("Get {url:?}: {e}")),
-        Err(_) => Err(format!("Get {url:?}: context deadline exceeded")),
+        Ok(r) => r.map_err(|message| HttpGetError::Failed { url, message }),
+        Err(_) => Err(HttpGetError::Timeout { url }),
     }
+}
+
+/// A GET with no response to show, worded as Go's `http.Client` errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpGetError {
+    #[error("Get {url:?}: {message}")]
+    Failed { url: String, message: String },
+    #[error("Get {url:?}: context deadline exceeded")]
+    Timeout { url: String },
 }
 
 /// Success for 200–399, as upstream's `DoHTTPProbe`.

@@ -85,15 +85,20 @@ pub enum PullPolicy {
     Never,
 }
 
+/// A pod's `imagePullPolicy` that is none of upstream's three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported imagePullPolicy {0:?}")]
+pub struct UnsupportedPullPolicy(pub String);
+
 impl PullPolicy {
     /// Parses the pod field, applying upstream's default: `Always` for `:latest` or untagged
     /// references, `IfNotPresent` otherwise.
-    pub fn from_spec(policy: Option<&str>, image: &str) -> Result<Self, String> {
+    pub fn from_spec(policy: Option<&str>, image: &str) -> Result<Self, UnsupportedPullPolicy> {
         match policy {
             Some("Always") => Ok(PullPolicy::Always),
             Some("IfNotPresent") => Ok(PullPolicy::IfNotPresent),
             Some("Never") => Ok(PullPolicy::Never),
-            Some(other) => Err(format!("unsupported imagePullPolicy {other:?}")),
+            Some(other) => Err(UnsupportedPullPolicy(other.to_string())),
             None => {
                 let name = image.rsplit('/').next().unwrap_or(image);
                 let tagged = name.contains(':') || image.contains('@');

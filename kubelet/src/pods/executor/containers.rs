@@ -424,7 +424,7 @@ pub(super) async fn run_hook(
     kind: hooks::HookKind,
     timeout: Option<Duration>,
 ) -> Result<(), String> {
-    let action = hooks::action(handler, c, &pod_ip_for(ctx, pod, &uid_of(pod)))?;
+    let action = hooks::action(handler, c, &pod_ip_for(ctx, pod, &uid_of(pod))).map_err(|e| e.to_string())?;
     let exec_id = match kind {
         hooks::HookKind::PostStart => "poststart-hook",
         hooks::HookKind::PreStop => "prestop-hook",
