@@ -118,6 +118,10 @@ impl ProbeManager {
         if probes.liveness.is_none() && probes.readiness.is_none() && probes.startup.is_none() {
             return;
         }
+        let mut containers = self.inner.containers();
+        if containers.contains_key(container_id) {
+            return;
+        }
         // This very container as the API last saw it: reported by a previous kubelet process.
         let reported = pod
             .status
@@ -133,10 +137,6 @@ impl ProbeManager {
             });
         if let Some(s) = reported {
             probes.resume(s.started == Some(true), s.ready);
-        }
-        let mut containers = self.inner.containers();
-        if containers.contains_key(container_id) {
-            return;
         }
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         let pod_name = format!(
