@@ -85,6 +85,15 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// The kind of node `i` (one of the two).
+    pub fn kind_of(&self, i: usize) -> NodeKind {
+        if i == self.knode {
+            NodeKind::Knode
+        } else {
+            NodeKind::Upstream
+        }
+    }
+
     /// Both, in the order of round `r` (alternating which goes first).
     pub fn order(&self, r: usize) -> [(NodeKind, usize); 2] {
         let k = (NodeKind::Knode, self.knode);

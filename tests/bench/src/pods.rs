@@ -11,13 +11,13 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use knode_harness::cluster::{KnodeCluster, NodeKind};
+use knode_harness::cluster::KnodeCluster;
 use knode_harness::procstat::{cpu_percent, cpu_percent_between, cpu_ticks, rss_kib};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::Ctx;
-use crate::report::{Row, percentile};
+use crate::report::{Both, Row, percentile};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -243,35 +243,6 @@ fn idle_cpu(cluster: &KnodeCluster, node: usize) -> f64 {
         .kubelet_pid()
         .map(|p| cpu_percent(p, Duration::from_secs(5)))
         .unwrap_or(0.0)
-}
-
-/// Per node kind: one value per kind.
-#[derive(Default)]
-struct Both {
-    knode: Vec<f64>,
-    upstream: Vec<f64>,
-}
-
-impl Both {
-    fn push(&mut self, kind: NodeKind, v: f64) {
-        match kind {
-            NodeKind::Knode => self.knode.push(v),
-            NodeKind::Upstream => self.upstream.push(v),
-        }
-    }
-    fn extend(&mut self, kind: NodeKind, v: &[f64]) {
-        for x in v {
-            self.push(kind, *x);
-        }
-    }
-    fn row(&mut self, name: String, unit: &'static str, p: f64) -> Row {
-        Row::new(
-            name,
-            unit,
-            percentile(&mut self.knode, p),
-            percentile(&mut self.upstream, p),
-        )
-    }
 }
 
 fn probed_pod(name: &str, node: &str, image: &str, tag: &str) -> Result<Pod> {

@@ -18,7 +18,7 @@ use knode_harness::netns::in_netns;
 use knode_harness::procstat::rss_kib;
 use kube::api::{Api, PostParams};
 
-use crate::report::{Row, percentile};
+use crate::report::{Both, Row};
 use crate::{Ctx, Pair};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -205,35 +205,25 @@ async fn backends(
     Ok(out)
 }
 
-fn row_of(name: String, unit: &'static str, pair: Pair, per_node: &mut [Vec<f64>]) -> Row {
-    Row::new(
-        name,
-        unit,
-        percentile(&mut per_node[pair.knode], 0.5),
-        percentile(&mut per_node[pair.upstream], 0.5),
-    )
-}
-
 pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
     let (cluster, client, pair, opts) = (ctx.cluster, ctx.client, ctx.pair, ctx.opts);
-    let nodes = cluster.nodes.len();
     let netns: Vec<String> = cluster.nodes.iter().map(|n| n.netns.name.clone()).collect();
     let both = [netns[pair.knode].clone(), netns[pair.upstream].clone()];
     eprintln!("knode-bench: a backend pod and Service per node");
     let backends = backends(cluster, client, pair).await?;
     // Rounds of 100 connects alternating between the nodes (after a warm-up), median of all.
     let latency = |label: String| -> Result<Row> {
-        let mut per = vec![Vec::new(); nodes];
+        let mut per = Both::default();
         for round in 0..6 {
             for k in 0..backends.len() {
                 let (i, addr) = backends[(k + round) % backends.len()];
                 let times = connect_times(&netns[i], addr, 100)?;
                 if round > 0 {
-                    per[i].extend(times);
+                    per.extend(pair.kind_of(i), &times);
                 }
             }
         }
-        Ok(row_of(label, "µs", pair, &mut per))
+        Ok(per.row(label, "µs", 0.5))
     };
     let few = latency("connect via a ClusterIP, few Services (p50)".into())?;
     let sizes: &[usize] = if opts.quick {
@@ -258,25 +248,20 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
         let (first, last) = (ips[0].clone(), ips[ips.len() - 1].clone());
         wait_programmed(&both, &[first.clone(), last.clone()], Instant::now()).await?;
         // Full sync: each daemon restarted into an empty table, alternating.
-        let mut full = vec![Vec::new(); nodes];
+        let mut full = Both::default();
         for r in 0..opts.rounds() {
-            for (_, i) in pair.order(r) {
+            for (kind, i) in pair.order(r) {
                 cluster.nodes[i].stop_proxy();
                 flush_tables(&netns[i]);
                 let start = Instant::now();
                 cluster.nodes[i].start_proxy()?;
                 let t = wait_programmed(&netns[i..=i], &[first.clone(), last.clone()], start).await?;
-                full[i].extend(t);
+                full.extend(kind, &t);
             }
         }
-        rows.push(row_of(
-            format!("kube-proxy full sync, {size} Services"),
-            "ms",
-            pair,
-            &mut full,
-        ));
+        rows.push(full.row(format!("kube-proxy full sync, {size} Services"), "ms", 0.5));
         // One change: a new Service, seen by both daemons at once.
-        let mut change = vec![Vec::new(); nodes];
+        let mut change = Both::default();
         for r in 0..opts.rounds().max(3) {
             // Quiet for longer than minSyncPeriod before each object, so neither daemon is
             // still rate-limited when the Service arrives.
@@ -285,14 +270,13 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
             let gap = Some(Duration::from_millis(2500));
             let (ip, start) = create_service(client, &name, 60_000 + size + r, gap).await?;
             let t = wait_programmed(&both, &[ip], start).await?;
-            change[pair.knode].push(t[0]);
-            change[pair.upstream].push(t[1]);
+            change.push(NodeKind::Knode, t[0]);
+            change.push(NodeKind::Upstream, t[1]);
         }
-        rows.push(row_of(
+        rows.push(change.row(
             format!("kube-proxy one Service added, {size} Services"),
             "ms",
-            pair,
-            &mut change,
+            0.5,
         ));
     }
     let top = made;
@@ -305,7 +289,7 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
     ));
     rows.push(few);
     rows.push(latency(format!("connect via a ClusterIP, {top} Services (p50)"))?);
-    let mut first = vec![Vec::new(); nodes];
+    let mut first = Both::default();
     for (kind, i) in pair.order(0) {
         let name = format!(
             "bench-first-{}",
@@ -315,13 +299,15 @@ pub async fn run(ctx: Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
                 "upstream"
             }
         );
-        first[i].push(first_connection(client, &netns[i], &name, &format!("backend-{i}")).await?);
+        first.push(
+            kind,
+            first_connection(client, &netns[i], &name, &format!("backend-{i}")).await?,
+        );
     }
-    rows.push(row_of(
+    rows.push(first.row(
         format!("new Service → first connection, {top} Services"),
         "ms",
-        pair,
-        &mut first,
+        0.5,
     ));
     Ok(())
 }

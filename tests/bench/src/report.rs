@@ -4,6 +4,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
+use knode_harness::cluster::NodeKind;
+
 /// One measurement of both implementations, taken in the same run.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -110,6 +112,35 @@ pub fn append_csv(
         )?;
     }
     Ok(())
+}
+
+/// Values measured on each kind of node, made into one row.
+#[derive(Default)]
+pub struct Both {
+    knode: Vec<f64>,
+    upstream: Vec<f64>,
+}
+
+impl Both {
+    pub fn push(&mut self, kind: NodeKind, v: f64) {
+        match kind {
+            NodeKind::Knode => self.knode.push(v),
+            NodeKind::Upstream => self.upstream.push(v),
+        }
+    }
+    pub fn extend(&mut self, kind: NodeKind, v: &[f64]) {
+        for x in v {
+            self.push(kind, *x);
+        }
+    }
+    pub fn row(&mut self, name: String, unit: &'static str, p: f64) -> Row {
+        Row::new(
+            name,
+            unit,
+            percentile(&mut self.knode, p),
+            percentile(&mut self.upstream, p),
+        )
+    }
 }
 
 /// The `p` quantile (0..=1) of `v` (sorted here), nearest rank.
