@@ -155,6 +155,22 @@ pub fn create(root: &Path, cfg: &SandboxConfig) -> Result<Sandbox, SandboxError>
     Ok(sandbox)
 }
 
+/// Whether every namespace pin in the sandbox directory `dir` still holds its namespace. After a
+/// reboot (or anyone unmounting them) the pin files remain as empty files: containers started
+/// with them would fail in runc, so such a sandbox is dead and must be replaced, as upstream
+/// replaces a sandbox whose pause container is gone.
+pub fn pins_alive(dir: &Path) -> bool {
+    ["net", "ipc", "uts"]
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .all(|p| {
+            nix::sys::statfs::statfs(&p)
+                .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+                .unwrap_or(false)
+        })
+}
+
 /// Runs on the dedicated thread: moves it into new namespaces and pins them.
 fn pin_namespaces(
     dir: &Path,
@@ -305,5 +321,14 @@ mod tests {
         assert_eq!(ns.pid, NamespaceSource::Host);
         let s = Sandbox { host_pid: false, ..s };
         assert_eq!(s.namespaces().pid, NamespaceSource::Own);
+    }
+
+    #[test]
+    fn pin_files_without_their_namespace_are_dead() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(pins_alive(d.path()), "no pins (host namespaces): nothing to lose");
+        // What a reboot leaves: the bind-mount targets, now plain empty files.
+        std::fs::write(d.path().join("ipc"), "").unwrap();
+        assert!(!pins_alive(d.path()));
     }
 }

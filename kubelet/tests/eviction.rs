@@ -6,6 +6,9 @@
 //! False after the pressure-transition period. Memory: with `kubeReserved` leaving the pods
 //! 600 MiB, the allocatable copy of `memory.available<400Mi` trips when a BestEffort pod holds
 //! 300 MiB — MemoryPressure, that pod evicted, the Guaranteed pod kept, BestEffort pods refused.
+//! Full disks: the pod log dir at 100 % (a 1 MiB tmpfs) and the root dir at 100 % (an emptyDir
+//! written until ENOSPC) crash nothing; logging resumes once there is room, the filler is evicted
+//! and the node takes pods again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -205,4 +208,92 @@ async fn memory_pressure_on_allocatable_evicts_the_best_effort_pod_first() {
     assert_eq!(guaranteed["status"]["phase"], "Running", "{guaranteed}");
     wait_node_condition(&node, "MemoryPressure", "False", "KubeletHasSufficientMemory");
     assert_eq!(node.pod("guaranteed")["status"]["phase"], "Running");
+}
+
+/// Mounts a tmpfs of `size` at `dir` (created first).
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> TmpfsRoot {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs at {}", dir.display());
+    TmpfsRoot(dir.to_path_buf())
+}
+
+/// Free bytes on the filesystem of `dir`.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(dir).unwrap();
+    s.blocks_available() * s.fragment_size()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_log_dir_and_full_root_fs_crash_nothing_and_recover() {
+    let mut node = Node::start("evict-full").await;
+    node.prepull().await;
+    let image = node.image().to_string();
+    node.kill_kubelet();
+    let logs = node.dir.path().join("logs");
+    let root = node.dir.path().join("root");
+    let _logs_fs = mount_tmpfs(&logs, "1m");
+    let _root_fs = mount_tmpfs(&root, "48m");
+    node.reconfigure(
+        "evictionHard:\n  nodefs.available: 4Mi\nevictionPressureTransitionPeriod: 10s\nnodeStatusUpdateFrequency: 1s\n",
+        &[],
+    );
+    let pid = node.kubelet_pid();
+
+    // The log dir fills up: ~1.5 MB of lines, then a numbered tick every 200 ms.
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: chatty}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, 'i=0; while [ $i -lt 30000 ]; do echo fill-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done']\n"
+    ));
+    node.wait_phase("chatty", "Running");
+    node.wait_for("the log dir full", 60, || (free_bytes(&logs) == 0).then_some(()));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let ticks = |node: &Node| {
+        node.logs("chatty", "main")
+            .lines()
+            .filter(|l| l.starts_with("tick-"))
+            .count()
+    };
+    let before = ticks(&node);
+    // Room again: new lines reach the log, and the container was never blocked by its logger.
+    let st = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    node.wait_for("logging resumed", 60, || {
+        (ticks(&node) > before + 3).then_some(())
+    });
+    assert_eq!(node.kubelet_pid(), pid);
+    assert!(
+        node.kubelet.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the kubelet died"
+    );
+    node.kubectl(&["delete", "pod", "chatty", "--wait=true", "--timeout=60s"]);
+
+    // The root dir fills up to ENOSPC.
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: filler}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, 'dd if=/dev/zero of=/data/f bs=1M count=100; sleep 3600']\n    volumeMounts:\n    - {{name: data, mountPath: /data}}\n  volumes:\n  - {{name: data, emptyDir: {{}}}}\n"
+    ));
+    let filler = node.wait_phase("filler", "Failed");
+    assert_eq!(filler["status"]["reason"], "Evicted", "{filler}");
+    assert!(
+        node.kubelet.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the kubelet died on a full root dir:\n{}",
+        node.log()
+    );
+    wait_node_condition(&node, "DiskPressure", "False", "KubeletHasNoDiskPressure");
+    node.apply(&common::pod_yaml(
+        "after",
+        &image,
+        "Always",
+        common::SLEEP_FOREVER,
+    ));
+    node.wait_phase("after", "Running");
+    assert_eq!(node.kubelet_pid(), pid);
+    node.kubectl(&["delete", "pod", "--all", "--wait=true", "--timeout=60s"]);
 }

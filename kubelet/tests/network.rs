@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Node;
+use common::leaks::{pod_veths, reserved_ips};
 use serde_json::Value;
 
 const TESTIMG: &str = concat!(
@@ -201,41 +202,6 @@ fn pod_netns(node: &Node, pod: &Value) -> PathBuf {
         .collect();
     dirs.sort();
     dirs.pop().unwrap().1.join("net")
-}
-
-/// IPs reserved in the IPAM store `dir`.
-fn reserved_ips(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Pod veths in the node netns (the harness's node0/node0p and the outside link excluded).
-fn pod_veths(node: &Node) -> Vec<String> {
-    ok(&[
-        "ip",
-        "-n",
-        &node_ns_name(node),
-        "-o",
-        "link",
-        "show",
-        "type",
-        "veth",
-    ])
-    .lines()
-    .filter_map(|l| {
-        l.split(": ")
-            .nth(1)
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-    })
-    .filter(|n| !matches!(n.as_str(), "node0" | "node0p" | "to-out"))
-    .collect()
 }
 
 /// Network namespace pins (bind mounts) of the node's sandboxes.

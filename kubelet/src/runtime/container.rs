@@ -168,7 +168,11 @@ impl LogFile {
         if self.size > 0 && self.size + record.len() as u64 > self.rotation.max_size {
             self.rotate()?;
         }
-        self.file.write_all(record)?;
+        if let Err(e) = self.file.write_all(record) {
+            // A record cut short (disk full) is dropped whole: the file stays whole CRI lines.
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
         self.size += record.len() as u64;
         Ok(())
     }
@@ -308,17 +312,20 @@ fn spawn_log_writer(
     std::thread::Builder::new()
         .name(format!("log-{stream}"))
         .spawn(move || {
-            if let Err(e) = copy_stream(&f, stream, &l) {
+            if let Err(e) = copy_stream(&f, stream, &l, &cid) {
                 tracing::warn!(container = %cid, stream, error = %e, "container log copy failed");
             }
         })
 }
 
-/// Copies one FIFO to the log file as CRI records until EOF.
-fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<LogFile>) -> io::Result<()> {
+/// Copies one FIFO to the log file as CRI records until EOF. A record that cannot be written (disk
+/// full) is dropped and the copy goes on, as containerd's CRI does: the container must never block
+/// on its stdout because the node's disk is full.
+fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<LogFile>, id: &str) -> io::Result<()> {
     let reader = fs::File::open(fifo)?; // blocks until the shim opens the write end
     let mut reader = BufReader::with_capacity(MAX_LOG_LINE, reader);
     let mut buf = Vec::new();
+    let mut dropped: u64 = 0;
     loop {
         buf.clear();
         let n = (&mut reader)
@@ -334,7 +341,20 @@ fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<LogFile>) -> io::R
         let msg = if newline { &buf[..buf.len() - 1] } else { &buf[..] };
         let record = cri_log_record(SystemTime::now(), stream, msg, complete);
         let mut f = log.lock().map_err(|_| io::Error::other("log lock poisoned"))?;
-        f.write_record(&record)?;
+        match f.write_record(&record) {
+            Ok(()) if dropped > 0 => {
+                tracing::info!(container = %id, stream, dropped, "container log writes resumed");
+                dropped = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if dropped == 0 {
+                    tracing::warn!(container = %id, stream, error = %e,
+                        "container log write failed: dropping output until writes succeed");
+                }
+                dropped += 1;
+            }
+        }
     }
 }
 
@@ -926,6 +946,27 @@ pub use crate::cgroups::fs::{oom_kill_count, oom_killed, remove_cgroup_dirs};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_that_cannot_be_written_is_still_drained() {
+        // /dev/full answers every write with ENOSPC, as a full log disk does.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let log = Mutex::new(LogFile::open(Path::new("/dev/full"), LogRotation::default()).unwrap());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut w = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                // Far more than a pipe holds: a copier that stopped reading would block this.
+                for i in 0..20_000 {
+                    writeln!(w, "line {i} of a container that logs a lot").unwrap();
+                }
+            })
+        };
+        copy_stream(&fifo, "stdout", &log, "c1").unwrap();
+        writer.join().unwrap();
+    }
 
     #[test]
     fn log_files_rotate_by_size_and_keep_max_files() {

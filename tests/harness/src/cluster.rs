@@ -194,6 +194,11 @@ impl ClusterNode {
         self.proxy.pid()
     }
 
+    /// The cgroup root the node's kubelet is given (`/knode-test/<unique>`).
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
     /// The node's containerd (CRI-enabled on an upstream node).
     pub fn containerd(&self) -> &PrivateContainerd {
         &self.containerd

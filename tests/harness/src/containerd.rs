@@ -84,6 +84,35 @@ impl PrivateContainerd {
         cleanup::stop_child(&mut self.child, Duration::from_secs(5));
     }
 
+    /// SIGKILLs containerd itself (a crash, or a machine going down when the shims are killed
+    /// too); [`Self::respawn`] brings it back.
+    pub fn kill_daemon(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What losing power does to containerd: the daemon, its shims and their containers are
+    /// SIGKILLed, and the state directory (on tmpfs `/run` on a real machine) with runc's state
+    /// is emptied; the root (metadata, content, snapshots) stays. [`Self::respawn`] boots it.
+    pub fn power_off(&mut self) {
+        self.kill_daemon();
+        let shims = format!("-address {}", self.socket.display());
+        cleanup::kill_tree_matching(&shims);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !cleanup::pids_with_cmdline(&shims).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let state = self.dir().join("state");
+        cleanup::unmount_under(&state);
+        let _ = std::fs::remove_dir_all(&state);
+        if let Ok(v) = self.namespaces.lock() {
+            for ns in v.iter() {
+                let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(ns));
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.dir().join("runc"));
+    }
+
     /// Starts containerd again after [`Self::stop_daemon`] and waits until it answers; it
     /// reconnects to the shims that kept running.
     pub async fn respawn(&mut self) -> Result<()> {

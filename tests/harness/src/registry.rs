@@ -145,6 +145,11 @@ impl PrivateRegistry {
         format!("{}:{}", self.addr, self.port)
     }
 
+    /// The registry's process id (fault tests stop it with SIGSTOP to hold a pull in flight).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.port

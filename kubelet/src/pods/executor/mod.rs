@@ -111,6 +111,10 @@ pub struct Facts {
     pub termination_policy: String,
     pub log_path: Option<PathBuf>,
     pub exit_code: Option<u32>,
+    /// The task vanished before its exit was seen (containerd lost its state): exit code and end
+    /// time are unknown.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 impl NodeContext {

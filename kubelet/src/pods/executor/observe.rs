@@ -84,9 +84,21 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
             pod_uid: uid.clone(),
             ..Default::default()
         });
-        if let TaskState::Exited { code } = l.state
+        // A container that ran but whose task is gone (containerd lost its state: the node
+        // rebooted) ended at an unknown time with an unknown code; containerd's CRI reports such a
+        // container exited with 255, reason "Unknown", and so does knode.
+        let lost = l.state == TaskState::NoTask && f.started_at.is_some();
+        let task = if lost {
+            TaskState::Exited {
+                code: f.exit_code.unwrap_or(255),
+            }
+        } else {
+            l.state
+        };
+        if let TaskState::Exited { code } = task
             && f.finished_at.is_none()
         {
+            f.lost = lost;
             f.finished_at = Some(now);
             f.exit_code = Some(code);
             f.oom = f.oom || crate::cgroups::fs::oom_killed(&f.cgroups_path);
@@ -104,7 +116,12 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
         } else {
             ctx.probes.remove_container(&l.id);
         }
-        let state = AttemptState::from_task(l.state, f.started_at, f.finished_at, f.oom, &f.message, now);
+        let mut state = AttemptState::from_task(task, f.started_at, f.finished_at, f.oom, &f.message, now);
+        if f.lost
+            && let AttemptState::Exited { reason, .. } = &mut state
+        {
+            *reason = "Unknown".into();
+        }
         let mut attempt = ContainerAttempt::from_listed(l, state, f.created_at.unwrap_or(now), &f.image_id);
         if running {
             let r = ctx.probes.results(&l.id);
@@ -120,8 +137,10 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
         .map(|(attempt, id)| {
             let dir = ctx.sandbox_root().join(&id);
             // The `ip` record is written once networking is set up (empty without CNI): a sandbox
-            // whose ADD never finished (kubelet killed mid-ADD) is not ready and gets replaced.
-            let ready = host_network || (dir.join("net").exists() && dir.join("ip").exists());
+            // whose ADD never finished (kubelet killed mid-ADD) is not ready and gets replaced, as
+            // is one whose pinned namespaces are gone (the node rebooted).
+            let ready = crate::sandbox::pins_alive(&dir)
+                && (host_network || (dir.join("net").exists() && dir.join("ip").exists()));
             SandboxState { id, attempt, ready }
         });
     let pod_ips = sandbox

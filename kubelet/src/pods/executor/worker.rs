@@ -328,6 +328,13 @@ impl Inbox {
             };
             match msg {
                 Some(WorkerMsg::Poke) if started.elapsed() < backoff => continue,
+                // The API echoing the worker's own status patch is no reason to retry a failed
+                // sync early (that made a hot loop of CreateContainerError); a change of what the
+                // pod wants is.
+                Some(WorkerMsg::Update(p)) if started.elapsed() < backoff && !wants_changed(&w.pod, &p) => {
+                    w.update(*p);
+                    continue;
+                }
                 Some(WorkerMsg::Poke) => break,
                 // The pod left its source: nothing more to wait for but the plan's wake-ups.
                 Some(WorkerMsg::Removed) | None => {
@@ -351,6 +358,17 @@ impl Inbox {
     }
 }
 
+/// Whether `new` asks for something `old` did not: its spec, labels, annotations or deletion
+/// (upstream's pod config likewise ignores status-only updates).
+fn wants_changed(old: &Pod, new: &Pod) -> bool {
+    let (a, b) = (&old.metadata, &new.metadata);
+    old.spec != new.spec
+        || a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.deletion_timestamp != b.deletion_timestamp
+        || a.deletion_grace_period_seconds != b.deletion_grace_period_seconds
+}
+
 /// Applies one message to the worker.
 fn receive(w: &mut Worker, msg: WorkerMsg) {
     match msg {
@@ -359,5 +377,30 @@ fn receive(w: &mut Worker, msg: WorkerMsg) {
         WorkerMsg::Removed => w.stop(StopRequest::Orphaned),
         WorkerMsg::Shutdown { grace_seconds } => w.stop(StopRequest::NodeShutdown { grace_seconds }),
         WorkerMsg::Evict(e) => w.stop(StopRequest::Evicted(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_pod_wants_counts_as_a_change() {
+        let old: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "resourceVersion": "1", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Pending"}
+        }))
+        .unwrap();
+        let mut echo = old.clone();
+        echo.metadata.resource_version = Some("2".into());
+        echo.status = None;
+        assert!(!wants_changed(&old, &echo), "a status-only update");
+        let mut relabelled = echo.clone();
+        relabelled.metadata.labels = None;
+        assert!(wants_changed(&old, &relabelled));
+        let mut deleted = echo.clone();
+        deleted.metadata.deletion_grace_period_seconds = Some(30);
+        assert!(wants_changed(&old, &deleted));
     }
 }
