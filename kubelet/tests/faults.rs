@@ -429,6 +429,7 @@ async fn node_reboot_recreates_pods_in_new_sandboxes_and_leaks_nothing() {
         .collect();
 
     reboot(&mut node).await;
+    let booted = Instant::now();
 
     for (n, old) in &before {
         let p = node.wait_for(&format!("{n} running again after the reboot"), 120, || {
@@ -452,6 +453,10 @@ async fn node_reboot_recreates_pods_in_new_sandboxes_and_leaks_nothing() {
             p["status"]
         );
     }
+    eprintln!(
+        "pods Running and Ready {:?} after the kubelet restarted",
+        booted.elapsed()
+    );
     // The secret is back on a new tmpfs; the emptyDir (on disk) kept the first start's line.
     let (ok, out) = node.exec("vols", "main", &["cat", "/sec/k", "/data/mark"]);
     assert!(ok && out == "vstart\nstart\n", "after the reboot: {out:?}");

@@ -184,11 +184,11 @@ fn nft_elements(node: &ClusterNode) -> u64 {
 /// conntrack entries in the node's namespace: (all, UDP ones towards any of `ips`).
 fn conntrack(node: &ClusterNode, ips: &[String]) -> (u64, u64) {
     let out = in_node(node, &["conntrack", "-L"]);
-    let udp_to = out
+    let udp_to: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("udp") && ips.iter().any(|ip| l.contains(&format!("dst={ip} "))))
-        .count();
-    (out.lines().count() as u64, udp_to as u64)
+        .collect();
+    (out.lines().count() as u64, udp_to.len() as u64)
 }
 
 /// Everything counted, by name.
@@ -273,11 +273,20 @@ async fn waves_of_pods_leave_nothing_behind() {
     .unwrap();
     c.kubectl(&["create", "configmap", "soak", "--from-literal=k=v"]);
     c.kubectl(&["create", "secret", "generic", "soak", "--from-literal=k=v"]);
-    // Daemons settle (idle blocking threads retire after 10 s) before each count.
-    let settle = || std::thread::sleep(Duration::from_secs(15));
+    // Daemons settle (idle blocking threads retire after 10 s) before each count, and the UDP
+    // flows towards deleted Services age out of conntrack (30 s for a flow that was never
+    // "assured"; upstream's kube-proxy, like knode's, deletes only entries of Services that still
+    // exist): an entry that never goes away would be a leak.
+    let settle = |ips: &[String]| {
+        std::thread::sleep(Duration::from_secs(15));
+        c.wait_for("UDP conntrack entries towards deleted Services gone", T, || {
+            conntrack(&c.nodes[0], ips).1 == 0
+        })
+        .unwrap();
+    };
 
     let mut ips = vec![wave(&c, 0)];
-    settle();
+    settle(&ips);
     let warm = counts(&c, &ips);
     let start = Instant::now();
     let mut waves = 1;
@@ -285,7 +294,7 @@ async fn waves_of_pods_leave_nothing_behind() {
         ips.push(wave(&c, waves));
         waves += 1;
     }
-    settle();
+    settle(&ips);
     let after = counts(&c, &ips);
 
     eprintln!(
@@ -309,7 +318,6 @@ async fn waves_of_pods_leave_nothing_behind() {
         "left over after the soak: {leaks:?}\n{}",
         c.log_tails(30)
     );
-    assert_eq!(after["conntrack UDP to wave Services"], 0);
     for k in ["kubelet RSS KiB", "kube-proxy RSS KiB"] {
         assert!(
             after[k] * 10 <= warm[k] * 11,
