@@ -204,6 +204,9 @@ fn mac_of(msg: &LinkMessage) -> String {
 /// Opens a network namespace file (e.g. `/var/run/netns/x`); `Ok(None)` when it no longer exists.
 pub fn open_netns(path: &str) -> Result<Option<OwnedFd>, CniError> {
     match std::fs::File::open(path) {
+        // A pin file whose namespace is gone (the node rebooted, the pin was unmounted) is no
+        // namespace: DEL then still removes the host side and releases the address.
+        Ok(f) if !is_nsfs(&f) => Ok(None),
         Ok(f) => Ok(Some(OwnedFd::from(f))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CniError::new(
@@ -212,6 +215,10 @@ pub fn open_netns(path: &str) -> Result<Option<OwnedFd>, CniError> {
             e.to_string(),
         )),
     }
+}
+
+fn is_nsfs(f: &std::fs::File) -> bool {
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// The container's netns, which must exist (code 3, unknown container, when it does not).
@@ -514,6 +521,14 @@ impl NetOps {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_pin_file_without_its_namespace_is_no_netns() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(open_netns(f.path().to_str().unwrap()).unwrap().is_none());
+        assert!(open_netns("/nonexistent/netns").unwrap().is_none());
+        assert!(open_netns("/proc/self/ns/net").unwrap().is_some());
+    }
 
     fn net(v: serde_json::Value) -> NetConf {
         serde_json::from_value(v).unwrap()

@@ -202,7 +202,9 @@ async fn containerd_restart_during_pod_churn_loses_no_exit_and_duplicates_nothin
 
     for i in 0..4 {
         let p = node.wait_phase(&format!("new-{i}"), "Running");
-        assert_eq!(restart_count(&p), 0, "{}", p["status"]);
+        // A start cut off by the crash leaves a created, never-started container: upstream's
+        // kubelet starts a new one counting the first (restartCount 1), and so does knode.
+        assert!(restart_count(&p) <= 1, "{}", p["status"]);
     }
     node.wait_for("steady-0 deleted", 90, || {
         (!pod_names(&node).contains(&"steady-0".to_string())).then_some(())
@@ -449,8 +451,9 @@ async fn node_reboot_recreates_pods_in_new_sandboxes_and_leaks_nothing() {
         assert_eq!(
             (last["exitCode"].as_i64(), last["reason"].as_str()),
             (Some(255), Some("Unknown")),
-            "{n}: {}",
-            p["status"]
+            "{n}: {}\nkubelet log:\n{}",
+            p["status"],
+            node.log()
         );
     }
     eprintln!(

@@ -307,10 +307,14 @@ async fn waves_of_pods_leave_nothing_behind() {
     for (k, w) in &warm {
         eprintln!("{k:<34} {w:>12} {:>12}", after[k]);
     }
+    // Traces must be back to their warm-up count exactly. A daemon's descriptors and threads
+    // may differ by a pooled connection or an idle worker between two counts; a leak grows
+    // with the number of waves, so two is the slack.
+    let slack = |k: &str| u64::from(k.ends_with(" fds") || k.ends_with(" threads")) * 2;
     let leaks: Vec<String> = warm
         .iter()
         .filter(|(k, _)| !k.contains("RSS") && **k != "conntrack entries (all)")
-        .filter(|(k, w)| after[*k] > **w)
+        .filter(|(k, w)| after[*k] > **w + slack(k))
         .map(|(k, w)| format!("{k}: {w} -> {}", after[*k]))
         .collect();
     assert!(

@@ -339,7 +339,7 @@ impl GarbageCollector {
                 },
                 ..Default::default()
             };
-            crate::pods::executor::remove_pod(&self.ctx, &pod).await;
+            let _ = crate::pods::executor::remove_pod(&self.ctx, &pod).await;
         }
         Ok(())
     }

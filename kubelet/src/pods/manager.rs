@@ -329,6 +329,7 @@ async fn cleanup_orphans(ctx: &Arc<NodeContext>, workers: &HashMap<String, Worke
             },
             ..Default::default()
         };
-        executor::remove_pod(ctx, &pod).await;
+        // A failure is retried at the next sweep.
+        let _ = executor::remove_pod(ctx, &pod).await;
     }
 }

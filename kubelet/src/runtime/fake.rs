@@ -64,6 +64,8 @@ pub struct FakeState {
     pub start_failures: BTreeMap<String, String>,
     /// The exit code a stopped container gets.
     pub stop_exit_code: u32,
+    /// Listing fails (containerd restarting).
+    pub list_unavailable: bool,
 }
 
 /// The fake runtime.
@@ -157,6 +159,11 @@ impl PodRuntime for FakeRuntime {
     }
 
     fn list_pod<'a>(&'a self, pod_uid: &'a str) -> Fut<'a, Vec<ListedContainer>> {
+        if self.state().list_unavailable {
+            return ready(Err(super::RuntimeError::grpc("Containers.List")(
+                tonic::Status::unavailable("connection refused"),
+            )));
+        }
         let mine = self
             .state()
             .containers

@@ -83,6 +83,9 @@ pub struct NodeContext {
     pub security: crate::spec::security::NodeSecurity,
     /// Cluster DNS and the host's resolv.conf, for pods' resolv.conf and hostnames.
     pub dns: crate::pods::dns::DnsSettings,
+    /// Whether a sandbox directory's namespace pins still hold their namespaces
+    /// ([`crate::sandbox::pins_alive`]; unit tests with fake sandboxes replace it).
+    pub sandbox_alive: fn(&std::path::Path) -> bool,
     /// Log pumps of containers this process created (kept until the container is removed).
     pub(crate) handles: Mutex<HashMap<String, CreatedContainer>>,
     facts: Mutex<HashMap<String, Facts>>,
@@ -151,6 +154,7 @@ impl NodeContext {
             volumes: Default::default(),
             security: Default::default(),
             dns: Default::default(),
+            sandbox_alive: crate::sandbox::pins_alive,
             handles: Mutex::new(HashMap::new()),
             facts: Mutex::new(HashMap::new()),
         }

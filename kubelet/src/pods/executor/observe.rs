@@ -72,22 +72,43 @@ pub(super) fn pod_ip_for(ctx: &NodeContext, pod: &Pod, uid: &str) -> String {
     ctx.node_ip.clone()
 }
 
-/// Builds the runtime picture of one pod.
-pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<String, StartError>) -> Observed {
+/// Builds the runtime picture of one pod. Fails when containerd cannot list the pod's containers
+/// (it is restarting): an empty list then would read as "every container vanished".
+pub async fn observe(
+    ctx: &NodeContext,
+    pod: &Pod,
+    start_errors: &BTreeMap<String, StartError>,
+) -> Result<Observed, crate::runtime::RuntimeError> {
     let _relist = crate::metrics::RelistTimer::start();
     let uid = uid_of(pod);
     let now = Timestamp::now();
-    let listed = ctx.runtime.list_pod(&uid).await.unwrap_or_default();
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    let sandbox_and_pins = sandboxes_of(&ctx.sandbox_root(), &uid)
+        .pop()
+        .map(|(attempt, id)| {
+            let dir = ctx.sandbox_root().join(&id);
+            // The `ip` record is written once networking is set up (empty without CNI): a sandbox
+            // whose ADD never finished (kubelet killed mid-ADD) is not ready and gets replaced, as
+            // is one whose pinned namespaces are gone (the node rebooted).
+            let pins = (ctx.sandbox_alive)(&dir);
+            let ready = pins && (host_network || (dir.join("net").exists() && dir.join("ip").exists()));
+            (SandboxState { id, attempt, ready }, pins)
+        });
+    // Namespace pins gone with a sandbox still recorded: the node rebooted under the pod.
+    let rebooted = sandbox_and_pins.as_ref().is_some_and(|(_, pins)| !pins);
+    let sandbox = sandbox_and_pins.map(|(s, _)| s);
+    let listed = ctx.runtime.list_pod(&uid).await?;
     let mut containers = Vec::new();
     for l in listed.iter().filter(|l| l.meta.pod_uid == uid) {
         let mut f = ctx.facts(&l.id).unwrap_or_else(|| Facts {
             pod_uid: uid.clone(),
             ..Default::default()
         });
-        // A container that ran but whose task is gone (containerd lost its state: the node
+        // A container that ran but whose task is gone with the node's namespaces (the node
         // rebooted) ended at an unknown time with an unknown code; containerd's CRI reports such a
-        // container exited with 255, reason "Unknown", and so does knode.
-        let lost = l.state == TaskState::NoTask && f.started_at.is_some();
+        // container exited with 255, reason "Unknown", and so does knode. (A missing task alone
+        // is no proof: a restarting containerd answers NotFound until its shims are back.)
+        let lost = l.state == TaskState::NoTask && (f.lost || (rebooted && f.started_at.is_some()));
         let task = if lost {
             TaskState::Exited {
                 code: f.exit_code.unwrap_or(255),
@@ -131,18 +152,6 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
         }
         containers.push(attempt);
     }
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-    let sandbox = sandboxes_of(&ctx.sandbox_root(), &uid)
-        .pop()
-        .map(|(attempt, id)| {
-            let dir = ctx.sandbox_root().join(&id);
-            // The `ip` record is written once networking is set up (empty without CNI): a sandbox
-            // whose ADD never finished (kubelet killed mid-ADD) is not ready and gets replaced, as
-            // is one whose pinned namespaces are gone (the node rebooted).
-            let ready = crate::sandbox::pins_alive(&dir)
-                && (host_network || (dir.join("net").exists() && dir.join("ip").exists()));
-            SandboxState { id, attempt, ready }
-        });
     let pod_ips = sandbox
         .as_ref()
         .and_then(|s| std::fs::read_to_string(ctx.sandbox_root().join(&s.id).join("ip")).ok())
@@ -163,11 +172,11 @@ pub async fn observe(ctx: &NodeContext, pod: &Pod, start_errors: &BTreeMap<Strin
             images_present.insert(image);
         }
     }
-    Observed {
+    Ok(Observed {
         sandbox,
         containers,
         start_errors: start_errors.clone(),
         images_present,
         pod_ips,
-    }
+    })
 }

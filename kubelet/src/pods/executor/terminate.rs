@@ -72,7 +72,9 @@ pub(super) async fn kill_container(
     }
 }
 
-pub(super) async fn remove_container(ctx: &NodeContext, id: &str) {
+/// Deletes one container with its FIFOs and cgroups; whether it is gone (on failure its facts
+/// stay, for the next attempt).
+pub(super) async fn remove_container(ctx: &NodeContext, id: &str) -> bool {
     ctx.probes.remove_container(id);
     let handle = lock(&ctx.handles).remove(id);
     let r = match handle {
@@ -98,8 +100,10 @@ pub(super) async fn remove_container(ctx: &NodeContext, id: &str) {
     };
     if let Err(e) = r {
         tracing::warn!(container = id, error = %e, "removing container failed");
+        return false;
     }
     ctx.forget_facts(id);
+    true
 }
 
 /// Stops every running container of the pod concurrently, each with `grace_seconds`, then tears the
@@ -125,9 +129,19 @@ pub(super) async fn kill_pod(ctx: &NodeContext, pod: &Pod, observed: &Observed, 
 }
 
 /// Removes everything of a pod from the node: containers, sandboxes, volumes, logs.
-pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) {
+/// Whether everything is gone: when containerd could not list or delete the containers (it is
+/// restarting) the pod must not be deleted from the API yet, or its containers would be left to
+/// the orphan sweep; the caller retries.
+pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) -> bool {
     let uid = uid_of(pod);
-    let mine: Vec<_> = ctx.runtime.list_pod(&uid).await.unwrap_or_default();
+    let mine = match ctx.runtime.list_pod(&uid).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(pod = %pod_ref(pod), error = %e, "listing the pod's containers for removal failed");
+            return false;
+        }
+    };
+    let mut all_removed = true;
     for l in mine {
         if matches!(l.state, TaskState::Running { .. }) {
             let _ = ctx
@@ -135,7 +149,10 @@ pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) {
                 .stop(&l.id, libc::SIGKILL as u32, Duration::from_secs(1))
                 .await;
         }
-        remove_container(ctx, &l.id).await;
+        all_removed &= remove_container(ctx, &l.id).await;
+    }
+    if !all_removed {
+        return false;
     }
     for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid) {
         teardown_sandbox(ctx, pod, &id).await;
@@ -146,4 +163,5 @@ pub async fn remove_pod(ctx: &NodeContext, pod: &Pod) {
         tracing::warn!(pod = %pod_ref(pod), error = %e, "removing the pod's cgroups failed");
     }
     lock(&ctx.book).forget_pod(&uid);
+    true
 }

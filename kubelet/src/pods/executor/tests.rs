@@ -125,6 +125,11 @@ fn node() -> Node {
         4 << 30,
         probes,
     );
+    // The fake sandboxes are plain files: alive while they exist.
+    let ctx = NodeContext {
+        sandbox_alive: |dir| dir.exists(),
+        ..ctx
+    };
     Node {
         ctx: Arc::new(ctx),
         runtime,
@@ -151,8 +156,8 @@ fn web_pod(restart_policy: &str) -> Pod {
 
 /// One worker turn: sync, observe again, report; returns the observed picture.
 async fn turn(w: &mut Worker) -> Observed {
-    let (_plan, _turn) = w.sync().await;
-    let observed = super::observe(&w.ctx, &w.pod, &w.start_errors).await;
+    let (_plan, _turn) = w.sync().await.expect("the fake runtime lists");
+    let observed = super::observe(&w.ctx, &w.pod, &w.start_errors).await.unwrap();
     w.report(&observed).await;
     observed
 }
@@ -422,4 +427,19 @@ async fn eviction_reports_evicted_and_shutdown_ends_the_worker() {
     );
     w.stop(crate::pods::stop::StopRequest::NodeShutdown { grace_seconds: 1 });
     assert_eq!(turn_end(w.state, &w.stops, &w.pod), TurnEnd::EndForShutdown);
+}
+
+#[tokio::test]
+async fn an_unlistable_runtime_plans_and_reports_nothing() {
+    let n = node();
+    ready_sandbox(n.ctx.root_dir.as_path(), "uid-1");
+    let mut w = Worker::new(n.ctx.clone(), web_pod("Always"), WorkerState::Syncing);
+    turn(&mut w).await;
+    let calls = n.runtime.calls().len();
+    let patches = n.api.requests().len();
+    // containerd goes away: an empty list must not read as "the container vanished".
+    n.runtime.state().list_unavailable = true;
+    assert!(w.sync().await.is_none());
+    assert_eq!(n.runtime.calls().len(), calls, "nothing started or stopped");
+    assert_eq!(n.api.requests().len(), patches, "no status written");
 }

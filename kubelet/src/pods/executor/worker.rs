@@ -32,11 +32,13 @@ pub(super) struct Turn {
     pub failed_containers: BTreeSet<String>,
     /// The sandbox could not be made: the rest of the plan is skipped.
     pub sandbox_failed: bool,
+    /// `RemovePod` left something behind (containerd unreachable): the worker must not finish.
+    pub removal_failed: bool,
 }
 
 impl Turn {
     fn failed(&self) -> bool {
-        self.sandbox_failed || !self.failed_containers.is_empty()
+        self.sandbox_failed || self.removal_failed || !self.failed_containers.is_empty()
     }
 }
 
@@ -58,12 +60,26 @@ pub async fn run(ctx: Arc<NodeContext>, pod: Pod, state: WorkerState, rx: mpsc::
     let mut inbox = Inbox { rx: Some(rx) };
     tracing::info!(pod = %pod_ref(&w.pod), uid = w.uid, "pod worker started");
     loop {
-        let (plan, turn) = w.sync().await;
+        // Without a picture of the pod (containerd not answering) nothing is planned or reported:
+        // the status keeps what was last known, and the turn is retried after the backoff.
+        let Some((plan, turn)) = w.sync().await else {
+            inbox.wait(&mut w, FAILED_SYNC_BACKOFF, FAILED_SYNC_BACKOFF).await;
+            w.stops.mark(&mut w.pod, Timestamp::now());
+            continue;
+        };
         let failed = turn.failed();
         let observed = if plan.actions.is_empty() {
             turn.observed
         } else {
-            observe(&w.ctx, &w.pod, &w.start_errors).await
+            match observe(&w.ctx, &w.pod, &w.start_errors).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(pod = %pod_ref(&w.pod), error = %e, "listing the pod's containers failed");
+                    inbox.wait(&mut w, FAILED_SYNC_BACKOFF, FAILED_SYNC_BACKOFF).await;
+                    w.stops.mark(&mut w.pod, Timestamp::now());
+                    continue;
+                }
+            }
         };
         w.report(&observed).await;
         match turn_end(w.state, &w.stops, &w.pod) {
@@ -123,10 +139,17 @@ impl Worker {
         }
     }
 
-    /// Observes, steps the state machine and runs the plan's actions in order.
-    pub async fn sync(&mut self) -> (Plan, Turn) {
+    /// Observes, steps the state machine and runs the plan's actions in order; `None` when the
+    /// pod's containers cannot be listed (nothing is planned then).
+    pub async fn sync(&mut self) -> Option<(Plan, Turn)> {
         let now = Timestamp::now();
-        let observed = observe(&self.ctx, &self.pod, &self.start_errors).await;
+        let observed = match observe(&self.ctx, &self.pod, &self.start_errors).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(pod = %pod_ref(&self.pod), error = %e, "listing the pod's containers failed");
+                return None;
+            }
+        };
         let (plan, next) = {
             let book = lock(&self.ctx.book);
             pods::step(
@@ -139,6 +162,7 @@ impl Worker {
                 },
             )
         };
+        let before = self.state;
         self.state = next;
         lock(&self.ctx.book).apply(&plan.backoff, now);
         self.hold(&plan.start_errors);
@@ -146,6 +170,7 @@ impl Worker {
             observed,
             failed_containers: BTreeSet::new(),
             sandbox_failed: false,
+            removal_failed: false,
         };
         for action in &plan.actions {
             if turn.sandbox_failed {
@@ -153,7 +178,12 @@ impl Worker {
             }
             self.execute(action, &mut turn).await;
         }
-        (plan, turn)
+        if turn.removal_failed {
+            // Not finished after all: the next turn (after the failed-sync backoff) plans the
+            // removal again.
+            self.state = before;
+        }
+        Some((plan, turn))
     }
 
     /// Records the containers the plan holds back; a new CrashLoopBackOff gets a `BackOff` event.
@@ -210,9 +240,11 @@ impl Worker {
                 grace_seconds,
                 message,
             } => kill_container(ctx, pod, id, container, *grace_seconds, message).await,
-            Action::RemoveContainer { id, .. } => remove_container(ctx, id).await,
+            Action::RemoveContainer { id, .. } => {
+                remove_container(ctx, id).await;
+            }
             Action::KillPod { grace_seconds, .. } => kill_pod(ctx, pod, &turn.observed, *grace_seconds).await,
-            Action::RemovePod => remove_pod(ctx, pod).await,
+            Action::RemovePod => turn.removal_failed = !remove_pod(ctx, pod).await,
         }
     }
 
@@ -233,7 +265,11 @@ impl Worker {
             Ok(()) => {
                 crate::metrics::registry().pod_started();
                 // Containers started next join the new sandbox and see its IP.
-                turn.observed = observe(ctx, pod, &self.start_errors).await;
+                match observe(ctx, pod, &self.start_errors).await {
+                    Ok(o) => turn.observed = o,
+                    // The containers wait for the next turn.
+                    Err(_) => turn.sandbox_failed = true,
+                }
             }
         }
     }
