@@ -11,13 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let decoded = knode_k8s_protobuf::decode(data);
     if let Ok(v) = &decoded {
         // Only a well-formed envelope of a supported kind decodes, and it says what it is.
-        let env = envelope.as_ref().expect("decode succeeded without an envelope");
+        assert!(envelope.is_ok(), "decoded without a valid envelope");
         let api_version = v["apiVersion"]
             .as_str()
             .expect("decoded object has an apiVersion");
         let kind = v["kind"].as_str().expect("decoded object has a kind");
         assert!(knode_k8s_protobuf::is_supported(api_version, kind));
-        let _ = env;
         // The JSON it yields is what the server then parses as a request body.
         let text = serde_json::to_vec(v).expect("encodes");
         let back: serde_json::Value = serde_json::from_slice(&text).expect("decodes");
