@@ -40,17 +40,24 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The same records split into rotated files: reading the files (backwards for a tail) gives
-    // what rendering all of the content does.
-    let files: Vec<PathBuf> = content
-        .split(|c| *c == 0)
+    // what rendering all of the content does. Rotation happens between records, so every file
+    // but the newest ends with a newline.
+    let parts: Vec<&[u8]> = content.split(|c| *c == 0).collect();
+    let mut joined: Vec<u8> = Vec::new();
+    let files: Vec<PathBuf> = parts
+        .iter()
         .enumerate()
         .map(|(i, part)| {
+            let mut part = part.to_vec();
+            if i + 1 < parts.len() && !part.is_empty() && !part.ends_with(b"\n") {
+                part.push(b'\n');
+            }
+            joined.extend_from_slice(&part);
             let p = dir().join(format!("{i}.log"));
-            std::fs::write(&p, part).expect("writing a log file");
+            std::fs::write(&p, &part).expect("writing a log file");
             p
         })
         .collect();
-    let joined: Vec<u8> = content.iter().copied().filter(|c| *c != 0).collect();
     assert_eq!(
         render_files(&files, &opts),
         render_logs(&joined, &opts),
