@@ -39,6 +39,9 @@ scripts/build-upstream.sh >/dev/null
 step "tests (unit + e2e)"
 cargo test --workspace --no-fail-fast
 
+step "fuzzing, quick (each target a few seconds from the committed seeds)"
+scripts/fuzz.sh --quick
+
 step "side-by-side benchmark, quick (prints knode / upstream ratios; asserts only that every row ran)"
 # Debug builds of knode's daemons here (no release build in CI): the table's numbers are for
 # checking the command still works; `scripts/bench.sh` (release) gives the ones to quote.

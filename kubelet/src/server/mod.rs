@@ -361,11 +361,78 @@ async fn handle(
     route(st, req).await
 }
 
+/// What an authorized request asks for, from its method and path alone (pure, so the routing
+/// can be tested and fuzzed without a connection). `/metrics*` and `/stats/*` are answered by
+/// [`crate::metrics::respond`] before this is consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /containerLogs/{ns}/{pod}/{container}`.
+    ContainerLogs {
+        namespace: String,
+        pod: String,
+        container: String,
+    },
+    /// `GET /logs/...`: the rest of the path (still percent-encoded, see [`node_logs`]).
+    NodeLogs { rest: String },
+    /// `GET /pods`.
+    Pods,
+    /// `GET /configz`.
+    Configz,
+    /// `GET /runningpods`.
+    RunningPods,
+    /// `/exec/{ns}/{pod}/{container}`, `/exec/{ns}/{pod}/{uid}/{container}` (and `/attach/...`).
+    RemoteCommand {
+        namespace: String,
+        pod: String,
+        container: String,
+        attach: bool,
+    },
+    /// `/portForward/{ns}/{pod}[/{uid}]`.
+    PortForward { namespace: String, pod: String },
+    /// Anything else: 404.
+    NotFound,
+}
+
+impl Route {
+    /// Routes by the path's segments; new endpoints add a match arm here and one in [`route`].
+    pub fn parse(method: &Method, path: &str) -> Route {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let get = method == Method::GET;
+        let s = |v: &&str| v.to_string();
+        match segs.as_slice() {
+            ["containerLogs", ns, pod, container] if get => Route::ContainerLogs {
+                namespace: s(ns),
+                pod: s(pod),
+                container: s(container),
+            },
+            ["logs", ..] if get => Route::NodeLogs {
+                rest: path
+                    .strip_prefix("/logs")
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+                    .to_string(),
+            },
+            ["pods"] if get => Route::Pods,
+            ["configz"] if get => Route::Configz,
+            ["runningpods"] if get => Route::RunningPods,
+            [kind @ ("exec" | "attach"), ns, pod, .., container] if segs.len() <= 5 => Route::RemoteCommand {
+                namespace: s(ns),
+                pod: s(pod),
+                container: s(container),
+                attach: *kind == "attach",
+            },
+            ["portForward", ns, pod, ..] if segs.len() <= 4 => Route::PortForward {
+                namespace: s(ns),
+                pod: s(pod),
+            },
+            _ => Route::NotFound,
+        }
+    }
+}
+
 /// Dispatches an authorized request by its path.
 async fn route(st: &State, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let segs: Vec<String> = path.trim_matches('/').split('/').map(String::from).collect();
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     // /stats/summary, /metrics, /metrics/resource (crate::metrics; authorized as nodes/stats|metrics).
     if req.method() == Method::GET
         && let Some((code, ctype, body)) = crate::metrics::respond(&path).await
@@ -378,19 +445,18 @@ async fn route(st: &State, req: Request<hyper::body::Incoming>) -> Response<Body
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
         return r;
     }
-    match segs.as_slice() {
-        ["containerLogs", ns, pod, container] if req.method() == Method::GET => {
-            container_logs(st, &req, ns, pod, container)
-        }
-        ["logs", ..] if req.method() == Method::GET => {
-            let rest = path.strip_prefix("/logs").unwrap_or("").trim_start_matches('/');
-            match &st.cfg.node_log_dir {
-                Some(dir) => node_logs::serve(dir, rest, &path).await,
-                None => text(StatusCode::NOT_FOUND, "404 page not found"),
-            }
-        }
-        ["pods"] if req.method() == Method::GET => pods(st).await,
-        ["configz"] if req.method() == Method::GET => {
+    match Route::parse(req.method(), &path) {
+        Route::ContainerLogs {
+            namespace,
+            pod,
+            container,
+        } => container_logs(st, &req, &namespace, &pod, &container),
+        Route::NodeLogs { rest } => match &st.cfg.node_log_dir {
+            Some(dir) => node_logs::serve(dir, &rest, &path).await,
+            None => text(StatusCode::NOT_FOUND, "404 page not found"),
+        },
+        Route::Pods => pods(st).await,
+        Route::Configz => {
             let mut r = text(StatusCode::OK, st.cfg.configz.to_string());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -398,18 +464,15 @@ async fn route(st: &State, req: Request<hyper::body::Incoming>) -> Response<Body
             );
             r
         }
-        ["runningpods"] if req.method() == Method::GET => running_pods(st).await,
-        // `/exec/{ns}/{pod}/{container}` or `/exec/{ns}/{pod}/{uid}/{container}`.
-        [kind @ ("exec" | "attach"), ns, pod, .., container] if segs.len() <= 5 => {
-            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
-            let attach = *kind == "attach";
-            remote_command(st, req, &ns, &pod, &container, attach).await
-        }
-        ["portForward", ns, pod, ..] if segs.len() <= 4 => {
-            let (ns, pod) = (ns.to_string(), pod.to_string());
-            port_forward(st, req, &ns, &pod).await
-        }
-        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+        Route::RunningPods => running_pods(st).await,
+        Route::RemoteCommand {
+            namespace,
+            pod,
+            container,
+            attach,
+        } => remote_command(st, req, &namespace, &pod, &container, attach).await,
+        Route::PortForward { namespace, pod } => port_forward(st, req, &namespace, &pod).await,
+        Route::NotFound => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }
 
@@ -804,4 +867,65 @@ async fn port_forward(
         }
     });
     resp
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn r(method: Method, path: &str) -> Route {
+        Route::parse(&method, path)
+    }
+
+    #[test]
+    fn routes_by_method_and_segments_as_before() {
+        assert_eq!(
+            r(Method::GET, "/containerLogs/ns/p/c"),
+            Route::ContainerLogs {
+                namespace: "ns".into(),
+                pod: "p".into(),
+                container: "c".into()
+            }
+        );
+        assert_eq!(r(Method::POST, "/containerLogs/ns/p/c"), Route::NotFound);
+        assert_eq!(r(Method::GET, "/containerLogs/ns/p"), Route::NotFound);
+        assert_eq!(
+            r(Method::GET, "/logs/a%2Fb/c"),
+            Route::NodeLogs {
+                rest: "a%2Fb/c".into()
+            }
+        );
+        assert_eq!(r(Method::GET, "/logs"), Route::NodeLogs { rest: String::new() });
+        assert_eq!(r(Method::GET, "/pods/"), Route::Pods);
+        assert_eq!(r(Method::GET, "/configz"), Route::Configz);
+        assert_eq!(r(Method::GET, "/runningpods/"), Route::RunningPods);
+        // The uid form and the short form name the same container; more segments are a 404.
+        for path in ["/exec/ns/p/c", "/exec/ns/p/uid/c"] {
+            assert_eq!(
+                r(Method::POST, path),
+                Route::RemoteCommand {
+                    namespace: "ns".into(),
+                    pod: "p".into(),
+                    container: "c".into(),
+                    attach: false
+                },
+                "{path}"
+            );
+        }
+        assert_eq!(r(Method::GET, "/exec/ns/p/uid/x/c"), Route::NotFound);
+        assert!(matches!(
+            r(Method::GET, "/attach/ns/p/c"),
+            Route::RemoteCommand { attach: true, .. }
+        ));
+        assert_eq!(
+            r(Method::GET, "/portForward/ns/p/uid"),
+            Route::PortForward {
+                namespace: "ns".into(),
+                pod: "p".into()
+            }
+        );
+        assert_eq!(r(Method::GET, "/portForward/ns"), Route::NotFound);
+        assert_eq!(r(Method::GET, "/"), Route::NotFound);
+        assert_eq!(r(Method::GET, ""), Route::NotFound);
+    }
 }

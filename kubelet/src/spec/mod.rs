@@ -48,6 +48,14 @@ pub enum SpecError {
         pod: String,
         container: String,
     },
+    /// runc refuses a relative mount destination or working directory at create time; said here,
+    /// before anything is created, with the field that holds it.
+    #[error("container {container}: {field} {path:?} is not an absolute path")]
+    NotAbsolute {
+        container: String,
+        field: &'static str,
+        path: String,
+    },
     #[error("container {container}: building the OCI spec: {message}")]
     Build { container: String, message: String },
 }
@@ -400,6 +408,14 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
         .filter(|w| !w.is_empty())
         .or_else(|| Some(input.image.working_dir.clone()).filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
+    let not_absolute = |field: &'static str, path: &str| SpecError::NotAbsolute {
+        container: c.name.clone(),
+        field,
+        path: path.to_string(),
+    };
+    if !cwd.starts_with('/') {
+        return Err(not_absolute("workingDir", &cwd));
+    }
     let mut env = merge_env(&input.image.env, &input.env);
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(
@@ -444,6 +460,9 @@ pub fn container_spec(input: &SpecInput) -> Result<Spec, SpecError> {
 
     let mut mounts = standard_mounts(!privileged).map_err(err)?;
     for m in &input.mounts {
+        if !m.container_path.starts_with('/') {
+            return Err(not_absolute("mount destination", &m.container_path));
+        }
         let mut opts = vec!["rbind", if m.host_to_container { "rslave" } else { "rprivate" }];
         opts.push(if m.read_only { "ro" } else { "rw" });
         let source = m.host_path.display().to_string();

@@ -519,3 +519,48 @@ fn image_config_is_read_from_json() {
         ImageConfig::default()
     );
 }
+
+#[test]
+fn relative_mount_destinations_and_working_dirs_are_errors() {
+    // Found by fuzzing (fuzz/fuzz_targets/pod_to_oci.rs): a volumeMount without `mountPath`
+    // decodes as "" and became a mount with an empty destination, which runc refuses only at
+    // create time; a relative workingDir likewise.
+    let (p, img) = (pod(None), image());
+    let c = container("c");
+    for path in ["", "data", "./x"] {
+        let mut i = input(&p, &c, &img);
+        i.mounts = vec![BindMount {
+            host_path: "/var/lib/kubelet/pods/u/volumes/cfg".into(),
+            container_path: path.into(),
+            read_only: false,
+            host_to_container: true,
+        }];
+        assert_eq!(
+            container_spec(&i),
+            Err(SpecError::NotAbsolute {
+                container: "c".into(),
+                field: "mount destination",
+                path: path.into()
+            })
+        );
+    }
+    let mut c = container("c");
+    c.working_dir = Some("srv".into());
+    let e = container_spec(&input(&p, &c, &img)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "container c: workingDir \"srv\" is not an absolute path"
+    );
+    assert_eq!(e.reason(), "CreateContainerConfigError");
+    let img = ImageConfig {
+        working_dir: "rel".into(),
+        ..image()
+    };
+    assert!(matches!(
+        container_spec(&input(&p, &container("c"), &img)),
+        Err(SpecError::NotAbsolute {
+            field: "workingDir",
+            ..
+        })
+    ));
+}

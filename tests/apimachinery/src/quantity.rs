@@ -176,13 +176,15 @@ impl Quantity {
         let neg = self.mantissa < 0;
         let mut n: i128 = self.mantissa.abs();
         // Apply 2^exp2 first (exact), saturating.
-        for _ in 0..self.exp2 {
+        // Exponents come from input (`1e2000000000`): loop only as far as can change the value
+        // (2^127 and 10^39 exceed i128), not once per unit of the exponent.
+        for _ in 0..self.exp2.min(128) {
             n = n.saturating_mul(2);
         }
         let e = self.exp10 + scale;
         let v: i128 = if e >= 0 {
             let mut v = n;
-            for _ in 0..e {
+            for _ in 0..e.min(40) {
                 v = v.saturating_mul(10);
             }
             v
@@ -248,6 +250,11 @@ impl Quantity {
         let mut n = self.mantissa.abs();
         let mut inexact = false;
         while self.exp10 < -9 {
+            if n == 0 {
+                // Nothing left to divide: skip the rest of an input-sized exponent at once.
+                self.exp10 = -9;
+                break;
+            }
             inexact |= n % 10 != 0;
             n /= 10;
             self.exp10 += 1;
@@ -395,9 +402,10 @@ fn reuses_input(int: &str, denom: &str, exp10: i32, exp2: u32, format: Format) -
 fn scale_to_integer(n: i128, e: i32) -> Option<i128> {
     if e >= 0 {
         let mut v = n;
-        for _ in 0..e {
+        for _ in 0..e.min(40) {
             v = v.checked_mul(10)?;
         }
+        // 40 steps overflow any non-zero value, so a longer exponent only keeps zero at zero.
         Some(v)
     } else {
         let d = 10i128.checked_pow(e.unsigned_abs())?;
@@ -408,14 +416,14 @@ fn scale_to_integer(n: i128, e: i32) -> Option<i128> {
 fn cmp_decimal(a: (i128, i32), b: (i128, i32)) -> Option<Ordering> {
     let (mut an, ae) = a;
     let (mut bn, be) = b;
-    if ae > be {
-        for _ in 0..(ae - be) {
-            an = an.checked_mul(10)?;
-        }
-    } else {
-        for _ in 0..(be - ae) {
-            bn = bn.checked_mul(10)?;
-        }
+    // The exponents are the input's: their difference may not fit an i32, and only the first 40
+    // steps can matter (after them any non-zero value has overflowed, and zero stays zero).
+    let diff = i64::from(ae) - i64::from(be);
+    for _ in 0..diff.clamp(0, 40) {
+        an = an.checked_mul(10)?;
+    }
+    for _ in 0..(-diff).clamp(0, 40) {
+        bn = bn.checked_mul(10)?;
     }
     Some(an.cmp(&bn))
 }
@@ -576,5 +584,29 @@ mod tests {
         assert_eq!(from_json(&serde_json::json!(2)).unwrap().millis(), 2000);
         assert_eq!(from_json(&serde_json::json!("250m")).unwrap().millis(), 250);
         assert!(from_json(&serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn huge_exponents_cost_nothing() {
+        // Found by fuzzing (fuzz/fuzz_targets/quantity.rs): `1E415000605` took seconds (one
+        // multiplication per unit of the exponent); `1e-2000000000` and comparisons likewise.
+        let big = Quantity::parse("1E415000605").unwrap();
+        assert_eq!((big.value(), big.millis()), (i64::MAX, i64::MAX));
+        let tiny = Quantity::parse("1e-2000000000").unwrap();
+        assert_eq!((tiny.value(), tiny.millis()), (1, 1), "rounded up to one unit");
+        let zero = Quantity::parse("0e2000000000").unwrap();
+        assert!(zero.is_zero());
+        let one = Quantity::parse("1").unwrap();
+        assert_eq!(big.cmp(&one), Ordering::Greater);
+        assert_eq!(tiny.cmp(&one), Ordering::Less);
+        assert_eq!(
+            zero.cmp(&Quantity::parse("0e-2000000000").unwrap()),
+            Ordering::Equal
+        );
+        assert_eq!(
+            Quantity::parse("1e2000000000").unwrap().cmp(&tiny),
+            Ordering::Greater
+        );
+        let _ = (big.to_string(), tiny.to_string());
     }
 }

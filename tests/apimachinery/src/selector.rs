@@ -659,14 +659,29 @@ fn split_term(term: &str) -> Option<(String, bool, String)> {
             i += 2;
             continue;
         }
+        // Bytes, not `term[i..]`: `i` may sit inside a multi-byte character (a panic on
+        // `spec.nodeName!Ç2`). The operators are ASCII, so where one matches `i` is a char boundary.
         for (op, neg) in [("!=", true), ("==", false), ("=", false)] {
-            if term[i..].starts_with(op) {
+            if b[i..].starts_with(op.as_bytes()) {
                 return Some((term[..i].to_string(), neg, term[i + op.len()..].to_string()));
             }
         }
         i += 1;
     }
     None
+}
+
+/// Upstream `fields.EscapeValue`, the inverse of [`unescape_value`]: a shown selector must parse
+/// back to itself (a value `a,b` shown bare would read as two terms).
+fn escape_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Upstream `fields.UnescapeValue`: `\\`, `\,`, `\=` are the only escapes; bare `,`/`=` are errors.
@@ -759,7 +774,10 @@ impl fmt::Display for FieldSelector {
         let parts: Vec<String> = self
             .requirements
             .iter()
-            .map(|r| format!("{}{}{}", r.field, if r.negated { "!=" } else { "=" }, r.value))
+            .map(|r| {
+                let op = if r.negated { "!=" } else { "=" };
+                format!("{}{op}{}", r.field, escape_value(&r.value))
+            })
             .collect();
         f.write_str(&parts.join(","))
     }

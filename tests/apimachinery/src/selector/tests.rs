@@ -249,3 +249,33 @@ fn field_selector_events_nodes_secrets_namespaces() {
         "namespaces"
     ));
 }
+
+#[test]
+fn field_selector_shows_escaped_values_that_parse_back() {
+    // Found by fuzzing (fuzz/fuzz_targets/selectors.rs): `a\,b` was shown as `a,b`, which
+    // parses as another selector (or not at all).
+    let input = r"involvedObject.kind=Pod,involvedObject.name=a\,b,reason=Started";
+    let s = FieldSelector::parse(input).unwrap();
+    assert_eq!(s.requirements[1].value, "a,b");
+    let shown = s.to_string();
+    assert_eq!(
+        shown,
+        r"involvedObject.kind=Pod,involvedObject.name=a\,b,reason=Started"
+    );
+    assert_eq!(FieldSelector::parse(&shown).unwrap(), s);
+    let odd = FieldSelector::parse(r"metadata.name!=x\=\\y").unwrap();
+    assert_eq!(odd.requirements[0].value, r"x=\y");
+    assert_eq!(FieldSelector::parse(&odd.to_string()).unwrap(), odd);
+}
+
+#[test]
+fn field_selector_with_non_ascii_text_is_an_error_or_a_value_not_a_panic() {
+    // Found by fuzzing (fuzz/fuzz_targets/selectors.rs): the operator search sliced the term at
+    // every byte and panicked inside a multi-byte character.
+    assert!(FieldSelector::parse("spec.nodeName!Ç2").is_err());
+    let s = FieldSelector::parse("spec.nodeName!=Ç2,metadata.name=ü\\,ß").unwrap();
+    assert_eq!(s.requirements[0].value, "ü,ß");
+    assert_eq!(s.requirements[1].value, "Ç2");
+    // An escape before a multi-byte character in the field name.
+    let _ = FieldSelector::parse("x\\Ç=1");
+}

@@ -121,7 +121,9 @@ fn decode_body(rr: &ResourceRequest) -> Result<Value, ApiError> {
     decode(ct, &rr.body)
 }
 
-fn decode(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
+/// Decodes a request body by its `Content-Type` (JSON, YAML or Kubernetes protobuf); public as
+/// the seam the request-body fuzz target drives.
+pub fn decode(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     let base = ct.split(';').next().unwrap_or("").trim();
     let v: Value = if base.ends_with("yaml") {
         let text =
@@ -287,8 +289,9 @@ fn list(cp: &ControlPlane, rr: &ResourceRequest) -> Outcome {
     ))
 }
 
-/// Checks kind/apiVersion and converts a request object into its stored form.
-fn ingest(def: &ResourceDef, mut obj: Value) -> Result<Value, ApiError> {
+/// Checks kind/apiVersion and converts a request object into its stored form (public for the
+/// request-body fuzz target).
+pub fn ingest(def: &ResourceDef, mut obj: Value) -> Result<Value, ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
