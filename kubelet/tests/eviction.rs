@@ -110,15 +110,7 @@ async fn disk_pressure_on_a_small_root_fs_evicts_the_heaviest_pod() {
     let image = node.image().to_string();
     // The kubelet's root dir becomes a 64 MiB tmpfs: nodefs is small enough to fill on purpose.
     node.kill_kubelet();
-    let root = node.dir.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting a tmpfs at {}", root.display());
-    let _tmpfs = TmpfsRoot(root.clone());
+    let _tmpfs = mount_tmpfs(&node.dir.path().join("root"), "64m");
     node.reconfigure(
         "evictionHard:\n  nodefs.available: 40Mi\nevictionPressureTransitionPeriod: 30s\nnodeStatusUpdateFrequency: 1s\n",
         &[],

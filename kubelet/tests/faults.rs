@@ -245,23 +245,6 @@ fn wait_event(node: &Node, pod: &str, reason: &str) {
     });
 }
 
-/// Restarts a killed kubelet and waits until it reports itself started.
-fn relaunch(node: &mut Node) {
-    let log = node.dir.path().join("kubelet.log");
-    let before = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .matches("kubelet starting")
-        .count();
-    node.launch();
-    node.eventually("the kubelet restarted", || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("kubelet starting")
-            .count()
-            > before
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_killed_mid_pull_mid_volume_setup_and_mid_termination_converges_without_leaks() {
     let mut node = Node::start("kf-kill").await;
@@ -275,7 +258,7 @@ async fn kubelet_killed_mid_pull_mid_volume_setup_and_mid_termination_converges_
     std::thread::sleep(Duration::from_millis(500));
     node.kill_kubelet();
     kill(registry, Signal::SIGCONT).unwrap();
-    relaunch(&mut node);
+    node.relaunch();
     node.wait_phase("puller", "Running");
 
     // Mid volume setup: the pod's secret is mounted, its configMap does not exist yet.
@@ -286,7 +269,7 @@ async fn kubelet_killed_mid_pull_mid_volume_setup_and_mid_termination_converges_
     wait_event(&node, "vols", "FailedMount");
     node.kill_kubelet();
     node.kubectl(&["create", "configmap", "late", "--from-literal=c=d"]);
-    relaunch(&mut node);
+    node.relaunch();
     node.wait_phase("vols", "Running");
     assert_no_duplicate_mounts(&node, "vols");
     let (ok, out) = node.exec("vols", "main", &["cat", "/sec/k", "/cfg/c"]);
@@ -304,7 +287,7 @@ async fn kubelet_killed_mid_pull_mid_volume_setup_and_mid_termination_converges_
     node.kubectl(&["delete", "pod", "stubborn", "--wait=false"]);
     wait_event(&node, "stubborn", "Killing");
     node.kill_kubelet();
-    relaunch(&mut node);
+    node.relaunch();
     node.wait_for("stubborn removed from the API", 60, || {
         (!pod_names(&node).contains(&"stubborn".to_string())).then_some(())
     });
@@ -367,7 +350,7 @@ async fn kubelet_killed_mid_cni_add_converges_without_leaks() {
     node.wait_for("CNI ADD in flight", 90, || held.exists().then_some(()));
     node.kill_kubelet();
     std::fs::remove_file(&gate).unwrap();
-    relaunch(&mut node);
+    node.relaunch();
     let p = node.wait_phase("held", "Running");
     assert_eq!(restart_count(&p), 0, "{}", p["status"]);
     let t = Traces::of(&node);
@@ -408,7 +391,7 @@ async fn reboot(node: &mut Node) {
         assert!(st.success(), "{args:?}");
     }
     node.containerd.respawn().await.unwrap();
-    relaunch(node);
+    node.relaunch();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

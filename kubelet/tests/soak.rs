@@ -13,6 +13,9 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::leaks::{dirs_named, mount_points};
 use knode_harness::cluster::{ClusterNode, ClusterOptions, KnodeCluster};
 use knode_harness::netns::in_netns;
 use serde_json::Value;
@@ -130,30 +133,6 @@ fn entries(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn mounts_below(dir: &Path) -> u64 {
-    let prefix = format!("{}/", dir.display());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .count() as u64
-}
-
-fn count_dirs_named(root: &Path, prefix: &str) -> u64 {
-    let mut n = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                n += u64::from(e.file_name().to_string_lossy().starts_with(prefix));
-                stack.push(e.path());
-            }
-        }
-    }
-    n
-}
-
 fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -234,13 +213,16 @@ fn counts(c: &KnodeCluster, wave_ips: &[String]) -> BTreeMap<&'static str, u64> 
         ),
         (
             "pod cgroups",
-            count_dirs_named(
+            dirs_named(
                 &Path::new("/sys/fs/cgroup/memory").join(node.cgroup_root().trim_start_matches('/')),
                 "pod",
-            ),
+            ) as u64,
         ),
-        ("netns pins", mounts_below(&dir.join("root/sandboxes"))),
-        ("mounts", mounts_below(dir)),
+        (
+            "netns pins",
+            mount_points(&dir.join("root/sandboxes")).len() as u64,
+        ),
+        ("mounts", mount_points(dir).len() as u64),
         ("IPAM reservations", ipam),
         ("log dirs", entries(&dir.join("logs"))),
         ("pod dirs", entries(&dir.join("root/pods"))),

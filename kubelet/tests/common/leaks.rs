@@ -49,7 +49,10 @@ impl Traces {
             mounts: mount_points(dir).len(),
             ip_reservations: reserved_ips(&dir.join("ipam/knode")).len(),
             veths: node.netns.as_ref().map(|_| pod_veths(node).len()).unwrap_or(0),
-            pod_cgroups: pod_cgroups(&Path::new("/sys/fs/cgroup/memory/knode-test").join(&node.ns)),
+            pod_cgroups: dirs_named(
+                &Path::new("/sys/fs/cgroup/memory/knode-test").join(&node.ns),
+                "pod",
+            ),
             log_dirs: entries(&dir.join("logs")),
             pod_dirs: entries(&dir.join("root/pods")) + entries(&dir.join("root/sandboxes")),
         }
@@ -105,14 +108,14 @@ pub fn pod_veths(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// `pod<uid>` directories anywhere below `root`.
-fn pod_cgroups(root: &Path) -> usize {
+/// Directories named `<prefix>…` anywhere below `root` (`pod` for pod cgroups).
+pub fn dirs_named(root: &Path, prefix: &str) -> usize {
     let mut n = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                if e.file_name().to_string_lossy().starts_with("pod") {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
                     n += 1;
                 }
                 stack.push(e.path());

@@ -403,19 +403,21 @@ impl Node {
         }
         std::fs::write(&config, text).unwrap();
         self.args.extend(args.iter().map(|a| a.to_string()));
+        self.relaunch();
+    }
+
+    /// Starts the (killed) kubelet again and waits until it reports itself started.
+    pub fn relaunch(&mut self) {
         let log = self.dir.path().join("kubelet.log");
-        let before = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("kubelet starting")
-            .count();
-        self.launch();
-        self.eventually("the kubelet restarted", || {
+        let starts = || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
                 .matches("kubelet starting")
                 .count()
-                > before
-        });
+        };
+        let before = starts();
+        self.launch();
+        self.eventually("the kubelet restarted", || starts() > before);
     }
 
     /// The containerd ID of a pod's (running) container, from the pod's status.
