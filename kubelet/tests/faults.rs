@@ -2,7 +2,7 @@
 //! Fault injection with pods running: what upstream's kubelet promises after each fault, and that
 //! nothing was lost or duplicated.
 //!
-//! - control plane down (30 s; `KNODE_FAULT_OUTAGE_SECS=600` for the long mode), then back on the
+//! - control plane down (60 s; `KNODE_FAULT_OUTAGE_SECS=600` for the long mode), then back on the
 //!   same address: containers untouched, `Ready` re-posted within two `nodeStatusUpdateFrequency`
 //!   periods of the API answering (even after the node lifecycle controller marked it `Unknown`),
 //!   a container that exited during the outage reported.
@@ -61,7 +61,7 @@ async fn control_plane_outage_node_ready_again_and_statuses_caught_up() {
     let outage: u64 = std::env::var("KNODE_FAULT_OUTAGE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
     node.cp.stop();
     std::thread::sleep(Duration::from_secs(outage));
     node.cp.restart().expect("control plane back");
