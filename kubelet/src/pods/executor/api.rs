@@ -106,6 +106,10 @@ pub(super) async fn delete_from_api(ctx: &NodeContext, pod: &Pod) {
     };
     match api.delete(&name, &dp).await {
         Ok(_) => tracing::info!(pod = %pod_ref(pod), "pod deleted from the API server"),
+        // Already gone (a late watch event started a worker for a pod another one finished).
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::debug!(pod = %pod_ref(pod), "pod already deleted from the API server")
+        }
         Err(e) => tracing::warn!(pod = %pod_ref(pod), error = %e, "final pod deletion failed"),
     }
 }
