@@ -5,12 +5,18 @@
 #                           kubectl (and with --with-node: kubelet, kube-proxy, the benchmark baselines)
 #   tests/upstream/etcd     go.etcd.io/etcd/server/v3: etcd
 #   tests/upstream/coredns  github.com/coredns/coredns: coredns
+#   tests/upstream/conformance  k8s.io/kubernetes test binaries (with --conformance): e2e.test,
+#                           ginkgo, agnhost (the test image's program), sample-apiserver
 #
 # Output: a cache outside the clone, ${KNODE_UPSTREAM_CACHE:-$HOME/.cache/knode/upstream}/
 # <release>-<hash of the modules' go.mod/go.sum>/bin/. A second run is a no-op. The bin dir is the last
 # line on stdout; everything else goes to stderr. Concurrent runs wait for each other (flock).
 #
-# Usage: scripts/build-upstream.sh [--with-node]
+# --conformance builds only the conformance binaries, into their own directory
+# (.../conformance-<release>-<hash of tests/upstream/conformance>/bin/): the test-only module never
+# changes the control plane's cache key.
+#
+# Usage: scripts/build-upstream.sh [--with-node | --conformance]
 set -euo pipefail
 
 # Everything is in main(), which bash parses whole before running it: editing this file while a
@@ -21,11 +27,13 @@ main() {
   mods="$repo/tests/upstream"
 
   with_node=0
+  conformance=0
   for arg in "$@"; do
     case "$arg" in
       --with-node) with_node=1 ;;
-      -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
-      *) echo "build-upstream: unknown argument '$arg' (usage: scripts/build-upstream.sh [--with-node])" >&2; exit 2 ;;
+      --conformance) conformance=1 ;;
+      -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      *) echo "build-upstream: unknown argument '$arg' (usage: scripts/build-upstream.sh [--with-node | --conformance])" >&2; exit 2 ;;
     esac
   done
 
@@ -64,6 +72,15 @@ main() {
   cp_done="$bin/.control-plane-complete"
   node_done="$bin/.node-complete"
   built() { [ -e "$cp_done" ] && { [ $with_node = 0 ] || [ -e "$node_done" ]; }; }
+  if [ $conformance = 1 ]; then
+    cmods="$mods/conformance"
+    chash=$(cat "$cmods/go.mod" "$cmods/go.sum" | sha256sum | cut -c1-12)
+    out="$cache/conformance-$release-$chash"
+    bin="$out/bin"
+    mkdir -p "$bin"
+    conf_done="$bin/.conformance-complete"
+    built() { [ -e "$conf_done" ]; }
+  fi
   if built; then
     log "already built: $bin"
     echo "$bin"
@@ -104,6 +121,21 @@ main() {
   trap 'rm -rf "$tmp"' EXIT
 
   t0=$(date +%s)
+  if [ $conformance = 1 ]; then
+    log "building the conformance suite of Kubernetes $release (e2e.test, ginkgo, agnhost, sample-apiserver)"
+    # e2e.test is a test binary of a dependency's package: `go test -c` builds it like `make WHAT=test/e2e/e2e.test`.
+    (cd "$cmods" && nice -n 10 go test -c -vet=off -p "$jobs" -trimpath -ldflags "$k8s_ldflags" -o "$tmp/e2e.test" \
+      k8s.io/kubernetes/test/e2e)
+    (cd "$cmods" && gobuild -ldflags "$k8s_ldflags" -o "$tmp/" \
+      github.com/onsi/ginkgo/v2/ginkgo \
+      k8s.io/kubernetes/test/images/agnhost)
+    (cd "$cmods" && gobuild -ldflags "$k8s_ldflags" -o "$tmp/sample-apiserver" k8s.io/sample-apiserver)
+    mv -f "$tmp"/* "$bin/"
+    touch "$conf_done"
+    log "built in $(( $(date +%s) - t0 )) s: $bin"
+    echo "$bin"
+    exit 0
+  fi
   if [ ! -e "$cp_done" ]; then
     log "building the control plane of Kubernetes $release (cold: tens of minutes on 2 cores)"
     (cd "$mods" && gobuild -ldflags "$k8s_ldflags" -o "$tmp/" \

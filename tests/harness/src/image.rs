@@ -371,13 +371,25 @@ pub async fn push_test_images_as(registry: &str, auth: &RegistryAuth) -> Result<
 /// Pushes `knode/pause:latest`, the sandbox image of CRI nodes (upstream's kubelet runs a pause
 /// container per pod; knode does not): the static test program alone, sleeping until SIGTERM.
 pub async fn push_pause_image(registry: &str) -> Result<PushedImage> {
+    push(
+        registry,
+        "knode/pause",
+        "latest",
+        &pause_image()?,
+        &RegistryAuth::Anonymous,
+    )
+    .await
+}
+
+/// knode's pause image (see [`push_pause_image`]); the conformance suites' `pause` too.
+pub fn pause_image() -> Result<Image> {
     let bin = std::fs::read(testimg_binary()?).map_err(HarnessError::io("reading testimg binary"))?;
     let app = build_layer(&[Entry::File {
         path: "pause".into(),
         mode: 0o755,
         data: bin,
     }])?;
-    let image = build_image(
+    Ok(build_image(
         vec![app],
         &ImageConfig {
             entrypoint: vec!["/pause".into()],
@@ -386,15 +398,7 @@ pub async fn push_pause_image(registry: &str) -> Result<PushedImage> {
             user: "65535:65535".into(),
             ..Default::default()
         },
-    );
-    push(
-        registry,
-        "knode/pause",
-        "latest",
-        &image,
-        &RegistryAuth::Anonymous,
-    )
-    .await
+    ))
 }
 
 /// User and group names of [`push_named_user_image`]'s image.

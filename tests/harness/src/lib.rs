@@ -6,6 +6,7 @@
 //!   storage directory.
 //! - [`image`]: knode's test images (`knode/testimg`, `knode/busybox`), built reproducibly from the
 //!   project's own sources and Debian's busybox-static, and pushed over the OCI distribution API.
+//! - [`conformance_images`]: the images upstream's conformance suites run, built locally.
 //! - [`control_plane::ControlPlane`]: knode's own light control plane (seconds to start).
 //! - [`upstream::UpstreamControlPlane`]: etcd, kube-apiserver, kube-controller-manager and
 //!   kube-scheduler of the pinned upstream release (`scripts/build-upstream.sh`), set up as
@@ -18,6 +19,7 @@
 
 pub mod cleanup;
 pub mod cluster;
+pub mod conformance_images;
 pub mod containerd;
 pub mod control_plane;
 pub mod image;
