@@ -17,10 +17,14 @@
 #                     tests/conformance/ci-subset.txt is the CI's
 #   --keep            leave the cluster up afterwards (scripts/up.sh --down --dir DIR removes it)
 #
-# Output: JUnit under tests/conformance/results/<suite>/ (junit_parallel.xml, junit_serial.xml), the
-# e2e log beside it, and one summary line `N passed, M failed, K skipped`. Exit status 1 if any
-# selected test failed.
+# Output: JUnit under tests/conformance/results/<suite>/ (<suite>-subset/ for --subset:
+# junit_parallel.xml, junit_serial.xml), the e2e logs beside them, and one summary line
+# `N passed, M failed, K skipped`. Exit status 1 if any selected test failed.
 set -euo pipefail
+
+# Everything is in main(), which bash parses whole before running it: editing this file during a
+# (long) run cannot make the running instance read garbage.
+main() {
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -42,7 +46,7 @@ while [ $# -gt 0 ]; do
     --procs) PROCS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --dir) DIR=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print } /^set -euo/ { exit }' "$0"; exit 0 ;;
     *) echo "conformance.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +59,8 @@ esac
 if ! [ "$NODES" -ge 2 ] 2>/dev/null; then log "--node-count must be >= 2 (the cluster suite needs two schedulable nodes)"; exit 2; fi
 if [ -n "$SUBSET" ] && [ ! -r "$SUBSET" ]; then log "--subset $SUBSET: no such file"; exit 2; fi
 
-RESULTS=$ROOT/tests/conformance/results/$SUITE
+# A subset's results sit beside the full run's, never over them.
+RESULTS=$ROOT/tests/conformance/results/$SUITE${SUBSET:+-subset}
 mkdir -p "$RESULTS"
 UP_BIN=$(scripts/build-upstream.sh)
 CONF_BIN=$(scripts/build-upstream.sh --conformance)
@@ -152,3 +157,6 @@ echo "$summary"
 echo "$(date -u +%FT%TZ) $(git rev-parse --short HEAD) $summary" > "$RESULTS/summary.txt"
 if echo "$summary" | grep -q '^0 passed, 0 failed'; then log "no test matched the selection"; exit 1; fi
 if [ "$status" != 0 ] || ! echo "$summary" | grep -q ' 0 failed'; then exit 1; fi
+}
+
+main "$@"

@@ -39,6 +39,10 @@ scripts/build-upstream.sh >/dev/null
 step "tests (unit + e2e)"
 cargo test --workspace --no-fail-fast
 
+step "upstream conformance, CI subset (tests/conformance/ci-subset.txt on a 2-node knode cluster; scripts/conformance.sh for the full run)"
+scripts/build-upstream.sh --conformance >/dev/null
+scripts/conformance.sh --subset tests/conformance/ci-subset.txt
+
 step "fuzzing, quick (each target a few seconds from the committed seeds)"
 scripts/fuzz.sh --quick
 

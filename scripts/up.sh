@@ -279,8 +279,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 [metrics]
   address = ""
 EOF
-  containerd --config "$nd/containerd/config.toml" > "$nd/containerd.log" 2>&1 &
-  echo $! > "$nd/containerd.pid"
+  # In the node's namespace: a hostNetwork pod's container shares its shim's network namespace,
+  # which must be the node's (its address, its hostPorts), as on a machine of its own.
+  spawn_in_node "$i" "$nd/containerd.pid" "$nd/containerd.log" containerd --config "$nd/containerd/config.toml"
   wait_for "containerd of $name" 30 ctr --address "$sock" version
   # Credentials: knode's plane issues them; upstream nodes bootstrap with the token.
   if [ "$MODE" = knode ]; then

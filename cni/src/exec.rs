@@ -51,6 +51,9 @@ pub struct RuntimeConf {
     pub cni_path: Vec<PathBuf>,
     /// Kill a plugin that runs longer than this.
     pub timeout: Duration,
+    /// Capability arguments (`portMappings`, …), given as `runtimeConfig` to the plugins that
+    /// declare the capability.
+    pub capability_args: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RuntimeConf {
@@ -63,6 +66,7 @@ impl RuntimeConf {
             args: Vec::new(),
             cni_path,
             timeout: Duration::from_secs(60),
+            capability_args: serde_json::Map::new(),
         }
     }
 
@@ -263,13 +267,25 @@ fn decode_result(plugin: &Path, command: Command, out: &[u8]) -> Result<PluginRe
     })
 }
 
+/// Plugin `i`'s config as the runtime hands it over: name, version, `prevResult`, `runtimeConfig`.
+fn plugin_conf(
+    list: &NetConfList,
+    i: usize,
+    prev: Option<&PluginResult>,
+    rt: &RuntimeConf,
+) -> Result<crate::types::NetConf, ExecError> {
+    let mut conf = list.plugin_conf(i, prev).map_err(ExecError::Config)?;
+    conf.inject_runtime_config(&rt.capability_args);
+    Ok(conf)
+}
+
 /// ADD through every plugin of `list` in order, each receiving the previous one's result as `prevResult`.
 /// Returns the final result (the one the runtime caches for CHECK and DEL).
 pub fn add_network_list(list: &NetConfList, rt: &RuntimeConf) -> Result<PluginResult, ExecError> {
     let mut prev: Option<PluginResult> = None;
     for (i, p) in list.plugins.iter().enumerate() {
         let path = find_plugin(&p.plugin_type, &rt.cni_path)?;
-        let conf = list.plugin_conf(i, prev.as_ref()).map_err(ExecError::Config)?;
+        let conf = plugin_conf(list, i, prev.as_ref(), rt)?;
         let out = exec_plugin(&path, Command::Add, rt, &encode(&conf)?)?;
         prev = Some(decode_result(&path, Command::Add, &out)?);
     }
@@ -291,7 +307,7 @@ pub fn del_network_list(
     for i in (0..list.plugins.len()).rev() {
         let r = (|| {
             let path = find_plugin(&list.plugins[i].plugin_type, &rt.cni_path)?;
-            let conf = list.plugin_conf(i, cached).map_err(ExecError::Config)?;
+            let conf = plugin_conf(list, i, cached, rt)?;
             exec_plugin(&path, Command::Del, rt, &encode(&conf)?).map(|_| ())
         })();
         if let Err(e) = r {
@@ -312,7 +328,7 @@ pub fn check_network_list(
     }
     for (i, p) in list.plugins.iter().enumerate() {
         let path = find_plugin(&p.plugin_type, &rt.cni_path)?;
-        let conf = list.plugin_conf(i, Some(cached)).map_err(ExecError::Config)?;
+        let conf = plugin_conf(list, i, Some(cached), rt)?;
         exec_plugin(&path, Command::Check, rt, &encode(&conf)?)?;
     }
     Ok(())

@@ -197,6 +197,21 @@ impl NetConfList {
     }
 }
 
+impl NetConf {
+    /// Sets `runtimeConfig` from the runtime's capability arguments, as libcni does: only the
+    /// capabilities this plugin declares `true` (e.g. `portMappings` for portmap), nothing else.
+    pub fn inject_runtime_config(&mut self, capability_args: &Map<String, Value>) {
+        let Some(caps) = &self.capabilities else { return };
+        for (cap, value) in capability_args {
+            if caps.get(cap) == Some(&Value::Bool(true)) {
+                self.runtime_config
+                    .get_or_insert_with(Map::new)
+                    .insert(cap.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// The success result of ADD (CNI 1.0 "Success" object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PluginResult {
@@ -343,6 +358,32 @@ mod tests {
         assert!(e.msg.contains("\"x\""), "{}", e.msg);
         let e = NetConfList::from_bytes(b"{not json").unwrap_err();
         assert_eq!(e.code, 6);
+    }
+
+    #[test]
+    fn runtime_config_only_for_declared_capabilities() {
+        let args: Map<String, Value> = serde_json::from_str(
+            r#"{"portMappings":[{"hostPort":80,"containerPort":8080,"protocol":"tcp"}],"bandwidth":{}}"#,
+        )
+        .unwrap();
+        let mut portmap: NetConf = serde_json::from_str(
+            r#"{"type":"portmap","capabilities":{"portMappings":true,"bandwidth":false}}"#,
+        )
+        .unwrap();
+        portmap.inject_runtime_config(&args);
+        let rc = portmap.runtime_config.unwrap();
+        assert_eq!(
+            rc.keys().collect::<Vec<_>>(),
+            ["portMappings"],
+            "bandwidth is declared false"
+        );
+        assert_eq!(rc["portMappings"][0]["hostPort"], 80);
+        let mut bridge: NetConf = serde_json::from_str(r#"{"type":"knode-bridge"}"#).unwrap();
+        bridge.inject_runtime_config(&args);
+        assert!(
+            bridge.runtime_config.is_none(),
+            "no capabilities, no runtimeConfig"
+        );
     }
 
     #[test]

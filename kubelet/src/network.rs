@@ -43,6 +43,8 @@ pub const NETWORK_NOT_READY_REASON: &str = "NetworkNotReady";
 
 /// The file name of the default network config the kubelet writes.
 pub const DEFAULT_CONFLIST: &str = "10-knode.conflist";
+/// The reference plugin that maps host ports (containernetworking/plugins `portmap`).
+const PORTMAP: &str = "portmap";
 /// The default network's name (also the IPAM store's directory name).
 pub const DEFAULT_NETWORK: &str = "knode";
 /// The default network's bridge.
@@ -141,7 +143,12 @@ pub fn decide(dir: &ConfDir, pod_cidr: Option<&str>) -> Decision {
 
 /// The default network config for `pod_cidr`: knode-bridge on `knode0`, gateway `.1`, default route,
 /// masquerade for traffic leaving the pod CIDR, hairpin, host-local's store under `ipam_dir`.
-pub fn default_conflist(pod_cidr: Ipv4Net, ipam_dir: &Path, cluster_cidr: Option<Ipv4Net>) -> String {
+pub fn default_conflist(
+    pod_cidr: Ipv4Net,
+    ipam_dir: &Path,
+    cluster_cidr: Option<Ipv4Net>,
+    portmap: bool,
+) -> String {
     let mut v = serde_json::json!({
         "cniVersion": cni::SPEC_VERSION,
         "name": DEFAULT_NETWORK,
@@ -162,6 +169,15 @@ pub fn default_conflist(pod_cidr: Ipv4Net, ipam_dir: &Path, cluster_cidr: Option
     // Only a range containing the node's subnet can exempt it (knode-bridge checks the same).
     if let Some(c) = cluster_cidr.filter(|c| c.prefix <= pod_cidr.prefix && c.contains(pod_cidr.addr)) {
         v["plugins"][0]["clusterCIDR"] = serde_json::Value::String(c.trunc().to_string());
+    }
+    // hostPort, as upstream's runtimes do it: the reference portmap plugin chained after the bridge
+    // (DNAT from the host's addresses, SNAT for hairpin and localhost traffic).
+    if portmap && let Some(plugins) = v["plugins"].as_array_mut() {
+        plugins.push(serde_json::json!({
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "snat": true,
+        }));
     }
     let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
     s.push('\n');
@@ -198,12 +214,44 @@ pub fn sandbox_uids(sandbox_root: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// The pod a sandbox is for, as CNI_ARGS tell plugins.
+/// The pod a sandbox is for, as CNI_ARGS tell plugins, and its host ports.
 #[derive(Debug, Clone, Default)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The `portMappings` capability argument (the portmap plugin programs them).
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One host port of a pod, as CRI runtimes hand it to CNI's portmap plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: i32,
+    pub container_port: i32,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    #[serde(rename = "hostIP", default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+}
+
+/// The host ports of a pod's containers (upstream's `MakePortMappings`): ports with a `hostPort`,
+/// protocol lower-cased (TCP when unset). Init containers' ports are not mapped, as upstream.
+pub fn port_mappings(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<PortMapping> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = p.host_port.filter(|h| *h > 0)?;
+            Some(PortMapping {
+                host_port,
+                container_port: p.container_port,
+                protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// What a sandbox's ADD used and returned, for its DEL.
@@ -214,6 +262,9 @@ struct Cache {
     /// The ADD's result, once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<PluginResult>,
+    /// The capability arguments the ADD had (portmap's DEL needs the same port mappings).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    capability_args: serde_json::Map<String, serde_json::Value>,
 }
 
 use crate::lock::lock;
@@ -304,7 +355,18 @@ impl PodNetwork {
         };
         // Written under a name without a CNI extension, then renamed: a reader never sees half a file.
         let tmp = self.conf_dir.join(format!(".{DEFAULT_CONFLIST}.tmp"));
-        std::fs::write(&tmp, default_conflist(net, &self.ipam_dir, self.cluster_cidr)).map_err(err)?;
+        let portmap = cni::exec::find_plugin(PORTMAP, &self.bin_dirs).is_ok();
+        if !portmap {
+            tracing::warn!(
+                bin_dirs = ?self.bin_dirs,
+                "the portmap CNI plugin is not in the CNI bin dirs: pods' hostPorts will not be reachable"
+            );
+        }
+        std::fs::write(
+            &tmp,
+            default_conflist(net, &self.ipam_dir, self.cluster_cidr, portmap),
+        )
+        .map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)?;
         Ok(path)
     }
@@ -359,6 +421,12 @@ impl PodNetwork {
                 ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
                 ("K8S_POD_UID".into(), p.uid.clone()),
             ];
+            if !p.port_mappings.is_empty() {
+                rt.capability_args.insert(
+                    "portMappings".into(),
+                    serde_json::to_value(&p.port_mappings).unwrap_or_default(),
+                );
+            }
         }
         rt
     }
@@ -398,21 +466,23 @@ impl PodNetwork {
         let (_, list) = cni::config::load_default_network(&self.conf_dir)
             .map_err(|e| NetworkError::NoConfig(e.to_string()))?;
         let cache_path = sandbox_dir.join(CACHE_FILE);
+        let rt = self.runtime_conf(id, netns, Some(pod));
         // Recorded before the plugins run: a kubelet killed mid-ADD leaves what DEL needs.
         Self::write_cache(
             &cache_path,
             &Cache {
                 conflist: list.clone(),
                 result: None,
+                capability_args: rt.capability_args.clone(),
             },
         )?;
-        let rt = self.runtime_conf(id, netns, Some(pod));
         let result = cni::exec::add_network_list(&list, &rt).map_err(|e| plugin_error(&list, "add", e))?;
         Self::write_cache(
             &cache_path,
             &Cache {
                 conflist: list,
                 result: Some(result.clone()),
+                capability_args: rt.capability_args.clone(),
             },
         )?;
         Ok(result
@@ -433,15 +503,16 @@ impl PodNetwork {
     /// there is no record). Idempotent. The record is removed once DEL succeeded. Blocking.
     pub fn del(&self, sandbox_dir: &Path, id: &str, netns: &Path) -> Result<(), NetworkError> {
         let cache_path = sandbox_dir.join(CACHE_FILE);
-        let (list, cached) = match Self::read_cache(&cache_path) {
-            Some(c) => (c.conflist, c.result),
+        let (list, cached, capability_args) = match Self::read_cache(&cache_path) {
+            Some(c) => (c.conflist, c.result, c.capability_args),
             None => match cni::config::load_default_network(&self.conf_dir) {
-                Ok((_, list)) => (list, None),
+                Ok((_, list)) => (list, None, Default::default()),
                 // Nothing was added with a config we know, and there is none now: nothing to undo.
                 Err(_) => return Ok(()),
             },
         };
-        let rt = self.runtime_conf(id, netns, None);
+        let mut rt = self.runtime_conf(id, netns, None);
+        rt.capability_args = capability_args;
         cni::exec::del_network_list(&list, &rt, cached.as_ref())
             .map_err(|e| plugin_error(&list, "delete", e))?;
         match std::fs::remove_file(&cache_path) {
@@ -537,8 +608,14 @@ mod tests {
             "10.244.5.0/24".parse().unwrap(),
             Path::new("/var/lib/x/networks"),
             None,
+            false,
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["plugins"].as_array().map(Vec::len),
+            Some(1),
+            "no portmap without the plugin"
+        );
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "knode");
         let p = &v["plugins"][0];
@@ -559,10 +636,54 @@ mod tests {
     }
 
     #[test]
+    fn host_ports_go_to_portmap_as_upstream_runtimes_pass_them() {
+        let text = default_conflist("10.244.5.0/24".parse().unwrap(), Path::new("/x"), None, true);
+        let list = cni::types::NetConfList::from_bytes(text.as_bytes()).unwrap();
+        assert_eq!(list.plugins[1].plugin_type, "portmap");
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [
+                {"name": "a", "ports": [
+                    {"containerPort": 8080, "hostPort": 54323, "hostIP": "127.0.0.1"},
+                    {"containerPort": 8081},
+                ]},
+                {"name": "b", "ports": [{"containerPort": 53, "hostPort": 5353, "protocol": "UDP"}]},
+            ],
+            "initContainers": [{"name": "i", "ports": [{"containerPort": 1, "hostPort": 1}]}],
+        }))
+        .unwrap();
+        let maps = port_mappings(&spec);
+        assert_eq!(
+            serde_json::to_value(&maps).unwrap(),
+            serde_json::json!([
+                {"hostPort": 54323, "containerPort": 8080, "protocol": "tcp", "hostIP": "127.0.0.1"},
+                {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+            ])
+        );
+        // Only portmap (which declares the capability) gets them, on ADD and (from the cache) DEL.
+        let net = PodNetwork::new(PathBuf::from("/x"), vec![], PathBuf::from("/x"));
+        let pod = PodRef {
+            port_mappings: maps,
+            ..Default::default()
+        };
+        let rt = net.runtime_conf("sb-0", Path::new("/n"), Some(&pod));
+        let bridge = list.plugin_conf(0, None).map(|mut c| {
+            c.inject_runtime_config(&rt.capability_args);
+            c
+        });
+        assert!(bridge.unwrap().runtime_config.is_none());
+        let mut portmap = list.plugin_conf(1, None).unwrap();
+        portmap.inject_runtime_config(&rt.capability_args);
+        assert_eq!(
+            portmap.runtime_config.unwrap()["portMappings"][1]["hostPort"],
+            5353
+        );
+    }
+
+    #[test]
     fn the_cluster_cidr_is_exempt_from_masquerade_when_it_holds_the_node_subnet() {
         let node: Ipv4Net = "10.244.5.0/24".parse().unwrap();
         let with = |c: &str| {
-            let text = default_conflist(node, Path::new("/x"), Some(c.parse().unwrap()));
+            let text = default_conflist(node, Path::new("/x"), Some(c.parse().unwrap()), false);
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             v["plugins"][0]["clusterCIDR"].as_str().map(str::to_string)
         };

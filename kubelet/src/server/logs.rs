@@ -244,6 +244,29 @@ pub type StillRunning = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send
 
 /// `follow=true`: what is there (after tail), then new lines as they are written, until the
 /// client goes away or `running` says the container has exited (after its last lines).
+/// A finished log as a response body the way upstream's kubelet sends it: chunked, the data
+/// flushed before the end of the stream. kube-apiserver's WebSocket log reader (`wsstream`'s
+/// messageCopy) drops data that arrives with EOF in the same read, which a small fixed-length
+/// body (or data and the last chunk in one TLS record) causes: the client would get no lines.
+pub fn finished_log_body(data: Vec<u8>) -> Response<Body> {
+    let stream = futures::stream::unfold(Some(data), |data| async move {
+        match data {
+            Some(d) => Some((Ok::<_, Infallible>(Frame::data(Bytes::from(d))), None)),
+            None => {
+                // Pending once: hyper flushes the data before it writes the last chunk.
+                tokio::task::yield_now().await;
+                None
+            }
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
 pub fn follow_logs(files: Vec<PathBuf>, opts: LogOptions, running: StillRunning) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {

@@ -493,12 +493,7 @@ fn container_logs(
         Err(e) => return text(StatusCode::NOT_FOUND, e),
     };
     if !opts.follow || opts.previous {
-        let mut r = Response::new(Full::new(Bytes::from(logs::render_files(&files, &opts))).boxed());
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain"),
-        );
-        return r;
+        return logs::finished_log_body(logs::render_files(&files, &opts));
     }
     // Follow until the container exits (its newest attempt is no longer running).
     let running: logs::StillRunning = match st.cfg.runtime.clone() {
@@ -788,7 +783,7 @@ async fn remote_command(
             }
             Upgrade::WebSocket { protocol, .. } => {
                 let (incoming, out) = websocket::start(io);
-                let ch = streaming::ws_channels(incoming, &out, &opts, protocol.starts_with("v5"));
+                let ch = streaming::ws_channels(incoming, &out, &opts, streaming::WsFraming::of(protocol));
                 streaming::run_remote_command(rt, ch, opts, action).await;
                 out.close().await;
             }

@@ -33,8 +33,37 @@ use crate::runtime::exec::{ExecStreams, TermSize, exec_stream};
 
 /// Remote-command protocols, most preferred first.
 pub const SPDY_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
-/// WebSocket subprotocols for exec and attach.
-pub const WS_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// WebSocket subprotocols for exec and attach, as upstream's kubelet serves them
+/// (`remotecommand/websocket.go`): binary or base64 framing, v4+ or pre-v4 status.
+pub const WS_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
+
+/// How a negotiated WebSocket channel protocol frames messages and reports the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsFraming {
+    /// v5: channel 255 closes a channel (stdin's end of input).
+    pub close_signal: bool,
+    /// base64 variants: text messages, the channel as an ASCII digit, the data base64-encoded.
+    pub base64: bool,
+    /// v4+: the error channel carries a `metav1.Status`; before v4, only a failure's message.
+    pub status_object: bool,
+}
+
+impl WsFraming {
+    pub fn of(protocol: &str) -> WsFraming {
+        let v4_or_later = protocol.starts_with("v4.") || protocol.starts_with("v5.");
+        WsFraming {
+            close_signal: protocol.starts_with("v5."),
+            base64: protocol.contains("base64."),
+            status_object: v4_or_later,
+        }
+    }
+}
 /// The SPDY port-forward protocol.
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// The port-forward tunnel subprotocol (SPDY inside WebSocket).
@@ -90,6 +119,8 @@ impl StreamOptions {
 pub enum Sink {
     Spdy(spdy::StreamWriter),
     Ws(websocket::WsWriter, u8),
+    /// A channel of a base64 WebSocket protocol.
+    Ws64(websocket::WsWriter, u8),
 }
 
 impl Sink {
@@ -97,6 +128,7 @@ impl Sink {
         match self {
             Sink::Spdy(w) => w.send(b).await,
             Sink::Ws(w, ch) => w.send_channel(*ch, &b).await,
+            Sink::Ws64(w, ch) => w.send_channel_base64(*ch, &b).await,
         }
     }
     async fn close(&self) {
@@ -114,6 +146,8 @@ pub struct Channels {
     pub stdout: Option<Sink>,
     pub stderr: Option<Sink>,
     pub error: Option<Sink>,
+    /// Pre-v4 WebSocket protocols report only a failure, as its message text.
+    pub plain_error: bool,
 }
 
 /// Collects the streams a SPDY client opens for exec/attach (by `streamtype`), until all that
@@ -150,20 +184,25 @@ pub async fn spdy_channels(session: &mut spdy::Session, opts: &StreamOptions) ->
     Some(ch)
 }
 
-/// Maps a WebSocket session onto channels; `v5` understands the close signal.
+/// Maps a WebSocket session onto channels, framed as the negotiated protocol says.
 pub fn ws_channels(
     mut incoming: mpsc::Receiver<websocket::Message>,
     out: &websocket::WsWriter,
     opts: &StreamOptions,
-    v5: bool,
+    framing: WsFraming,
 ) -> Channels {
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(64);
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(8);
     tokio::spawn(async move {
         let mut stdin_tx = Some(stdin_tx);
         while let Some(m) = incoming.recv().await {
-            let websocket::Message::Binary(b) = m else {
-                continue;
+            let b = match (m, framing.base64) {
+                (websocket::Message::Binary(b), false) => b,
+                (websocket::Message::Text(t), true) => match decode_base64_message(&t) {
+                    Some(b) => b,
+                    None => continue,
+                },
+                _ => continue,
             };
             let Some((&ch, data)) = b.split_first() else {
                 continue;
@@ -179,18 +218,38 @@ pub fn ws_channels(
                 4 => {
                     let _ = resize_tx.send(b.slice(1..)).await;
                 }
-                255 if v5 && data.first() == Some(&0) => stdin_tx = None,
+                255 if framing.close_signal && data.first() == Some(&0) => stdin_tx = None,
                 _ => {}
             }
         }
     });
+    let sink = |ch: u8| {
+        if framing.base64 {
+            Sink::Ws64(out.clone(), ch)
+        } else {
+            Sink::Ws(out.clone(), ch)
+        }
+    };
     Channels {
         stdin: opts.stdin.then_some(stdin_rx),
         resize: opts.tty.then_some(resize_rx),
-        stdout: opts.stdout.then(|| Sink::Ws(out.clone(), 1)),
-        stderr: opts.stderr.then(|| Sink::Ws(out.clone(), 2)),
-        error: Some(Sink::Ws(out.clone(), 3)),
+        stdout: opts.stdout.then(|| sink(1)),
+        stderr: opts.stderr.then(|| sink(2)),
+        error: Some(sink(3)),
+        plain_error: !framing.status_object,
     }
+}
+
+/// A base64 protocol's message (`<channel digit><base64 data>`) as `[channel] ++ data`.
+fn decode_base64_message(text: &[u8]) -> Option<Bytes> {
+    use base64::Engine;
+    let (&digit, rest) = text.split_first()?;
+    let ch = digit.checked_sub(b'0').filter(|c| *c <= 9)?;
+    let mut out = vec![ch];
+    base64::engine::general_purpose::STANDARD
+        .decode_vec(rest, &mut out)
+        .ok()?;
+    Some(Bytes::from(out))
 }
 
 /// The v4 status for a finished command.
@@ -316,6 +375,7 @@ pub async fn run_remote_command(rt: Runtime, ch: Channels, opts: StreamOptions, 
         stdout,
         stderr,
         error,
+        plain_error,
     } = ch;
     let (out_tx, out_done) = forward(stdout.clone());
     let (err_tx, err_done) = forward(stderr.clone());
@@ -365,7 +425,12 @@ pub async fn run_remote_command(rt: Runtime, ch: Channels, opts: StreamOptions, 
     let _ = err_done.await;
     if let Some(e) = error {
         let status = exit_status(&opts.command, &result);
-        e.send(Bytes::from(status.to_string())).await;
+        if !plain_error {
+            e.send(Bytes::from(status.to_string())).await;
+        } else if let Some(msg) = status["message"].as_str() {
+            // Pre-v4: success says nothing, a failure its message.
+            e.send(Bytes::from(msg.to_string())).await;
+        }
         e.close().await;
     }
 }
@@ -724,6 +789,56 @@ mod tests {
                 .contains("must be > 0")
         );
         assert!(forward_ports(&q(&[("port", "70000")])).is_err());
+    }
+
+    #[test]
+    fn websocket_protocols_frame_as_upstream_kubelet() {
+        let f = WsFraming::of;
+        assert_eq!(
+            f("v5.channel.k8s.io"),
+            WsFraming {
+                close_signal: true,
+                base64: false,
+                status_object: true
+            }
+        );
+        assert_eq!(
+            f("v4.base64.channel.k8s.io"),
+            WsFraming {
+                close_signal: false,
+                base64: true,
+                status_object: true
+            }
+        );
+        // Pre-v4 (what the conformance websocket exec test offers): no status object.
+        assert_eq!(
+            f("channel.k8s.io"),
+            WsFraming {
+                close_signal: false,
+                base64: false,
+                status_object: false
+            }
+        );
+        assert_eq!(
+            f("base64.channel.k8s.io"),
+            WsFraming {
+                close_signal: false,
+                base64: true,
+                status_object: false
+            }
+        );
+        for p in WS_PROTOCOLS {
+            assert_eq!(websocket::select_protocol(&[p], WS_PROTOCOLS), Some(*p));
+        }
+    }
+
+    #[test]
+    fn base64_messages_decode_to_channel_and_data() {
+        assert_eq!(decode_base64_message(b"0aGk=").as_deref(), Some(&b"\x00hi"[..]));
+        assert_eq!(decode_base64_message(b"4").as_deref(), Some(&b"\x04"[..]));
+        assert_eq!(decode_base64_message(b"x aGk="), None, "not a channel digit");
+        assert_eq!(decode_base64_message(b"0!!"), None, "not base64");
+        assert_eq!(decode_base64_message(b""), None);
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub fn encode_frame(head: u8, payload: &[u8], mask: Option<[u8; 4]>, out: &mut V
 #[derive(Debug)]
 enum Out {
     Binary(Bytes),
+    Text(Bytes),
     Pong(Bytes),
     /// Sends a close frame (normal closure) and closes the connection.
     Close,
@@ -199,6 +200,15 @@ impl WsWriter {
         m.push(channel);
         m.extend_from_slice(data);
         self.send(Bytes::from(m)).await
+    }
+
+    /// Sends `data` on `channel` the base64 channel protocols' way: a text message of the channel's
+    /// ASCII digit followed by the data in standard base64.
+    pub async fn send_channel_base64(&self, channel: u8, data: &[u8]) -> bool {
+        let mut m = String::with_capacity(data.len() * 4 / 3 + 5);
+        m.push(char::from(b'0' + channel % 10));
+        base64::engine::general_purpose::STANDARD.encode_string(data, &mut m);
+        self.0.send(Out::Text(Bytes::from(m))).await.is_ok()
     }
 
     /// Closes the connection after what is queued (close frame, normal closure).
@@ -223,6 +233,7 @@ where
             let close = matches!(o, Out::Close);
             match o {
                 Out::Binary(b) => encode(OP_BINARY, &b, &mut buf),
+                Out::Text(b) => encode(OP_TEXT, &b, &mut buf),
                 Out::Pong(b) => encode(OP_PONG, &b, &mut buf),
                 Out::Close => encode(OP_CLOSE, &1000u16.to_be_bytes(), &mut buf),
             }

@@ -295,6 +295,12 @@ fn agnhost(inputs: &Inputs, pages: Option<&str>) -> Result<Image> {
             path: "bin/nc".into(),
             target: "nc.openbsd".into(),
         },
+        // Debian's busybox-static shell runs its own applets before searching PATH, so `sh -c 'nc …'`
+        // would get busybox's nc without `-v`. Upstream's /bin/sh (Alpine's) searches PATH.
+        Entry::Symlink {
+            path: "bin/sh".into(),
+            target: "bash".into(),
+        },
     ];
     let mut cmd = vec!["pause".to_string()];
     if let Some(name) = pages {

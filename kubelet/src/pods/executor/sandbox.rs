@@ -60,6 +60,11 @@ pub(super) async fn create_sandbox(ctx: &NodeContext, pod: &Pod, attempt: u32) -
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: uid.clone(),
+            port_mappings: pod
+                .spec
+                .as_ref()
+                .map(crate::network::port_mappings)
+                .unwrap_or_default(),
         };
         let added = tokio::task::spawn_blocking(move || cni.add(&dir, &id, &net, &pod_ref))
             .await
