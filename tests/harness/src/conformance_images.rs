@@ -6,7 +6,7 @@
 //! - Go programs from the pinned k8s.io/kubernetes module (`scripts/build-upstream.sh --conformance`):
 //!   `agnhost` (and `kitten`/`nautilus`, agnhost plus their pages), `sample-apiserver`;
 //! - `etcd` from the control plane's own build; `pause` as knode's pause (the static test program);
-//! - `busybox` from Debian's busybox-static;
+//! - `busybox` from Debian's busybox-static, with bash as `/bin/sh` ([`sh_is_bash`] says why);
 //! - images without Go source (`nginx`, `glibc-dns-testing`, agnhost's tools: curl, dig, nc, ip, …)
 //!   from Debian packages unpacked into a root filesystem ([`debian_root`]).
 //!
@@ -196,7 +196,12 @@ impl Recipe {
             Recipe::Kitten => agnhost(inputs, Some("kitten")),
             Recipe::Nautilus => agnhost(inputs, Some("nautilus")),
             Recipe::BusyBox => Ok(build_image(
-                vec![busybox_layer()?, users_layer(&[], &[])?],
+                vec![
+                    busybox_layer()?,
+                    dir_layer(&debian_root("bash", &["bash"], &inputs.cache)?)?,
+                    users_layer(&[], &[])?,
+                    sh_is_bash()?,
+                ],
                 &ImageConfig {
                     cmd: vec!["sh".into()],
                     env: vec![PATH_ENV.into()],
@@ -295,12 +300,6 @@ fn agnhost(inputs: &Inputs, pages: Option<&str>) -> Result<Image> {
             path: "bin/nc".into(),
             target: "nc.openbsd".into(),
         },
-        // Debian's busybox-static shell runs its own applets before searching PATH, so `sh -c 'nc …'`
-        // would get busybox's nc without `-v`. Upstream's /bin/sh (Alpine's) searches PATH.
-        Entry::Symlink {
-            path: "bin/sh".into(),
-            target: "bash".into(),
-        },
     ];
     let mut cmd = vec!["pause".to_string()];
     if let Some(name) = pages {
@@ -330,6 +329,7 @@ fn agnhost(inputs: &Inputs, pages: Option<&str>) -> Result<Image> {
                 ],
             )?,
             build_layer(&app)?,
+            sh_is_bash()?,
         ],
         &ImageConfig {
             entrypoint: vec!["/agnhost".into()],
@@ -395,6 +395,18 @@ http {\n  include /etc/nginx/mime.types;\n  default_type application/octet-strea
             ..Default::default()
         },
     ))
+}
+
+/// `/bin/sh` → bash. Debian's busybox 1.35 shell differs from the upstream images' shells where
+/// tests notice: it runs its own applets before searching PATH (`sh -c 'nc -v …'` would get
+/// busybox's nc, not the image's netcat), and it drops environment variables whose names are not
+/// shell identifiers (`data-1`, which the Secrets/ConfigMap envFrom tests print with `sh -c env`);
+/// busybox 1.37's and Alpine's shells do neither. bash does neither either.
+fn sh_is_bash() -> Result<Layer> {
+    build_layer(&[Entry::Symlink {
+        path: "bin/sh".into(),
+        target: "bash".into(),
+    }])
 }
 
 /// `/etc/passwd` and `/etc/group` with root and nobody, plus `users`/`groups` lines.

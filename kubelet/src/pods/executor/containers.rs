@@ -148,13 +148,7 @@ pub(super) async fn start_container(
     let mut mounts = volumes::mounts_for(c, &vols, &env)?;
     let pdir = volumes::pod_dir(&ctx.root_dir, &uid);
     etc_mounts(ctx, pod, c, &pdir, &pod_ip, &mut mounts)?;
-    let id = format!(
-        "{}-{}-{}",
-        &uid.chars().take(8).collect::<String>(),
-        name,
-        attempt
-    );
-    let id = format!("{id}-{:x}", Timestamp::now().as_nanosecond() & 0xffffff);
+    let id = container_id(&uid, name, attempt, Timestamp::now().as_nanosecond() as u64);
     let term_host = termination_mount(c, &pdir, name, &id, &mut mounts)?;
     let sb = sandbox_of(ctx, pod, observed);
     let img = ImageConfig::from_json(&info.config);
@@ -464,4 +458,38 @@ async fn post_start(
         .unwrap_or(30);
     kill_container(ctx, pod, id, &c.name, grace, "FailedPostStartHook").await;
     Err(StartError::new("PostStartHookError", message))
+}
+
+/// containerd refuses identifiers longer than this (`identifiers.Validate`).
+const MAX_CONTAINERD_ID: usize = 76;
+
+/// A container's containerd ID: `<pod uid prefix>-<name>-<attempt>-<nonce>`, readable in `ctr`
+/// listings. A long container name (up to 63 characters) is cut so the ID fits containerd's limit;
+/// the pod and container are in the labels, the ID only has to be unique.
+fn container_id(uid: &str, name: &str, attempt: u32, nanos: u64) -> String {
+    let uid8: String = uid.chars().take(8).collect();
+    let tail = format!("-{attempt}-{:x}", nanos & 0xffffff);
+    let room = MAX_CONTAINERD_ID.saturating_sub(uid8.len() + 1 + tail.len());
+    let name: String = name.chars().take(room).collect();
+    format!("{uid8}-{}{tail}", name.trim_end_matches(['-', '.']))
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_fit_containerd_limit() {
+        let uid = "68c4729d-busy-box-uid";
+        assert_eq!(container_id(uid, "app", 2, 0xabcdef12), "68c4729d-app-2-cdef12");
+        // The conformance suite's longest names (63 characters) still make a valid ID.
+        let long = "busybox-privileged-false-89106282-166b-4615-bbd5-a7da5fbf024e";
+        let id = container_id(uid, long, 4_000_000_000, u64::MAX);
+        assert!(id.len() <= MAX_CONTAINERD_ID, "{id} is {} long", id.len());
+        assert!(id.starts_with("68c4729d-busybox-privileged-false-") && id.ends_with("-4000000000-ffffff"));
+        assert!(
+            !id.contains("--"),
+            "a cut never leaves a dangling separator: {id}"
+        );
+    }
 }
