@@ -11,6 +11,7 @@ use super::observe::{sandboxes_of, termination_message};
 use super::sandbox::teardown_sandbox;
 use super::{Facts, NodeContext, event, find_container, lock, uid_of};
 use crate::hooks;
+use crate::pods::sidecars::kill_stages;
 use crate::pods::{ContainerAttempt, Observed, pod_ref};
 use crate::runtime::container::TaskState;
 
@@ -106,23 +107,33 @@ pub(super) async fn remove_container(ctx: &NodeContext, id: &str) -> bool {
     true
 }
 
-/// Stops every running container of the pod concurrently, each with `grace_seconds`, then tears the
-/// sandbox down; the stopped containers stay for status and logs.
+/// Stops every running container of the pod within `grace_seconds` (app containers together, then
+/// sidecars in reverse order), then tears the sandbox down; the stopped containers stay for status
+/// and logs.
 pub(super) async fn kill_pod(ctx: &NodeContext, pod: &Pod, observed: &Observed, grace_seconds: i64) {
     let running: Vec<&ContainerAttempt> = observed
         .containers
         .iter()
         .filter(|c| c.state.is_running())
         .collect();
-    let messages: Vec<String> = running
-        .iter()
-        .map(|c| format!("Stopping container {}", c.name))
-        .collect();
-    let kills = running
-        .iter()
-        .zip(&messages)
-        .map(|(c, m)| kill_container(ctx, pod, &c.id, &c.name, grace_seconds, m));
-    futures::future::join_all(kills).await;
+    // App containers first, then the sidecars one by one in reverse order, all within the one
+    // grace period (upstream's termination ordering).
+    let deadline = std::time::Instant::now() + Duration::from_secs(grace_seconds.max(0) as u64);
+    for stage in kill_stages(pod.spec.as_ref(), &running) {
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs() as i64;
+        let messages: Vec<String> = stage
+            .iter()
+            .map(|c| format!("Stopping container {}", c.name))
+            .collect();
+        tracing::debug!(pod = %pod_ref(pod), containers = ?messages, grace_seconds = left, "stopping containers");
+        let kills = stage
+            .iter()
+            .zip(&messages)
+            .map(|(c, m)| kill_container(ctx, pod, &c.id, &c.name, left, m));
+        futures::future::join_all(kills).await;
+    }
     for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid_of(pod)) {
         teardown_sandbox(ctx, pod, &id).await;
     }
