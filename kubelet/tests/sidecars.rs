@@ -140,8 +140,14 @@ spec:
     node.eventually("pod Ready", || condition(&node.pod("ordered"), "Ready") == "True");
 
     node.kubectl(&["delete", "pod", "ordered", "--wait=false"]);
-    node.eventually("pod gone", || !node.cp.kubectl(&["get", "pod", "ordered"], None).0);
+    node.eventually("pod gone", || {
+        !node.cp.kubectl(&["get", "pod", "ordered"], None).0
+    });
     node.eventually("containers removed", || node.container_count() == 0);
     let log = std::fs::read_to_string(host.path().join("log")).unwrap_or_default();
-    assert_eq!(log.trim(), "after-app", "the sidecar got SIGTERM after the app stopped");
+    assert_eq!(
+        log.trim(),
+        "after-app",
+        "the sidecar got SIGTERM after the app stopped"
+    );
 }
