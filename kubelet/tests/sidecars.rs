@@ -1,8 +1,8 @@
 //! Sidecar containers (init containers with `restartPolicy: Always`, KEP-753) on a real kubelet
 //! (control plane, private containerd, registry, kubectl): the app container starts only once its
 //! sidecar started (startup probe) and reaches it; a run-once pod completes with its sidecar
-//! stopped; a sidecar that exits restarts even with restartPolicy Never; on deletion the app
-//! containers stop before the sidecars, and everything is removed.
+//! stopped; a sidecar that exits restarts even with restartPolicy Never; on deletion every preStop
+//! hook runs at once, the app containers stop before the sidecars, and everything is removed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -100,7 +100,7 @@ async fn sidecar_restarts_with_policy_never_and_stops_after_the_app_on_deletion(
     let sidecar = "if [ ! -e /host/ran ]; then touch /host/ran; sleep 3; exit 1; fi; \
         trap 'if [ -e /host/app-stopped ]; then echo after-app >> /host/log; else echo before-app >> /host/log; fi; exit 0' TERM; \
         while true; do sleep 0.2; done";
-    let app = "trap 'sleep 1; touch /host/app-stopped; exit 0' TERM; while true; do sleep 0.2; done";
+    let app = "trap 'sleep 3; touch /host/app-stopped; exit 0' TERM; while true; do sleep 0.2; done";
     node.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -118,6 +118,9 @@ spec:
     command: ["/bin/sh", "-c"]
     args: ["{sidecar}"]
     volumeMounts: [{{name: host, mountPath: /host}}]
+    lifecycle:
+      preStop:
+        exec: {{command: ["/bin/sh", "-c", "if [ -e /host/app-stopped ]; then echo late-prestop >> /host/log; else echo prestop >> /host/log; fi"]}}
   containers:
   - name: app
     image: {image}
@@ -145,9 +148,11 @@ spec:
     });
     node.eventually("containers removed", || node.container_count() == 0);
     let log = std::fs::read_to_string(host.path().join("log")).unwrap_or_default();
+    // Its preStop hook ran at once, with the app's; its SIGTERM came once the app had stopped.
     assert_eq!(
-        log.trim(),
-        "after-app",
-        "the sidecar got SIGTERM after the app stopped"
+        log.lines().collect::<Vec<_>>(),
+        ["prestop", "after-app"],
+        "the sidecar's preStop ran before the app stopped, its SIGTERM after\n{}",
+        node.log()
     );
 }

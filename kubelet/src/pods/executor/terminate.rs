@@ -29,6 +29,12 @@ pub(super) async fn kill_container(
     if !message.is_empty() {
         event(ctx, pod, Some(name), "Normal", "Killing", message.to_string());
     }
+    let grace = pre_stop(ctx, pod, id, name, grace).await;
+    stop_container(ctx, pod, id, name, grace).await;
+}
+
+/// Runs the container's preStop hook, if any, within `grace` seconds; the grace period left.
+async fn pre_stop(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64) -> i64 {
     let mut grace = grace.max(0);
     // preStop runs first, within the grace period (upstream: only when there is one).
     if let Some((c, handler)) =
@@ -51,6 +57,11 @@ pub(super) async fn kill_container(
         }
         grace -= started.elapsed().as_secs() as i64;
     }
+    grace
+}
+
+/// SIGTERM, up to `grace` seconds (at least [`MIN_GRACE_SECONDS`]), then SIGKILL; records the exit.
+async fn stop_container(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64) {
     // Upstream always leaves a minimal shutdown window to avoid needless SIGKILLs.
     let grace = Duration::from_secs(grace.max(MIN_GRACE_SECONDS) as u64);
     match ctx.runtime.stop(id, libc::SIGTERM as u32, grace).await {
@@ -116,24 +127,44 @@ pub(super) async fn kill_pod(ctx: &NodeContext, pod: &Pod, observed: &Observed, 
         .iter()
         .filter(|c| c.state.is_running())
         .collect();
-    // App containers first, then the sidecars one by one in reverse order, all within the one
-    // grace period (upstream's termination ordering).
-    let deadline = std::time::Instant::now() + Duration::from_secs(grace_seconds.max(0) as u64);
-    for stage in kill_stages(pod.spec.as_ref(), &running) {
-        let left = deadline
-            .saturating_duration_since(std::time::Instant::now())
-            .as_secs() as i64;
-        let messages: Vec<String> = stage
-            .iter()
-            .map(|c| format!("Stopping container {}", c.name))
-            .collect();
-        tracing::debug!(pod = %pod_ref(pod), containers = ?messages, grace_seconds = left, "stopping containers");
-        let kills = stage
-            .iter()
-            .zip(&messages)
-            .map(|(c, m)| kill_container(ctx, pod, &c.id, &c.name, left, m));
-        futures::future::join_all(kills).await;
-    }
+    // Upstream's termination ordering: every container runs its preStop hook at once; the app
+    // containers then get SIGTERM, each sidecar only once the containers of the stages before it
+    // stopped (or its grace period ran out waiting).
+    let stages = kill_stages(pod.spec.as_ref(), &running);
+    let (stages_done, _) = tokio::sync::watch::channel(0usize);
+    let left: Vec<std::sync::atomic::AtomicUsize> = stages
+        .iter()
+        .map(|s| std::sync::atomic::AtomicUsize::new(s.len()))
+        .collect();
+    let kills = stages.iter().enumerate().flat_map(|(stage, containers)| {
+        let (stages_done, left) = (&stages_done, &left);
+        containers.iter().map(move |c| async move {
+            event(
+                ctx,
+                pod,
+                Some(&c.name),
+                "Normal",
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
+            let grace = pre_stop(ctx, pod, &c.id, &c.name, grace_seconds).await;
+            let waited = std::time::Instant::now();
+            let mut turn = stages_done.subscribe();
+            let limit = Duration::from_secs(grace.max(0) as u64);
+            if tokio::time::timeout(limit, turn.wait_for(|done| *done >= stage))
+                .await
+                .is_err()
+            {
+                tracing::debug!(pod = %pod_ref(pod), container = %c.name, "stopping without waiting for its turn: grace period over");
+            }
+            let grace = grace - waited.elapsed().as_secs() as i64;
+            stop_container(ctx, pod, &c.id, &c.name, grace).await;
+            if left[stage].fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                stages_done.send_modify(|done| *done = (*done).max(stage + 1));
+            }
+        })
+    });
+    futures::future::join_all(kills).await;
     for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid_of(pod)) {
         teardown_sandbox(ctx, pod, &id).await;
     }
