@@ -2,7 +2,9 @@
 //! (control plane, private containerd, registry, kubectl): the app container starts only once its
 //! sidecar started (startup probe) and reaches it; a run-once pod completes with its sidecar
 //! stopped; a sidecar that exits restarts even with restartPolicy Never; on deletion every preStop
-//! hook runs at once, the app containers stop before the sidecars, and everything is removed.
+//! hook runs at once, the app containers stop before the sidecars, and everything is removed; on a
+//! networked node, the shape of upstream's lifecycle-hook conformance pods (a sidecar serving the
+//! app's postStart httpGet hook, gated by an httpGet startup probe) runs and is deleted cleanly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -155,4 +157,58 @@ spec:
         "the sidecar's preStop ran before the app stopped, its SIGTERM after\n{}",
         node.log()
     );
+}
+
+/// The shape of upstream's "Container Lifecycle Hook" conformance pods: a sidecar server with an
+/// httpGet startup probe on the pod IP, and an app container whose postStart httpGet hook (to the
+/// pod IP) needs the sidecar up; deleted with a grace period, all of it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networked_sidecar_serves_the_apps_post_start_hook() {
+    let node = Node::start_with("kl-sidecar-net", true).await;
+    let image = node.image();
+    node.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  initContainers:
+  - name: container-redirect
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    restartPolicy: Always
+    args: ["serve", "--http-port", "8080"]
+    startupProbe:
+      httpGet: {{path: /healthz, port: 8080}}
+      periodSeconds: 1
+  containers:
+  - name: app
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    args: ["sleep", "infinity", "--exit-on-sigterm"]
+    lifecycle:
+      postStart:
+        httpGet: {{path: /healthz, port: 8080}}
+"#
+    ));
+    let p = node.wait_phase("hooked", "Running");
+    node.eventually("pod Ready", || condition(&node.pod("hooked"), "Ready") == "True");
+    let p2 = node.pod("hooked");
+    let sidecar = init_status(&p2);
+    assert_eq!(sidecar["started"], true, "{}", p2["status"]);
+    assert_eq!(sidecar["ready"], true, "{}", p2["status"]);
+    assert_eq!(sidecar["restartCount"], 0, "{}", p2["status"]);
+    assert_eq!(
+        p2["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the postStart hook succeeded on the first try: {}",
+        p["status"]
+    );
+    assert_eq!(condition(&p2, "Initialized"), "True");
+    assert!(
+        !node.event_reasons("hooked").contains("FailedPostStartHook"),
+        "{}",
+        node.event_reasons("hooked")
+    );
+    node.kubectl(&["delete", "pod", "hooked", "--grace-period=15", "--wait=false"]);
+    node.eventually("pod gone", || !node.cp.kubectl(&["get", "pod", "hooked"], None).0);
+    node.eventually("containers removed", || node.container_count() == 0);
 }
