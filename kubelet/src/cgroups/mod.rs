@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::pods::resources::parse_quantity;
+use crate::pods::sidecars::is_sidecar;
 
 pub use fs::{CgroupFs, MemoryReading};
 pub use manager::CgroupManager;
@@ -268,10 +269,6 @@ fn requests_of(c: &Container) -> Amounts {
         req.entry(k).or_insert(v);
     }
     req
-}
-
-fn is_sidecar(c: &Container) -> bool {
-    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// Upstream's `PodRequests`/`PodLimits` over one resource list accessor: regular containers and

@@ -13,7 +13,8 @@
 //! Module map — pure (no I/O): [`mod@plan`] (the plan and the worker's state machine), [`stop`] (stop
 //! requests and the end-of-turn policy), [`observed`] (the runtime picture), [`backoff`]
 //! (CrashLoopBackOff and ImagePullBackOff bookkeeping), [`resources`] (quantities, requests, QoS,
-//! admission), [`mod@status`] (the pod status), [`dns`] (resolv.conf and hostname per `dnsPolicy`).
+//! admission), [`mod@status`] (the pod status), [`dns`] (resolv.conf and hostname per `dnsPolicy`),
+//! [`sidecars`] (init containers with `restartPolicy: Always`: start gating, stop order).
 //! I/O: [`sources`], [`manager`], [`executor`].
 
 pub mod backoff;
@@ -23,6 +24,7 @@ pub mod manager;
 pub mod observed;
 pub mod plan;
 pub mod resources;
+pub mod sidecars;
 pub mod sources;
 pub mod status;
 pub mod stop;
@@ -74,5 +76,7 @@ pub fn is_static(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
 
 #[cfg(test)]
 mod plan_tests;
+#[cfg(test)]
+mod sidecar_tests;
 #[cfg(test)]
 mod status_tests;

@@ -17,6 +17,7 @@ use k8s_openapi::jiff::SignedDuration;
 
 use super::backoff::{BackoffBook, BackoffStep, go_duration};
 use super::observed::{AttemptState, ContainerAttempt, Observed, StartError, spec_hash};
+use super::sidecars::is_sidecar;
 use super::{Timestamp, pod_display};
 use crate::probes::{ProbeKind, probe_grace_period_seconds};
 use crate::runtime::image::{PullDecision, PullPolicy, decide};
@@ -349,19 +350,6 @@ fn dedup_removals(actions: &mut Vec<Action>) {
     });
 }
 
-/// How far the init containers got (upstream's `findNextInitContainerToRun`).
-enum InitProgress<'a> {
-    /// All init containers succeeded (or an app container runs already).
-    Done,
-    /// One is running.
-    InProgress,
-    /// Start this one; `failed` is its failed last attempt, if that is why.
-    Next {
-        index: usize,
-        failed: Option<&'a ContainerAttempt>,
-    },
-}
-
 fn init_failed(a: &ContainerAttempt) -> bool {
     match &a.state {
         AttemptState::Exited {
@@ -372,45 +360,111 @@ fn init_failed(a: &ContainerAttempt) -> bool {
     }
 }
 
-fn init_progress<'a>(spec: &PodSpec, observed: &'a Observed) -> InitProgress<'a> {
+/// Why a running (or unknown) init container is stopped and started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitRestart {
+    StartupProbe,
+    Changed,
+    Liveness,
+    Unknown,
+}
+
+/// What the init containers need (upstream's `computeInitContainerActions`).
+#[derive(Default)]
+struct InitActions<'a> {
+    /// Initialization is complete: every regular init container succeeded and every sidecar
+    /// started (or an app container runs already).
+    initialized: bool,
+    /// Init containers to (re)start, by index, in spec order: the next one, and sidecars that
+    /// exited (they restart whatever the pod's restart policy).
+    start: Vec<usize>,
+    /// Running (or unknown) init containers to stop before they are started again.
+    kill: Vec<(&'a ContainerAttempt, InitRestart)>,
+    /// A regular init container failed: its newest attempt (it is in `start`).
+    failed: Option<&'a ContainerAttempt>,
+}
+
+fn init_actions<'a>(spec: &PodSpec, observed: &'a Observed) -> InitActions<'a> {
     let inits = spec.init_containers.as_deref().unwrap_or_default();
-    if inits.is_empty() {
-        return InitProgress::Done;
-    }
+    let mut out = InitActions::default();
     // A running app container means initialization completed earlier (its init containers may
-    // have been removed since): never run them again.
-    if spec
+    // have been removed since): never run regular init containers again; sidecars keep running.
+    let app_running = spec
         .containers
         .iter()
-        .any(|c| observed.latest(&c.name).is_some_and(|a| a.state.is_running()))
-    {
-        return InitProgress::Done;
-    }
+        .any(|c| observed.latest(&c.name).is_some_and(|a| a.state.is_running()));
+    out.initialized = inits.is_empty() || app_running;
+    // Walk backwards: the newest init container with a status tells how far initialization got
+    // (older ones may have been removed).
+    let mut previously_initialized = out.initialized;
     for (i, c) in inits.iter().enumerate().rev() {
-        if let Some(a) = observed.latest(&c.name).filter(|a| init_failed(a)) {
-            return InitProgress::Next {
-                index: i,
-                failed: Some(a),
-            };
-        }
-    }
-    for (i, c) in inits.iter().enumerate().rev() {
-        match observed.latest(&c.name).map(|a| &a.state) {
-            Some(AttemptState::Running { .. }) => return InitProgress::InProgress,
-            Some(AttemptState::Exited { .. }) if i + 1 == inits.len() => return InitProgress::Done,
-            Some(AttemptState::Exited { .. }) => {
-                return InitProgress::Next {
-                    index: i + 1,
-                    failed: None,
-                };
+        let sidecar = is_sidecar(c);
+        let Some(a) = observed.latest(&c.name) else {
+            if previously_initialized && sidecar {
+                out.start.push(i);
             }
-            _ => {}
+            continue;
+        };
+        if previously_initialized && !sidecar {
+            continue;
         }
+        match &a.state {
+            AttemptState::Created => out.start.push(i),
+            AttemptState::Running { .. } if sidecar => {
+                if c.startup_probe.is_some() && a.started != Some(true) {
+                    if a.started == Some(false) {
+                        out.kill.push((a, InitRestart::StartupProbe));
+                        out.start.push(i);
+                    }
+                } else {
+                    if i + 1 == inits.len() {
+                        out.initialized = true;
+                    } else if !previously_initialized {
+                        out.start.push(i + 1);
+                    }
+                    let restart = if a.spec_hash != spec_hash(c) {
+                        Some(InitRestart::Changed)
+                    } else if a.live == Some(false) {
+                        Some(InitRestart::Liveness)
+                    } else {
+                        None
+                    };
+                    if let Some(why) = restart {
+                        out.kill.push((a, why));
+                        out.start.push(i);
+                    }
+                }
+            }
+            // A regular init container runs: wait for it to finish.
+            AttemptState::Running { .. } => {}
+            AttemptState::Exited { .. } if sidecar => out.start.push(i),
+            AttemptState::Exited { .. } if init_failed(a) => {
+                out.start.push(i);
+                out.failed = Some(a);
+            }
+            AttemptState::Exited { .. } => {
+                if i + 1 == inits.len() {
+                    out.initialized = true;
+                } else {
+                    out.start.push(i + 1);
+                }
+            }
+            AttemptState::Unknown => {
+                out.kill.push((a, InitRestart::Unknown));
+                out.start.push(i);
+                if !sidecar {
+                    out.failed = Some(a);
+                }
+            }
+        }
+        previously_initialized = true;
     }
-    InitProgress::Next {
-        index: 0,
-        failed: None,
+    if !previously_initialized {
+        out.start.push(0);
     }
+    out.start.reverse();
+    out.start.dedup();
+    out
 }
 
 /// Upstream's `ShouldContainerBeRestarted` for a container whose newest attempt is `latest`.
@@ -525,7 +579,7 @@ impl<'a> Sync<'a, '_> {
                         .is_some_and(|a| matches!(a.state, AttemptState::Exited { exit_code: 0, .. })))
             })
             .collect();
-        if to_start.is_empty() && matches!(init_progress(self.spec, obs), InitProgress::Done) {
+        if to_start.is_empty() && init_actions(self.spec, obs).initialized {
             self.finish(kill_needed);
             return;
         }
@@ -547,9 +601,10 @@ impl<'a> Sync<'a, '_> {
 
     /// The pod is done without a usable sandbox: stop what is left, if anything.
     fn finish(&mut self, kill_needed: bool) {
-        let reason = match init_progress(self.spec, self.observed) {
-            InitProgress::Next { failed: Some(_), .. } => TerminationReason::InitFailed,
-            _ => TerminationReason::Completed,
+        let reason = if init_actions(self.spec, self.observed).failed.is_some() {
+            TerminationReason::InitFailed
+        } else {
+            TerminationReason::Completed
         };
         if kill_needed {
             self.plan.actions.push(Action::KillPod {
@@ -567,30 +622,21 @@ impl<'a> Sync<'a, '_> {
 
     fn sync_containers(&mut self) {
         let obs = self.observed;
-        match init_progress(self.spec, obs) {
-            InitProgress::InProgress => return,
-            InitProgress::Next { index, failed } => {
-                if failed.is_some() && self.policy() == "Never" {
-                    self.plan.actions.push(Action::KillPod {
-                        grace_seconds: self.grace(),
-                        reason: TerminationReason::InitFailed,
-                    });
-                    self.plan.stage = Stage::Terminating {
-                        reason: TerminationReason::InitFailed,
-                        grace_seconds: self.grace(),
-                    };
-                    return;
-                }
-                if let Some(a) = failed.filter(|a| a.state == AttemptState::Unknown) {
-                    self.kill_unknown(a);
-                }
-                let spec = self.spec;
-                if let Some(c) = spec.init_containers.as_deref().unwrap_or_default().get(index) {
-                    self.try_start(c, true);
-                }
-                return;
-            }
-            InitProgress::Done => {}
+        let init = init_actions(self.spec, obs);
+        if init.failed.is_some() && self.policy() == "Never" {
+            self.plan.actions.push(Action::KillPod {
+                grace_seconds: self.grace(),
+                reason: TerminationReason::InitFailed,
+            });
+            self.plan.stage = Stage::Terminating {
+                reason: TerminationReason::InitFailed,
+                grace_seconds: self.grace(),
+            };
+            return;
+        }
+        if !init.initialized {
+            self.restart_inits(&init);
+            return;
         }
 
         let mut keep = 0;
@@ -644,7 +690,9 @@ impl<'a> Sync<'a, '_> {
             });
         }
         if keep == 0 && to_start.is_empty() {
-            // Nothing runs and nothing will: the pod is done; stop the sandbox.
+            // Nothing runs and nothing will: the pod is done; stop the sandbox and the sidecars,
+            // which must not keep it alive (nor be restarted).
+            tracing::debug!(pod = %pod_display(self.pod), "app containers done, stopping the pod");
             self.plan.actions.push(Action::KillPod {
                 grace_seconds: self.grace(),
                 reason: TerminationReason::Completed,
@@ -655,8 +703,49 @@ impl<'a> Sync<'a, '_> {
             };
             return;
         }
+        self.restart_inits(&init);
         for c in to_start {
             self.try_start(c, false);
+        }
+    }
+
+    /// Stops the init containers that must restart, then starts the ones due, in spec order.
+    fn restart_inits(&mut self, init: &InitActions<'_>) {
+        let pod_grace = Some(self.grace());
+        let inits = self.inits();
+        for (a, why) in &init.kill {
+            let Some(c) = inits.iter().find(|c| c.name == a.name) else {
+                continue;
+            };
+            let (message, grace) = match why {
+                InitRestart::Unknown => {
+                    self.kill_unknown(a);
+                    continue;
+                }
+                InitRestart::StartupProbe => (
+                    format!("Init container {} failed startup probe", c.name),
+                    probe_grace_period_seconds(ProbeKind::Startup, c, pod_grace).unwrap_or(self.grace()),
+                ),
+                InitRestart::Liveness => (
+                    format!("Init container {} failed liveness probe", c.name),
+                    probe_grace_period_seconds(ProbeKind::Liveness, c, pod_grace).unwrap_or(self.grace()),
+                ),
+                InitRestart::Changed => (
+                    format!("Init container {} definition changed", c.name),
+                    self.grace(),
+                ),
+            };
+            self.plan.actions.push(Action::KillContainer {
+                id: a.id.clone(),
+                container: c.name.clone(),
+                grace_seconds: grace,
+                message: format!("{message}, will be restarted"),
+            });
+        }
+        for &i in &init.start {
+            if let Some(c) = inits.get(i) {
+                self.try_start(c, true);
+            }
         }
     }
 

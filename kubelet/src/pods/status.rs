@@ -19,6 +19,7 @@ use super::Timestamp;
 use super::observed::{AttemptState, ContainerAttempt, Observed, container_id_uri};
 use super::plan::deadline_exceeded;
 use super::resources::pod_qos;
+use super::sidecars::is_sidecar;
 
 /// Condition types the kubelet owns (upstream's `PodConditionsByKubelet` plus
 /// `PodReadyToStartContainers`); others in the old status are kept untouched.
@@ -138,6 +139,9 @@ fn container_statuses(
     let old: BTreeMap<&str, &ContainerStatus> = previous.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut out = vec![];
     for c in containers {
+        let sidecar = is_init && is_sidecar(c);
+        // A sidecar restarts whatever the pod's restart policy.
+        let policy = if sidecar { "Always" } else { policy };
         let spec_image = c.image.clone().unwrap_or_default();
         let attempts = observed.attempts(&c.name);
         let old_status = old.get(c.name.as_str()).copied();
@@ -185,8 +189,9 @@ fn container_statuses(
 
         // A container that will be (re)started shows why it is not running yet (reason cache).
         let latest = attempts.first().copied();
-        let init_succeeded =
-            is_init && latest.is_some_and(|a| matches!(a.state, AttemptState::Exited { exit_code: 0, .. }));
+        let init_succeeded = is_init
+            && !sidecar
+            && latest.is_some_and(|a| matches!(a.state, AttemptState::Exited { exit_code: 0, .. }));
         if !init_succeeded
             && should_restart(pod, policy, latest)
             && let Some(err) = observed.start_errors.get(&c.name)
@@ -200,7 +205,7 @@ fn container_statuses(
         // Probe results (upstream's prober manager).
         let running = s.state.as_ref().is_some_and(|st| st.running.is_some());
         let probe = latest.filter(|a| a.state.is_running());
-        if is_init {
+        if is_init && !sidecar {
             s.ready = s
                 .state
                 .as_ref()
@@ -239,16 +244,42 @@ fn has_app_started(spec: &PodSpec, statuses: &[ContainerStatus]) -> bool {
     })
 }
 
-/// Upstream's `getPhase` (regular init containers) over all container statuses.
+/// Upstream's `getPhase` over all container statuses. Sidecars count as running while they run;
+/// a stopped sidecar does not count, so it neither fails the pod nor keeps it from completing.
 pub fn phase(spec: &PodSpec, statuses: &[ContainerStatus], pod_is_terminal: bool) -> &'static str {
-    let (mut pending_init, mut failed_init) = (0, 0);
+    let (mut pending_init, mut failed_init, mut pending_sidecars) = (0, 0, 0);
+    let (mut unknown, mut running_n, mut waiting_n, mut stopped, mut succeeded) = (0, 0, 0, 0, 0);
     for c in spec.init_containers.iter().flatten() {
+        let sidecar = is_sidecar(c);
         let Some(s) = find(statuses, &c.name) else {
-            pending_init += 1;
+            if sidecar {
+                unknown += 1;
+            } else {
+                pending_init += 1;
+            }
             continue;
         };
         let (running, terminated, waiting) = state_of(s);
         let last_terminated = s.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+        if sidecar {
+            if running {
+                if s.started != Some(true) {
+                    pending_sidecars += 1;
+                }
+                running_n += 1;
+            } else if terminated.is_some() {
+                // A stopped sidecar counts for nothing: it neither fails nor completes the pod.
+            } else if waiting {
+                if last_terminated.is_none() {
+                    pending_sidecars += 1;
+                    waiting_n += 1;
+                }
+            } else {
+                pending_sidecars += 1;
+                unknown += 1;
+            }
+            continue;
+        }
         if running {
             pending_init += 1;
         } else if let Some(t) = terminated {
@@ -265,7 +296,6 @@ pub fn phase(spec: &PodSpec, statuses: &[ContainerStatus], pod_is_terminal: bool
             pending_init += 1;
         }
     }
-    let (mut unknown, mut running_n, mut waiting_n, mut stopped, mut succeeded) = (0, 0, 0, 0, 0);
     for c in &spec.containers {
         let Some(s) = find(statuses, &c.name) else {
             unknown += 1;
@@ -293,7 +323,10 @@ pub fn phase(spec: &PodSpec, statuses: &[ContainerStatus], pod_is_terminal: bool
     if failed_init > 0 && policy == "Never" {
         return "Failed";
     }
-    if (pending_init > 0 && !has_app_started(spec, statuses)) || waiting_n > 0 {
+    // Once an app container ran, init containers that restart (sidecars) or lost their status do
+    // not put the pod back to Pending.
+    let pending = pending_init > 0 || pending_sidecars > 0;
+    if (pending && !has_app_started(spec, statuses)) || waiting_n > 0 {
         return "Pending";
     }
     if running_n > 0 && unknown == 0 {
@@ -352,8 +385,24 @@ fn unknown_and_unready<'a>(
     (unknown, unready)
 }
 
+/// Upstream's `isInitContainerInitialized`: a sidecar once started, a regular one once it succeeded.
+fn init_done(c: &Container, s: &ContainerStatus) -> bool {
+    if is_sidecar(c) {
+        s.started == Some(true)
+    } else {
+        s.ready
+    }
+}
+
 fn initialized_condition(spec: &PodSpec, all: &[ContainerStatus], phase: &str) -> PodCondition {
-    let (unknown, incomplete) = unknown_and_unready(spec.init_containers.iter().flatten(), all);
+    let (mut unknown, mut incomplete) = (vec![], vec![]);
+    for c in spec.init_containers.iter().flatten() {
+        match find(all, &c.name) {
+            None => unknown.push(c.name.as_str()),
+            Some(s) if !init_done(c, s) => incomplete.push(c.name.as_str()),
+            Some(_) => {}
+        }
+    }
     if phase == "Succeeded" && unknown.is_empty() {
         return condition("Initialized", true, "PodCompleted", "");
     }
@@ -377,8 +426,10 @@ fn initialized_condition(spec: &PodSpec, all: &[ContainerStatus], phase: &str) -
     }
 }
 
-fn containers_ready_condition(spec: &PodSpec, app: &[ContainerStatus], phase: &str) -> PodCondition {
-    let (unknown, unready) = unknown_and_unready(&spec.containers, app);
+/// Upstream's `GenerateContainersReadyCondition`: the sidecars and the app containers must be ready.
+fn containers_ready_condition(spec: &PodSpec, all: &[ContainerStatus], phase: &str) -> PodCondition {
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| is_sidecar(c));
+    let (unknown, unready) = unknown_and_unready(sidecars.chain(&spec.containers), all);
     if phase == "Succeeded" && unknown.is_empty() {
         return condition("ContainersReady", false, "PodCompleted", "");
     }
@@ -481,7 +532,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
     }
 
     let old_conditions = old.conditions.clone().unwrap_or_default();
-    let containers_ready = containers_ready_condition(spec, &app_statuses, &ph);
+    let containers_ready = containers_ready_condition(spec, &all, &ph);
     let fresh = [
         condition("PodReadyToStartContainers", observed.sandbox_ready(), "", ""),
         initialized_condition(spec, &all, &ph),

@@ -126,7 +126,13 @@ impl ProbeManager {
         let reported = pod
             .status
             .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
+            .flat_map(|s| {
+                // Sidecars report in the init container statuses.
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
             .find(|s| {
                 s.name == container.name
                     && s.container_id

@@ -11,6 +11,7 @@ use super::observe::{sandboxes_of, termination_message};
 use super::sandbox::teardown_sandbox;
 use super::{Facts, NodeContext, event, find_container, lock, uid_of};
 use crate::hooks;
+use crate::pods::sidecars::kill_stages;
 use crate::pods::{ContainerAttempt, Observed, pod_ref};
 use crate::runtime::container::TaskState;
 
@@ -28,6 +29,12 @@ pub(super) async fn kill_container(
     if !message.is_empty() {
         event(ctx, pod, Some(name), "Normal", "Killing", message.to_string());
     }
+    let grace = pre_stop(ctx, pod, id, name, grace).await;
+    stop_container(ctx, pod, id, name, grace).await;
+}
+
+/// Runs the container's preStop hook, if any, within `grace` seconds; the grace period left.
+async fn pre_stop(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64) -> i64 {
     let mut grace = grace.max(0);
     // preStop runs first, within the grace period (upstream: only when there is one).
     if let Some((c, handler)) =
@@ -50,6 +57,11 @@ pub(super) async fn kill_container(
         }
         grace -= started.elapsed().as_secs() as i64;
     }
+    grace
+}
+
+/// SIGTERM, up to `grace` seconds (at least [`MIN_GRACE_SECONDS`]), then SIGKILL; records the exit.
+async fn stop_container(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64) {
     // Upstream always leaves a minimal shutdown window to avoid needless SIGKILLs.
     let grace = Duration::from_secs(grace.max(MIN_GRACE_SECONDS) as u64);
     match ctx.runtime.stop(id, libc::SIGTERM as u32, grace).await {
@@ -106,22 +118,52 @@ pub(super) async fn remove_container(ctx: &NodeContext, id: &str) -> bool {
     true
 }
 
-/// Stops every running container of the pod concurrently, each with `grace_seconds`, then tears the
-/// sandbox down; the stopped containers stay for status and logs.
+/// Stops every running container of the pod within `grace_seconds` (app containers together, then
+/// sidecars in reverse order), then tears the sandbox down; the stopped containers stay for status
+/// and logs.
 pub(super) async fn kill_pod(ctx: &NodeContext, pod: &Pod, observed: &Observed, grace_seconds: i64) {
     let running: Vec<&ContainerAttempt> = observed
         .containers
         .iter()
         .filter(|c| c.state.is_running())
         .collect();
-    let messages: Vec<String> = running
+    // Upstream's termination ordering: every container runs its preStop hook at once; the app
+    // containers then get SIGTERM, each sidecar only once the containers of the stages before it
+    // stopped (or its grace period ran out waiting).
+    let stages = kill_stages(pod.spec.as_ref(), &running);
+    let (stages_done, _) = tokio::sync::watch::channel(0usize);
+    let left: Vec<std::sync::atomic::AtomicUsize> = stages
         .iter()
-        .map(|c| format!("Stopping container {}", c.name))
+        .map(|s| std::sync::atomic::AtomicUsize::new(s.len()))
         .collect();
-    let kills = running
-        .iter()
-        .zip(&messages)
-        .map(|(c, m)| kill_container(ctx, pod, &c.id, &c.name, grace_seconds, m));
+    let kills = stages.iter().enumerate().flat_map(|(stage, containers)| {
+        let (stages_done, left) = (&stages_done, &left);
+        containers.iter().map(move |c| async move {
+            event(
+                ctx,
+                pod,
+                Some(&c.name),
+                "Normal",
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
+            let grace = pre_stop(ctx, pod, &c.id, &c.name, grace_seconds).await;
+            let waited = std::time::Instant::now();
+            let mut turn = stages_done.subscribe();
+            let limit = Duration::from_secs(grace.max(0) as u64);
+            if tokio::time::timeout(limit, turn.wait_for(|done| *done >= stage))
+                .await
+                .is_err()
+            {
+                tracing::debug!(pod = %pod_ref(pod), container = %c.name, "stopping without waiting for its turn: grace period over");
+            }
+            let grace = grace - waited.elapsed().as_secs() as i64;
+            stop_container(ctx, pod, &c.id, &c.name, grace).await;
+            if left[stage].fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                stages_done.send_modify(|done| *done = (*done).max(stage + 1));
+            }
+        })
+    });
     futures::future::join_all(kills).await;
     for (_, id) in sandboxes_of(&ctx.sandbox_root(), &uid_of(pod)) {
         teardown_sandbox(ctx, pod, &id).await;
