@@ -6,7 +6,7 @@
 #   tests/upstream/etcd     go.etcd.io/etcd/server/v3: etcd
 #   tests/upstream/coredns  github.com/coredns/coredns: coredns
 #   tests/upstream/conformance  k8s.io/kubernetes test binaries (with --conformance): e2e.test,
-#                           ginkgo, agnhost (the test image's program), sample-apiserver
+#                           ginkgo, the test images' programs (agnhost, nonewprivs), sample-apiserver
 #
 # Output: a cache outside the clone, ${KNODE_UPSTREAM_CACHE:-$HOME/.cache/knode/upstream}/
 # <release>-<hash of the modules' go.mod/go.sum>/bin/. A second run is a no-op. The bin dir is the last
@@ -74,7 +74,9 @@ main() {
   built() { [ -e "$cp_done" ] && { [ $with_node = 0 ] || [ -e "$node_done" ]; }; }
   if [ $conformance = 1 ]; then
     cmods="$mods/conformance"
-    chash=$(cat "$cmods/go.mod" "$cmods/go.sum" | sha256sum | cut -c1-12)
+    # What is built is part of the key: adding a program rebuilds.
+    conf_progs="github.com/onsi/ginkgo/v2/ginkgo k8s.io/kubernetes/test/images/agnhost k8s.io/kubernetes/test/images/nonewprivs"
+    chash=$( (cat "$cmods/go.mod" "$cmods/go.sum"; echo "e2e.test sample-apiserver $conf_progs") | sha256sum | cut -c1-12)
     out="$cache/conformance-$release-$chash"
     bin="$out/bin"
     mkdir -p "$bin"
@@ -122,13 +124,12 @@ main() {
 
   t0=$(date +%s)
   if [ $conformance = 1 ]; then
-    log "building the conformance suite of Kubernetes $release (e2e.test, ginkgo, agnhost, sample-apiserver)"
+    log "building the conformance suite of Kubernetes $release (e2e.test, ginkgo, sample-apiserver, $conf_progs)"
     # e2e.test is a test binary of a dependency's package: `go test -c` builds it like `make WHAT=test/e2e/e2e.test`.
     (cd "$cmods" && nice -n 10 go test -c -vet=off -p "$jobs" -trimpath -ldflags "$k8s_ldflags" -o "$tmp/e2e.test" \
       k8s.io/kubernetes/test/e2e)
-    (cd "$cmods" && gobuild -ldflags "$k8s_ldflags" -o "$tmp/" \
-      github.com/onsi/ginkgo/v2/ginkgo \
-      k8s.io/kubernetes/test/images/agnhost)
+    # shellcheck disable=SC2086 # a list of packages
+    (cd "$cmods" && gobuild -ldflags "$k8s_ldflags" -o "$tmp/" $conf_progs)
     (cd "$cmods" && gobuild -ldflags "$k8s_ldflags" -o "$tmp/sample-apiserver" k8s.io/sample-apiserver)
     mv -f "$tmp"/* "$bin/"
     touch "$conf_done"

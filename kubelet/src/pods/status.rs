@@ -545,7 +545,11 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
         .cloned()
         .collect();
+    // PodObservedGenerationTracking (on by default since 1.35): which spec generation the kubelet
+    // acted on, for the pod and each condition it owns.
+    let generation = pod.metadata.generation;
     for mut c in fresh {
+        c.observed_generation = generation;
         // The status manager keeps the transition time while the status stays the same.
         c.last_transition_time = match old_conditions.iter().find(|o| o.type_ == c.type_) {
             Some(o) if o.status == c.status && o.last_transition_time.is_some() => {
@@ -584,6 +588,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
         container_statuses: Some(app_statuses),
         nominated_node_name: old.nominated_node_name.clone(),
+        observed_generation: generation,
         ..Default::default()
     }
 }
@@ -612,7 +617,8 @@ fn normalize(v: serde_json::Value) -> serde_json::Value {
 /// `isPodStatusByKubeletEqual`): kubelet-owned conditions compare by type, status, reason and message
 /// only (not their times); everything else compares as the API stores it (times to the second).
 pub fn status_changed(old: &PodStatus, new: &PodStatus) -> bool {
-    let kubelet_conditions = |s: &PodStatus| -> BTreeMap<String, (String, Option<String>, Option<String>)> {
+    type Compared = (String, Option<String>, Option<String>, Option<i64>);
+    let kubelet_conditions = |s: &PodStatus| -> BTreeMap<String, Compared> {
         s.conditions
             .iter()
             .flatten()
@@ -620,7 +626,12 @@ pub fn status_changed(old: &PodStatus, new: &PodStatus) -> bool {
             .map(|c| {
                 (
                     c.type_.clone(),
-                    (c.status.clone(), c.reason.clone(), c.message.clone()),
+                    (
+                        c.status.clone(),
+                        c.reason.clone(),
+                        c.message.clone(),
+                        c.observed_generation,
+                    ),
                 )
             })
             .collect()

@@ -775,3 +775,27 @@ fn the_status_patch_replaces_ip_lists_instead_of_merging_them() {
             .is_none()
     );
 }
+
+#[test]
+fn observed_generation_follows_the_spec_generation() {
+    let mut pod = pod_with(vec![container("a", "img:1")], "Always");
+    pod.metadata.generation = Some(1);
+    let first = status(&pod, &Observed::default(), t(0), NODE_IP);
+    assert_eq!(first.observed_generation, Some(1));
+    for kind in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ] {
+        assert_eq!(cond(&first, kind).observed_generation, Some(1), "{kind}");
+    }
+    // An update of the spec (say activeDeadlineSeconds) bumps the generation: a status change.
+    pod.status = Some(first.clone());
+    pod.metadata.generation = Some(2);
+    let second = status(&pod, &Observed::default(), t(1), NODE_IP);
+    assert_eq!(second.observed_generation, Some(2));
+    assert_eq!(cond(&second, "Ready").observed_generation, Some(2));
+    assert!(status_changed(&first, &second));
+}

@@ -4,7 +4,8 @@
 //! Each reference the suite lists (after `KUBE_TEST_REPO_LIST` points every upstream registry at the
 //! local one) is matched by image name to a recipe:
 //! - Go programs from the pinned k8s.io/kubernetes module (`scripts/build-upstream.sh --conformance`):
-//!   `agnhost` (and `kitten`/`nautilus`, agnhost plus their pages), `sample-apiserver`;
+//!   `agnhost` (and `kitten`/`nautilus`, agnhost plus their pages), `sample-apiserver`, `nonewprivs`;
+//! - `nonroot`: busybox with `USER 1234`;
 //! - `etcd` from the control plane's own build; `pause` as knode's pause (the static test program);
 //! - `busybox` from Debian's busybox-static, with bash as `/bin/sh` ([`sh_is_bash`] says why);
 //! - images without Go source (`nginx`, `glibc-dns-testing`, agnhost's tools: curl, dig, nc, ip, …)
@@ -142,6 +143,8 @@ enum Recipe {
     GlibcDnsTesting,
     Etcd,
     SampleApiserver,
+    Nonewprivs,
+    NonRoot,
 }
 
 /// Debian packages behind agnhost's subcommands and the shell commands tests exec in it (upstream
@@ -172,6 +175,8 @@ impl Recipe {
             "glibc-dns-testing" => Recipe::GlibcDnsTesting,
             "etcd" => Recipe::Etcd,
             "sample-apiserver" => Recipe::SampleApiserver,
+            "nonewprivs" => Recipe::Nonewprivs,
+            "nonroot" => Recipe::NonRoot,
             _ => return None,
         })
     }
@@ -187,6 +192,8 @@ impl Recipe {
             Recipe::GlibcDnsTesting => "glibc-dns-testing",
             Recipe::Etcd => "etcd",
             Recipe::SampleApiserver => "sample-apiserver",
+            Recipe::Nonewprivs => "nonewprivs",
+            Recipe::NonRoot => "nonroot",
         }
     }
 
@@ -238,6 +245,40 @@ impl Recipe {
                     cmd: vec!["/usr/local/bin/etcd".into()],
                     env: vec![PATH_ENV.into()],
                     working_dir: "/".into(),
+                    ..Default::default()
+                },
+            )),
+            // nnp (Go, the pinned module) setuid root: it prints its effective UID, which stays the
+            // caller's when no_new_privs is set.
+            Recipe::Nonewprivs => {
+                let src = inputs.conformance_bin.join("nonewprivs");
+                let data =
+                    std::fs::read(&src).map_err(HarnessError::io(format!("reading {}", src.display())))?;
+                Ok(build_image(
+                    vec![
+                        busybox_layer()?,
+                        users_layer(&[], &[])?,
+                        build_layer(&[Entry::File {
+                            path: "usr/local/bin/nnp".into(),
+                            mode: 0o6755,
+                            data,
+                        }])?,
+                    ],
+                    &ImageConfig {
+                        cmd: vec!["nnp".into()],
+                        env: vec![PATH_ENV.into()],
+                        working_dir: "/".into(),
+                        ..Default::default()
+                    },
+                ))
+            }
+            Recipe::NonRoot => Ok(build_image(
+                vec![busybox_layer()?, users_layer(&[], &[])?],
+                &ImageConfig {
+                    cmd: vec!["sh".into()],
+                    env: vec![PATH_ENV.into()],
+                    working_dir: "/".into(),
+                    user: "1234".into(),
                     ..Default::default()
                 },
             )),
