@@ -599,6 +599,18 @@ impl<'a> Sync<'a, '_> {
         }
     }
 
+    /// Stops the whole pod (containers, sidecars, sandbox) within its grace period.
+    fn stop_pod(&mut self, reason: TerminationReason) {
+        self.plan.actions.push(Action::KillPod {
+            grace_seconds: self.grace(),
+            reason,
+        });
+        self.plan.stage = Stage::Terminating {
+            reason,
+            grace_seconds: self.grace(),
+        };
+    }
+
     /// The pod is done without a usable sandbox: stop what is left, if anything.
     fn finish(&mut self, kill_needed: bool) {
         let reason = if init_actions(self.spec, self.observed).failed.is_some() {
@@ -607,14 +619,7 @@ impl<'a> Sync<'a, '_> {
             TerminationReason::Completed
         };
         if kill_needed {
-            self.plan.actions.push(Action::KillPod {
-                grace_seconds: self.grace(),
-                reason,
-            });
-            self.plan.stage = Stage::Terminating {
-                reason,
-                grace_seconds: self.grace(),
-            };
+            self.stop_pod(reason);
         } else {
             self.plan.stage = Stage::Terminated { reason };
         }
@@ -624,14 +629,7 @@ impl<'a> Sync<'a, '_> {
         let obs = self.observed;
         let init = init_actions(self.spec, obs);
         if init.failed.is_some() && self.policy() == "Never" {
-            self.plan.actions.push(Action::KillPod {
-                grace_seconds: self.grace(),
-                reason: TerminationReason::InitFailed,
-            });
-            self.plan.stage = Stage::Terminating {
-                reason: TerminationReason::InitFailed,
-                grace_seconds: self.grace(),
-            };
+            self.stop_pod(TerminationReason::InitFailed);
             return;
         }
         if !init.initialized {
@@ -693,14 +691,7 @@ impl<'a> Sync<'a, '_> {
             // Nothing runs and nothing will: the pod is done; stop the sandbox and the sidecars,
             // which must not keep it alive (nor be restarted).
             tracing::debug!(pod = %pod_display(self.pod), "app containers done, stopping the pod");
-            self.plan.actions.push(Action::KillPod {
-                grace_seconds: self.grace(),
-                reason: TerminationReason::Completed,
-            });
-            self.plan.stage = Stage::Terminating {
-                reason: TerminationReason::Completed,
-                grace_seconds: self.grace(),
-            };
+            self.stop_pod(TerminationReason::Completed);
             return;
         }
         self.restart_inits(&init);

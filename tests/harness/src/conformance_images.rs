@@ -202,103 +202,96 @@ impl Recipe {
             Recipe::Agnhost => agnhost(inputs, None),
             Recipe::Kitten => agnhost(inputs, Some("kitten")),
             Recipe::Nautilus => agnhost(inputs, Some("nautilus")),
-            Recipe::BusyBox => Ok(build_image(
+            Recipe::BusyBox => on_busybox(
                 vec![
-                    busybox_layer()?,
                     dir_layer(&debian_root("bash", &["bash"], &inputs.cache)?)?,
                     users_layer(&[], &[])?,
                     sh_is_bash()?,
                 ],
-                &ImageConfig {
+                ImageConfig {
                     cmd: vec!["sh".into()],
-                    env: vec![PATH_ENV.into()],
-                    working_dir: "/".into(),
                     ..Default::default()
                 },
-            )),
+            ),
             Recipe::Pause => pause_image(),
             Recipe::Nginx => nginx(inputs),
-            Recipe::GlibcDnsTesting => Ok(build_image(
+            Recipe::GlibcDnsTesting => on_busybox(
                 vec![
-                    busybox_layer()?,
                     dir_layer(&debian_root(
                         "glibc-dns-testing",
                         &["bind9-dnsutils"],
                         &inputs.cache,
                     )?)?,
                     users_layer(&[], &[])?,
-                    file_layer(&inputs.upstream_bin.join("coredns"), "coredns")?,
+                    file_layer(&inputs.upstream_bin.join("coredns"), "coredns", 0o755)?,
                 ],
-                &ImageConfig {
+                ImageConfig {
                     cmd: vec!["sh".into()],
-                    env: vec![PATH_ENV.into()],
-                    working_dir: "/".into(),
                     ..Default::default()
                 },
-            )),
-            Recipe::Etcd => Ok(build_image(
-                vec![
-                    busybox_layer()?,
-                    file_layer(&inputs.upstream_bin.join("etcd"), "usr/local/bin/etcd")?,
-                ],
-                &ImageConfig {
+            ),
+            Recipe::Etcd => on_busybox(
+                vec![file_layer(
+                    &inputs.upstream_bin.join("etcd"),
+                    "usr/local/bin/etcd",
+                    0o755,
+                )?],
+                ImageConfig {
                     cmd: vec!["/usr/local/bin/etcd".into()],
-                    env: vec![PATH_ENV.into()],
-                    working_dir: "/".into(),
                     ..Default::default()
                 },
-            )),
+            ),
             // nnp (Go, the pinned module) setuid root: it prints its effective UID, which stays the
             // caller's when no_new_privs is set.
-            Recipe::Nonewprivs => {
-                let src = inputs.conformance_bin.join("nonewprivs");
-                let data =
-                    std::fs::read(&src).map_err(HarnessError::io(format!("reading {}", src.display())))?;
-                Ok(build_image(
-                    vec![
-                        busybox_layer()?,
-                        users_layer(&[], &[])?,
-                        build_layer(&[Entry::File {
-                            path: "usr/local/bin/nnp".into(),
-                            mode: 0o6755,
-                            data,
-                        }])?,
-                    ],
-                    &ImageConfig {
-                        cmd: vec!["nnp".into()],
-                        env: vec![PATH_ENV.into()],
-                        working_dir: "/".into(),
-                        ..Default::default()
-                    },
-                ))
-            }
-            Recipe::NonRoot => Ok(build_image(
-                vec![busybox_layer()?, users_layer(&[], &[])?],
-                &ImageConfig {
+            Recipe::Nonewprivs => on_busybox(
+                vec![
+                    users_layer(&[], &[])?,
+                    file_layer(
+                        &inputs.conformance_bin.join("nonewprivs"),
+                        "usr/local/bin/nnp",
+                        0o6755,
+                    )?,
+                ],
+                ImageConfig {
+                    cmd: vec!["nnp".into()],
+                    ..Default::default()
+                },
+            ),
+            Recipe::NonRoot => on_busybox(
+                vec![users_layer(&[], &[])?],
+                ImageConfig {
                     cmd: vec!["sh".into()],
-                    env: vec![PATH_ENV.into()],
-                    working_dir: "/".into(),
                     user: "1234".into(),
                     ..Default::default()
                 },
-            )),
-            Recipe::SampleApiserver => Ok(build_image(
-                vec![
-                    busybox_layer()?,
-                    file_layer(
-                        &inputs.conformance_bin.join("sample-apiserver"),
-                        "sample-apiserver",
-                    )?,
-                ],
-                &ImageConfig {
+            ),
+            Recipe::SampleApiserver => on_busybox(
+                vec![file_layer(
+                    &inputs.conformance_bin.join("sample-apiserver"),
+                    "sample-apiserver",
+                    0o755,
+                )?],
+                ImageConfig {
                     entrypoint: vec!["/sample-apiserver".into()],
-                    env: vec![PATH_ENV.into()],
-                    working_dir: "/".into(),
                     ..Default::default()
                 },
-            )),
+            ),
         }
     }
+}
+
+/// busybox-static under `layers`, with the upstream images' PATH and `/` as working directory.
+fn on_busybox(layers: Vec<Layer>, cfg: ImageConfig) -> Result<Image> {
+    let mut all = vec![busybox_layer()?];
+    all.extend(layers);
+    Ok(build_image(
+        all,
+        &ImageConfig {
+            env: vec![PATH_ENV.into()],
+            working_dir: "/".into(),
+            ..cfg
+        },
+    ))
 }
 
 /// agnhost as upstream's Dockerfile makes it; `pages` adds kitten's or nautilus' `html/` and makes
@@ -357,9 +350,8 @@ fn agnhost(inputs: &Inputs, pages: Option<&str>) -> Result<Image> {
         cmd = vec!["test-webserver".into()];
     }
     let ports = ["80", "8080", "8081", "9376", "5000"];
-    Ok(build_image(
+    on_busybox(
         vec![
-            busybox_layer()?,
             dir_layer(&debian_root("agnhost", AGNHOST_PACKAGES, &inputs.cache)?)?,
             // The SupplementalGroups test's user and group defined in the image.
             users_layer(
@@ -372,15 +364,13 @@ fn agnhost(inputs: &Inputs, pages: Option<&str>) -> Result<Image> {
             build_layer(&app)?,
             sh_is_bash()?,
         ],
-        &ImageConfig {
+        ImageConfig {
             entrypoint: vec!["/agnhost".into()],
             cmd,
-            env: vec![PATH_ENV.into()],
-            working_dir: "/".into(),
             exposed_ports: ports.iter().map(|p| format!("{p}/tcp")).collect(),
             ..Default::default()
         },
-    ))
+    )
 }
 
 /// nginx from Debian with a configuration like the official image's: port 80, the welcome page,
@@ -418,9 +408,8 @@ http {\n  include /etc/nginx/mime.types;\n  default_type application/octet-strea
             mode: 0o755,
         },
     ])?;
-    Ok(build_image(
+    on_busybox(
         vec![
-            busybox_layer()?,
             dir_layer(&debian_root("nginx", &["nginx"], &inputs.cache)?)?,
             users_layer(
                 &["www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin"],
@@ -428,14 +417,12 @@ http {\n  include /etc/nginx/mime.types;\n  default_type application/octet-strea
             )?,
             app,
         ],
-        &ImageConfig {
+        ImageConfig {
             cmd: vec!["nginx".into(), "-g".into(), "daemon off;".into()],
-            env: vec![PATH_ENV.into()],
-            working_dir: "/".into(),
             exposed_ports: vec!["80/tcp".into()],
             ..Default::default()
         },
-    ))
+    )
 }
 
 /// `/bin/sh` → bash. Debian's busybox 1.35 shell differs from the upstream images' shells where
@@ -477,8 +464,8 @@ fn users_layer(users: &[&str], groups: &[&str]) -> Result<Layer> {
     ])
 }
 
-/// A layer holding one file of the host at `dest`, executable.
-fn file_layer(src: &Path, dest: &str) -> Result<Layer> {
+/// A layer holding one file of the host at `dest` with `mode`.
+fn file_layer(src: &Path, dest: &str, mode: u32) -> Result<Layer> {
     let data = std::fs::read(src).map_err(|_| {
         HarnessError::Missing(format!(
             "{} not found: build it with scripts/build-upstream.sh (--conformance)",
@@ -487,7 +474,7 @@ fn file_layer(src: &Path, dest: &str) -> Result<Layer> {
     })?;
     build_layer(&[Entry::File {
         path: dest.into(),
-        mode: 0o755,
+        mode,
         data,
     }])
 }
