@@ -358,6 +358,18 @@ fn copy_stream(fifo: &Path, stream: &'static str, log: &Mutex<LogFile>, id: &str
     }
 }
 
+/// Lets go of the log copies of a task whose creation failed, without waiting for them. Threads
+/// still blocked in `open` get EOF at once. A failure can also come after the shim opened the write
+/// ends (containerd died mid-create and the shim lives on): those threads end when that task is
+/// deleted by a later sync, so joining here would block the pod's worker until then — for ever if
+/// nothing deletes it.
+fn abandon_log_copy(fifos: &[PathBuf], threads: Vec<std::thread::JoinHandle<()>>) {
+    for f in fifos {
+        release_fifo(f);
+    }
+    drop(threads);
+}
+
 /// Unblocks a log thread still waiting in `open` for a writer that will never come (task creation
 /// failed): opening the write end non-blocking succeeds while a reader waits, closing it gives EOF.
 fn release_fifo(fifo: &Path) {
@@ -632,12 +644,7 @@ impl ContainerService {
             .await;
         if let Err(e) = res {
             super::stdin::close(id);
-            for f in &fifos {
-                release_fifo(f);
-            }
-            for t in threads {
-                let _ = t.join();
-            }
+            abandon_log_copy(&fifos, threads);
             return Err(Self::err(id)(RuntimeError::grpc("Tasks.Create")(e)));
         }
         tracing::info!(container = %id, log = %log_path.display(), "container created");
@@ -966,6 +973,43 @@ mod tests {
         };
         copy_stream(&fifo, "stdout", &log, "c1").unwrap();
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn abandoning_a_failed_create_does_not_wait_for_a_shim_holding_a_fifo() {
+        // containerd died mid-Tasks.Create: the shim opened stdout and lives on, stderr never got a
+        // writer. The worker must get its error back at once, not when that shim goes away.
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(
+            LogFile::open(&dir.path().join("0.log"), LogRotation::default()).unwrap(),
+        ));
+        let fifos: Vec<PathBuf> = ["stdout", "stderr"].iter().map(|s| dir.path().join(s)).collect();
+        let mut threads = Vec::new();
+        for (f, s) in fifos.iter().zip(["stdout", "stderr"]) {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::S_IRWXU).unwrap();
+            threads.push(spawn_log_writer(f, s, &log, "c1").unwrap());
+        }
+        let mut shim = fs::OpenOptions::new().write(true).open(&fifos[0]).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            abandon_log_copy(&fifos, threads);
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("abandoning the log copy blocked on the FIFO the shim holds");
+        // The detached copy still records what the task writes until it is deleted.
+        writeln!(shim, "late line").unwrap();
+        drop(shim);
+        let path = dir.path().join("0.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !fs::read_to_string(&path).unwrap().contains("stdout F late line") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the copy of the held stream stopped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

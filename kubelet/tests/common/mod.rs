@@ -185,7 +185,10 @@ impl Node {
             .args(&self.args)
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("WATCHDOG_USEC", "2000000")
-            .env("RUST_LOG", "info,kube_client=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KNODE_TEST_RUST_LOG").unwrap_or("info,kube_client=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
