@@ -95,7 +95,8 @@ fn attempt_of(
     state: AttemptState,
     created: Timestamp,
 ) -> ContainerAttempt {
-    let c = spec_of(p, name);
+    let spec = p.spec.as_ref().unwrap();
+    let c = &super::ephemeral::find(spec, name).unwrap_or_else(|| spec_of(p, name).clone());
     ContainerAttempt {
         id: format!("{name}-{attempt}"),
         name: name.into(),

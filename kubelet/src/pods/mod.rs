@@ -14,11 +14,13 @@
 //! requests and the end-of-turn policy), [`observed`] (the runtime picture), [`backoff`]
 //! (CrashLoopBackOff and ImagePullBackOff bookkeeping), [`resources`] (quantities, requests, QoS,
 //! admission), [`mod@status`] (the pod status), [`dns`] (resolv.conf and hostname per `dnsPolicy`),
-//! [`sidecars`] (init containers with `restartPolicy: Always`: start gating, stop order).
+//! [`sidecars`] (init containers with `restartPolicy: Always`: start gating, stop order),
+//! [`ephemeral`] (ephemeral containers: started once, never restarted).
 //! I/O: [`sources`], [`manager`], [`executor`].
 
 pub mod backoff;
 pub mod dns;
+pub mod ephemeral;
 pub mod executor;
 pub mod manager;
 pub mod observed;
@@ -74,6 +76,8 @@ pub fn is_static(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
         .is_some_and(|s| s == "file")
 }
 
+#[cfg(test)]
+mod ephemeral_tests;
 #[cfg(test)]
 mod plan_tests;
 #[cfg(test)]

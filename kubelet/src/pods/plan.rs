@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::jiff::SignedDuration;
 
 use super::backoff::{BackoffBook, BackoffStep, go_duration};
+use super::ephemeral;
 use super::observed::{AttemptState, ContainerAttempt, Observed, StartError, spec_hash};
 use super::sidecars::is_sidecar;
 use super::{Timestamp, pod_display};
@@ -521,6 +522,13 @@ impl<'a> Sync<'a, '_> {
             .iter()
             .chain(self.inits())
             .map(|c| c.name.as_str())
+            .chain(
+                self.spec
+                    .ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .map(|e| e.name.as_str()),
+            )
             .collect();
         for a in &self.observed.containers {
             if names.contains(a.name.as_str()) {
@@ -633,6 +641,7 @@ impl<'a> Sync<'a, '_> {
             return;
         }
         if !init.initialized {
+            self.start_ephemerals();
             self.restart_inits(&init);
             return;
         }
@@ -694,9 +703,21 @@ impl<'a> Sync<'a, '_> {
             self.stop_pod(TerminationReason::Completed);
             return;
         }
+        self.start_ephemerals();
         self.restart_inits(&init);
         for c in to_start {
             self.try_start(c, false);
+        }
+    }
+
+    /// Starts the ephemeral containers the runtime has never seen, in spec order, before the init
+    /// and app containers (upstream's `SyncPod` order) — also while the pod is still initializing,
+    /// which is when one most needs to debug it. Never restarted.
+    fn start_ephemerals(&mut self) {
+        for c in ephemeral::containers(self.spec) {
+            if self.observed.latest(&c.name).is_none() {
+                self.try_start(&c, false);
+            }
         }
     }
 

@@ -119,16 +119,26 @@ fn should_restart(pod: &Pod, policy: &str, latest: Option<&ContainerAttempt>) ->
     pod.metadata.deletion_timestamp.is_none() && super::plan::should_start(policy, latest)
 }
 
-/// Statuses of one container list (init or app), in spec order (upstream's
-/// `convertToAPIContainerStatuses` plus the prober's `UpdatePodStatus`).
+/// Which container list a status is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Init,
+    App,
+    /// Never restarted, never probed: not ready, no `started` (the prober skips them upstream).
+    Ephemeral,
+}
+
+/// Statuses of one container list, in spec order (upstream's `convertToAPIContainerStatuses`
+/// plus the prober's `UpdatePodStatus`).
 fn container_statuses(
     pod: &Pod,
     spec: &PodSpec,
     observed: &Observed,
     containers: &[Container],
     previous: &[ContainerStatus],
-    is_init: bool,
+    kind: Kind,
 ) -> Vec<ContainerStatus> {
+    let is_init = kind == Kind::Init;
     let has_inits = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
     let default_reason = if has_inits {
         "PodInitializing"
@@ -141,7 +151,11 @@ fn container_statuses(
     for c in containers {
         let sidecar = is_init && is_sidecar(c);
         // A sidecar restarts whatever the pod's restart policy.
-        let policy = if sidecar { "Always" } else { policy };
+        let policy = match kind {
+            _ if sidecar => "Always",
+            Kind::Ephemeral => "Never",
+            _ => policy,
+        };
         let spec_image = c.image.clone().unwrap_or_default();
         let attempts = observed.attempts(&c.name);
         let old_status = old.get(c.name.as_str()).copied();
@@ -205,7 +219,10 @@ fn container_statuses(
         // Probe results (upstream's prober manager).
         let running = s.state.as_ref().is_some_and(|st| st.running.is_some());
         let probe = latest.filter(|a| a.state.is_running());
-        if is_init && !sidecar {
+        if kind == Kind::Ephemeral {
+            s.ready = false;
+            s.started = None;
+        } else if is_init && !sidecar {
             s.ready = s
                 .state
                 .as_ref()
@@ -495,7 +512,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         observed,
         inits,
         old.init_container_statuses.as_deref().unwrap_or_default(),
-        true,
+        Kind::Init,
     );
     let mut app_statuses = container_statuses(
         pod,
@@ -503,9 +520,19 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         observed,
         &spec.containers,
         old.container_statuses.as_deref().unwrap_or_default(),
-        false,
+        Kind::App,
     );
     app_statuses.sort_by(|a, b| a.name.cmp(&b.name));
+    let ephemerals = super::ephemeral::containers(spec);
+    let mut ephemeral_statuses = container_statuses(
+        pod,
+        spec,
+        observed,
+        &ephemerals,
+        old.ephemeral_container_statuses.as_deref().unwrap_or_default(),
+        Kind::Ephemeral,
+    );
+    ephemeral_statuses.sort_by(|a, b| a.name.cmp(&b.name));
 
     // The worker has stopped everything for a deletion or the deadline: the phase is final.
     let stopping = pod.metadata.deletion_timestamp.is_some() || deadline_exceeded(pod, now);
@@ -587,6 +614,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         qos_class: Some(pod_qos(pod).as_str().into()),
         init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
         container_statuses: Some(app_statuses),
+        ephemeral_container_statuses: (!ephemerals.is_empty()).then_some(ephemeral_statuses),
         nominated_node_name: old.nominated_node_name.clone(),
         observed_generation: generation,
         ..Default::default()

@@ -426,12 +426,16 @@ impl Node {
     /// The containerd ID of a pod's (running) container, from the pod's status.
     pub fn container_id(&self, pod: &str, container: &str) -> Option<String> {
         let p = self.pod(pod);
-        ["containerStatuses", "initContainerStatuses"]
-            .iter()
-            .flat_map(|k| p["status"][k].as_array().cloned().unwrap_or_default())
-            .find(|s| s["name"] == container)
-            .and_then(|s| s["containerID"].as_str().map(String::from))
-            .map(|id| id.trim_start_matches("containerd://").to_string())
+        [
+            "containerStatuses",
+            "initContainerStatuses",
+            "ephemeralContainerStatuses",
+        ]
+        .iter()
+        .flat_map(|k| p["status"][k].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == container)
+        .and_then(|s| s["containerID"].as_str().map(String::from))
+        .map(|id| id.trim_start_matches("containerd://").to_string())
     }
 
     /// Runs a command inside a running container (through `ctr tasks exec`, the test's view);

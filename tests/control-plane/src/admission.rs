@@ -133,6 +133,33 @@ pub fn on_update(
                 m.insert("ownerReferences".into(), or.clone());
             }
         }
+        "ephemeralcontainers" => {
+            // Only spec.ephemeralContainers changes, and only by additions (upstream's
+            // ValidatePodEphemeralContainersUpdate); the pod's generation moves on.
+            let added = new["spec"]["ephemeralContainers"].clone();
+            let before = cur["spec"]["ephemeralContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let after = added.as_array().cloned().unwrap_or_default();
+            for old_ec in &before {
+                if !after.contains(old_ec) {
+                    let name = old_ec["name"].as_str().unwrap_or_default();
+                    return Err(invalid_field(
+                        def,
+                        cur,
+                        "spec.ephemeralContainers",
+                        format!("Forbidden: existing ephemeral containers \"{name}\" may not be changed"),
+                    ));
+                }
+            }
+            *new = cur.clone();
+            new["spec"]["ephemeralContainers"] = added;
+            if after.len() != before.len() {
+                let g = cur["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                new["metadata"]["generation"] = json!(g);
+            }
+        }
         "finalize" => {
             let finalizers = new["spec"]["finalizers"].clone();
             *new = cur.clone();

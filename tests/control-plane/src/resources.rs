@@ -91,6 +91,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             "status",
             "binding",
             "eviction",
+            "ephemeralcontainers",
             "log",
             "exec",
             "attach",
@@ -276,7 +277,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         resources.push(entry);
         for sub in r.subresources {
             let (kind, verbs): (&str, &[&str]) = match *sub {
-                "status" => (r.kind, &["get", "patch", "update"]),
+                "status" | "ephemeralcontainers" => (r.kind, &["get", "patch", "update"]),
                 "binding" => ("Binding", &["create"]),
                 "eviction" => ("Eviction", &["create"]),
                 "token" => ("TokenRequest", &["create"]),

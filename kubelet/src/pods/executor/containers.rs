@@ -14,10 +14,10 @@ use super::{Facts, NodeContext, event, find_container, lock, uid_of};
 use crate::hooks;
 use crate::inputs::{self, PodFacts};
 use crate::pods::{Observed, StartError, pod_display, pod_ref};
-use crate::runtime::container::{ContainerMeta, CreateContainer};
+use crate::runtime::container::{ContainerMeta, CreateContainer, TaskState};
 use crate::runtime::image::{ImageInfo, ImageService, PullPolicy, credentials_for};
 use crate::sandbox;
-use crate::spec::{BindMount, ImageConfig, SpecInput, container_spec};
+use crate::spec::{BindMount, ImageConfig, NamespaceSource, SpecInput, container_spec};
 use crate::volumes;
 
 fn pod_facts(ctx: &NodeContext, pod_ip: &str) -> PodFacts {
@@ -106,6 +106,42 @@ async fn pull_auth(ctx: &NodeContext, pod: &Pod, image: &str) -> oci_client::sec
     credentials_for(&configs, registry)
 }
 
+/// For an ephemeral container with `targetContainerName`, the target's PID namespace to join;
+/// like upstream's `getTargetID`, the start fails while the target is not running.
+async fn target_pid_namespace(
+    ctx: &NodeContext,
+    pod: &Pod,
+    uid: &str,
+    name: &str,
+) -> Result<Option<NamespaceSource>, StartError> {
+    let Some(target) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| crate::pods::ephemeral::target(s, name))
+    else {
+        return Ok(None);
+    };
+    let listed = ctx
+        .runtime
+        .list_pod(uid)
+        .await
+        .map_err(|e| StartError::new("CreateContainerError", e.to_string()))?;
+    listed
+        .iter()
+        .filter(|l| l.meta.container_name == target)
+        .find_map(|l| match l.state {
+            TaskState::Running { pid } => Some(NamespaceSource::Path(format!("/proc/{pid}/ns/pid").into())),
+            _ => None,
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            StartError::new(
+                "CreateContainerConfigError",
+                format!("unable to find target container {target}"),
+            )
+        })
+}
+
 pub(super) async fn start_container(
     ctx: &NodeContext,
     pod: &Pod,
@@ -120,6 +156,7 @@ pub(super) async fn start_container(
             format!("container {name} is not in the pod spec"),
         )
     })?;
+    let c = c.as_ref();
     let uid = uid_of(pod);
     let image_ref = c.image.clone().unwrap_or_default();
     let image_name = ImageService::normalize(&image_ref)
@@ -172,12 +209,16 @@ pub(super) async fn start_container(
         .image_users(&info.top_chain_id)
         .await
         .map_err(|e| StartError::new("CreateContainerError", e.to_string()))?;
+    let mut namespaces = sb.namespaces();
+    if let Some(pid) = target_pid_namespace(ctx, pod, &uid, name).await? {
+        namespaces.pid = pid;
+    }
     let input = SpecInput {
         pod,
         container: &expanded,
         image: &img,
         env: env.clone(),
-        namespaces: sb.namespaces(),
+        namespaces,
         hostname,
         mounts,
         passwd: users.passwd.clone(),

@@ -11,6 +11,7 @@
 //! restarting them and reports the same times. The runtime is reached only through
 //! [`crate::runtime::PodRuntime`] (a recording fake in the unit tests, `tests.rs`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -239,14 +240,15 @@ pub(crate) fn uid_of(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-pub(crate) fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(&'a Container, bool)> {
+/// The spec of the pod's container `name` — app, init or ephemeral (converted) — and whether it
+/// is an init container.
+pub(crate) fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(Cow<'a, Container>, bool)> {
     let spec = pod.spec.as_ref()?;
     if let Some(c) = spec.containers.iter().find(|c| c.name == name) {
-        return Some((c, false));
+        return Some((Cow::Borrowed(c), false));
     }
-    spec.init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name == name)
-        .map(|c| (c, true))
+    if let Some(c) = spec.init_containers.iter().flatten().find(|c| c.name == name) {
+        return Some((Cow::Borrowed(c), true));
+    }
+    crate::pods::ephemeral::find(spec, name).map(|c| (Cow::Owned(c), false))
 }

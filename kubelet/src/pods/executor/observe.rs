@@ -132,7 +132,7 @@ pub async fn observe(
             if let Some((spec, _)) = find_container(pod, &l.meta.container_name) {
                 let ip = pod_ip_for(ctx, pod, &uid);
                 ctx.probes
-                    .add_container(pod, spec, &l.id, ip, f.started_at.unwrap_or(now));
+                    .add_container(pod, &spec, &l.id, ip, f.started_at.unwrap_or(now));
             }
         } else {
             ctx.probes.remove_container(&l.id);

@@ -37,10 +37,12 @@ pub(super) async fn kill_container(
 async fn pre_stop(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64) -> i64 {
     let mut grace = grace.max(0);
     // preStop runs first, within the grace period (upstream: only when there is one).
-    if let Some((c, handler)) =
-        find_container(pod, name).and_then(|(c, _)| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+    let found = find_container(pod, name);
+    if let Some((c, _)) = &found
+        && let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
         && grace > 0
     {
+        let c: &k8s_openapi::api::core::v1::Container = c;
         let started = std::time::Instant::now();
         let limit = Duration::from_secs(grace as u64);
         if let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PreStop, Some(limit)).await

@@ -58,11 +58,11 @@ pub async fn serve(cp: &Arc<ControlPlane>, rr: ResourceRequest) -> http::Respons
     }
     let result = match (&rr.method, rr.name.is_empty(), rr.subresource.as_str()) {
         (&Method::GET, true, "") => list(cp, &rr),
-        (&Method::GET, false, "" | "status") => get(cp, &rr),
+        (&Method::GET, false, "" | "status" | "ephemeralcontainers") => get(cp, &rr),
         (&Method::POST, true, "") if !rr.def.stored() => review(cp, &rr),
         (&Method::POST, true, "") => create(cp, &rr),
-        (&Method::PUT, false, "" | "status" | "finalize") => update(cp, &rr),
-        (&Method::PATCH, false, "" | "status") => patch(cp, &rr),
+        (&Method::PUT, false, "" | "status" | "finalize" | "ephemeralcontainers") => update(cp, &rr),
+        (&Method::PATCH, false, "" | "status" | "ephemeralcontainers") => patch(cp, &rr),
         (&Method::DELETE, false, "") => delete(cp, &rr),
         (&Method::DELETE, true, "") => delete_collection(cp, &rr),
         (&Method::POST, false, "binding") => bind(cp, &rr),
