@@ -18,6 +18,28 @@ fn ephemeral_status<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|s| s["name"] == name)
 }
 
+/// `kubectl debug target --image=<image> -c <name> <flags> -- <cmd>`.
+fn debug(node: &Node, name: &str, flags: &[&str], cmd: &[&str]) {
+    let image = format!("--image={}", node.image());
+    let mut args = vec!["debug", "target", &image, "-c", name];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    node.kubectl(&args);
+}
+
+/// Waits until the ephemeral container `name` of pod `target` is in one of `states`.
+fn wait_state(node: &Node, name: &str, states: &[&str]) -> Value {
+    node.wait_for(&format!("{name} {states:?}"), 90, || {
+        let p = node.pod("target");
+        let s = ephemeral_status(&p, name)?;
+        states
+            .iter()
+            .any(|k| s["state"][k].is_object())
+            .then_some(p.clone())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_debug_runs_an_ephemeral_container_once_beside_the_untouched_app() {
     let node = Node::start("kl-ephem").await;
@@ -32,23 +54,14 @@ async fn kubectl_debug_runs_an_ephemeral_container_once_beside_the_untouched_app
     let app_id = node.container_id("target", "main").unwrap();
     assert_eq!(node.pod("target")["metadata"]["generation"], 1);
 
-    // The debugger writes into the pod's filesystem view of its own and exits after a while.
-    node.kubectl(&[
-        "debug",
-        "target",
-        &format!("--image={image}"),
-        "-c",
+    // The debugger prints, then fails (exit 3) a few seconds later.
+    debug(
+        &node,
         "debugger",
-        "--",
-        "sh",
-        "-c",
-        "echo polo; sleep 3; exit 3",
-    ]);
-    let p = node.wait_for("debugger running or done", 90, || {
-        let p = node.pod("target");
-        let s = ephemeral_status(&p, "debugger")?;
-        (s["state"]["running"].is_object() || s["state"]["terminated"].is_object()).then_some(p.clone())
-    });
+        &[],
+        &["sh", "-c", "echo polo; sleep 3; exit 3"],
+    );
+    let p = wait_state(&node, "debugger", &["running", "terminated"]);
     assert_eq!(
         p["metadata"]["generation"], 2,
         "adding it moved the generation on"
@@ -68,11 +81,7 @@ async fn kubectl_debug_runs_an_ephemeral_container_once_beside_the_untouched_app
     );
 
     // It exits 3 and stays exited: ephemeral containers are never restarted.
-    let p = node.wait_for("debugger terminated", 90, || {
-        let p = node.pod("target");
-        let s = ephemeral_status(&p, "debugger")?;
-        s["state"]["terminated"].is_object().then_some(p.clone())
-    });
+    let p = wait_state(&node, "debugger", &["terminated"]);
     let s = ephemeral_status(&p, "debugger").unwrap();
     assert_eq!(s["state"]["terminated"]["exitCode"], 3, "{s}");
     assert_eq!(s["state"]["terminated"]["reason"], "Error", "{s}");
@@ -100,22 +109,8 @@ async fn kubectl_debug_runs_an_ephemeral_container_once_beside_the_untouched_app
     );
 
     // A second one beside the first; both stay in the spec and in the status.
-    node.kubectl(&[
-        "debug",
-        "target",
-        &format!("--image={image}"),
-        "-c",
-        "debugger2",
-        "--",
-        "sleep",
-        "100000",
-    ]);
-    let p = node.wait_for("debugger2 running", 90, || {
-        let p = node.pod("target");
-        ephemeral_status(&p, "debugger2")?["state"]["running"]
-            .is_object()
-            .then_some(p.clone())
-    });
+    debug(&node, "debugger2", &[], &["sleep", "100000"]);
+    let p = wait_state(&node, "debugger2", &["running"]);
     assert_eq!(p["spec"]["ephemeralContainers"].as_array().unwrap().len(), 2);
     assert_eq!(
         p["status"]["ephemeralContainerStatuses"]
@@ -129,23 +124,8 @@ async fn kubectl_debug_runs_an_ephemeral_container_once_beside_the_untouched_app
     // debugger2 has a PID namespace of its own; with --target, a debugger joins the app's.
     let (_, own) = node.exec("target", "debugger2", &["cat", "/proc/1/cmdline"]);
     assert!(!own.contains("infinity"), "{own}");
-    node.kubectl(&[
-        "debug",
-        "target",
-        &format!("--image={image}"),
-        "-c",
-        "debugger3",
-        "--target=main",
-        "--",
-        "sleep",
-        "100000",
-    ]);
-    node.wait_for("debugger3 running", 90, || {
-        let p = node.pod("target");
-        ephemeral_status(&p, "debugger3")?["state"]["running"]
-            .is_object()
-            .then_some(())
-    });
+    debug(&node, "debugger3", &["--target=main"], &["sleep", "100000"]);
+    wait_state(&node, "debugger3", &["running"]);
     let (ok, target) = node.exec("target", "debugger3", &["cat", "/proc/1/cmdline"]);
     assert!(
         ok && target.contains("infinity"),

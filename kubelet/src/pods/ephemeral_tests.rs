@@ -34,21 +34,6 @@ fn with_debugger(mut p: Pod) -> Pod {
     p
 }
 
-fn starts(p: &super::Plan) -> Vec<(String, bool, u32)> {
-    p.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::StartContainer {
-                container,
-                init,
-                attempt,
-                ..
-            } => Some((container.clone(), *init, *attempt)),
-            _ => None,
-        })
-        .collect()
-}
-
 fn touches(p: &super::Plan, name: &str) -> bool {
     p.actions.iter().any(|a| match a {
         Action::KillContainer { container, .. } | Action::RemoveContainer { container, .. } => {

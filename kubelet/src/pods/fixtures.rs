@@ -171,3 +171,19 @@ pub fn terminated_state(state: &Option<ContainerState>) -> &ContainerStateTermin
 pub fn terminated_reason_of(c: &ContainerStatus) -> Option<&str> {
     terminated_state(&c.state).reason.as_deref()
 }
+
+/// The plan's container starts: (name, init, attempt), in order.
+pub fn starts(p: &super::Plan) -> Vec<(String, bool, u32)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            super::Action::StartContainer {
+                container,
+                init,
+                attempt,
+                ..
+            } => Some((container.clone(), *init, *attempt)),
+            _ => None,
+        })
+        .collect()
+}

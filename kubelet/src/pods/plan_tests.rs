@@ -63,21 +63,6 @@ fn assert_terminated(p: &super::Plan, reason: TerminationReason, what: &str) {
     assert_eq!(p.stage, Stage::Terminated { reason }, "{what}");
 }
 
-fn starts(p: &super::Plan) -> Vec<(String, bool, u32)> {
-    p.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::StartContainer {
-                container,
-                init,
-                attempt,
-                ..
-            } => Some((container.clone(), *init, *attempt)),
-            _ => None,
-        })
-        .collect()
-}
-
 fn held(p: &super::Plan, name: &str) -> Option<StartError> {
     p.start_errors
         .iter()

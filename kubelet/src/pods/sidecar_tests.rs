@@ -52,21 +52,6 @@ fn plan_at(p: &Pod, o: &Observed, now: super::Timestamp) -> super::Plan {
     plan(p, o, &BackoffBook::default(), now)
 }
 
-fn starts(p: &super::Plan) -> Vec<(String, bool, u32)> {
-    p.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::StartContainer {
-                container,
-                init,
-                attempt,
-                ..
-            } => Some((container.clone(), *init, *attempt)),
-            _ => None,
-        })
-        .collect()
-}
-
 fn kills(p: &super::Plan) -> Vec<(String, String)> {
     p.actions
         .iter()
