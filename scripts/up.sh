@@ -19,6 +19,8 @@
 #   options (both modes): --dir DIR (state, default /var/lib/knode-up; --down reads the mode and
 #            node count from it), --no-setup (skip apt/host setup), --no-build, --node-ip IP (one
 #            node only), --registry-port N (default 5000), --api-port N (default 6443)
+#   environment: CARGO_TARGET_DIR (cargo's, honoured: binaries are taken from $CARGO_TARGET_DIR/debug),
+#            KNODE_BIN_DIR (take the binaries from this directory instead)
 #
 # Everything the cluster creates lives under DIR (containerd roots and sockets, control plane data,
 # kubelet roots, pod logs, CNI state) plus: with one node, in the network namespace it runs in, the
@@ -49,11 +51,15 @@ while [ $# -gt 0 ]; do
     --api-port) API_PORT=$2; shift 2 ;;
     --control-plane) MODE=$2; shift 2 ;;
     --nodes) NODES=$2; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "up.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-BIN=${KNODE_BIN_DIR:-$ROOT/target/debug}
+# Built binaries: where cargo put them (CARGO_TARGET_DIR honoured, relative to the repo as cargo
+# takes it from here), unless KNODE_BIN_DIR names another directory.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+BIN=${KNODE_BIN_DIR:-$TARGET_DIR/debug}
 CGROUP_ROOT=${KNODE_CGROUP_ROOT:-/knode-up}
 HOST=$(tr -d '\n' < /proc/sys/kernel/hostname | tr 'A-Z' 'a-z')
 KUBECONFIG_ADMIN=$DIR/admin.conf

@@ -231,6 +231,30 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
         );
     }
     assert_eq!(curl(format!("http://{}:8080/hostname", webs[0].2)), webs[0].0);
+    // A hostNetwork pod serves on its node's address (its node's network, not this host's).
+    let n0 = &c.nodes[0];
+    apply(
+        &c,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hostnet}}\nspec:\n  hostNetwork: true\n  \
+             nodeName: {}\n  containers:\n  - {{name: main, image: {img}, args: [serve, --http-port, \"18080\"]}}\n",
+            n0.name
+        ),
+    );
+    wait(&c, "hostnet Running", || {
+        c.kubectl(&["get", "pod", "hostnet", "-o", "jsonpath={.status.phase}"]) == "Running"
+    });
+    let pod_ip = c.kubectl(&["get", "pod", "hostnet", "-o", "jsonpath={.status.podIP}"]);
+    assert_eq!(pod_ip, n0.netns.node_ip.to_string());
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = curl(format!("http://{}:18080/hostname", n0.netns.node_ip));
+        if !answer.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!answer.is_empty(), "hostNetwork server at {}:18080", n0.netns.node_ip);
     no_denials(&c);
 }
 

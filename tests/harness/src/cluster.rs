@@ -415,7 +415,9 @@ impl KnodeCluster {
             .add_node(&format!("knn-{}-{i}", &self.segment.ns.name[6..]), index)?;
         let (containerd, ns) = match kind {
             NodeKind::Knode => {
-                let c = PrivateContainerd::start().await?;
+                // In the node's namespace, as up.sh and a real node have it: hostNetwork pods
+                // (their shims are containerd's children) get the node's network.
+                let c = PrivateContainerd::start_in(&netns.name).await?;
                 let ns = c.unique_namespace(&format!("kc{i}"));
                 (c, ns)
             }

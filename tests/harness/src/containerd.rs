@@ -27,6 +27,9 @@ pub struct CriOptions {
 pub struct PrivateContainerd {
     dir: Option<tempfile::TempDir>,
     cri: Option<CriOptions>,
+    /// The network namespace the daemon (and so every shim and host-network container) runs in;
+    /// `None`: the test's own.
+    netns: Option<String>,
     /// CRI's pod network namespaces (`/run/netns/cni-*`) that existed before this containerd.
     netns_before: Vec<String>,
     child: Child,
@@ -40,15 +43,22 @@ static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 impl PrivateContainerd {
     /// Starts containerd and waits (up to 30 s) until its gRPC Version call answers.
     pub async fn start() -> Result<Self> {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
     }
 
-    /// Like [`Self::start`], with the CRI plugin on (see [`CriOptions`]).
+    /// Like [`Self::start`], the daemon running in the network namespace `netns`, as on a node
+    /// whose namespace it is: hostNetwork containers then share the node's network.
+    pub async fn start_in(netns: &str) -> Result<Self> {
+        Self::start_with(None, Some(netns.to_string())).await
+    }
+
+    /// Like [`Self::start`], with the CRI plugin on (see [`CriOptions`]), in the CRI's `netns`.
     pub async fn start_cri(cri: CriOptions) -> Result<Self> {
-        Self::start_with(Some(cri)).await
+        let netns = cri.netns.clone();
+        Self::start_with(Some(cri), Some(netns)).await
     }
 
-    async fn start_with(cri: Option<CriOptions>) -> Result<Self> {
+    async fn start_with(cri: Option<CriOptions>, netns: Option<String>) -> Result<Self> {
         crate::require_root()?;
         let dir = crate::private_dir("kn-ctd-")?;
         let base = dir.path().to_path_buf();
@@ -63,10 +73,11 @@ impl PrivateContainerd {
             text.push_str(&cri_toml(&base, c));
         }
         std::fs::write(&config, text).map_err(HarnessError::io(format!("writing {}", config.display())))?;
-        let child = spawn(&base, &config, cri.as_ref().map(|c| c.netns.as_str()))?;
+        let child = spawn(&base, &config, netns.as_deref())?;
         let mut me = PrivateContainerd {
             dir: Some(dir),
             cri,
+            netns,
             netns_before: cri_netns(),
             child,
             socket,
@@ -117,8 +128,7 @@ impl PrivateContainerd {
     /// reconnects to the shims that kept running.
     pub async fn respawn(&mut self) -> Result<()> {
         let base = self.dir().to_path_buf();
-        let netns = self.cri.as_ref().map(|c| c.netns.clone());
-        self.child = spawn(&base, &base.join("config.toml"), netns.as_deref())?;
+        self.child = spawn(&base, &base.join("config.toml"), self.netns.as_deref())?;
         self.version = self.wait_ready(Duration::from_secs(30)).await?;
         Ok(())
     }
