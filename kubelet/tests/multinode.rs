@@ -254,7 +254,11 @@ async fn pods_and_services_reach_across_two_knode_nodes() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert!(!answer.is_empty(), "hostNetwork server at {}:18080", n0.netns.node_ip);
+    assert!(
+        !answer.is_empty(),
+        "hostNetwork server at {}:18080",
+        n0.netns.node_ip
+    );
     no_denials(&c);
 }
 
