@@ -92,6 +92,27 @@ async fn kubectl_debug_runs_an_ephemeral_container_once_beside_the_untouched_app
         "{s}"
     );
     assert!(node.logs("target", "debugger").contains("polo"));
+    // Its events point at it where upstream's do: spec.ephemeralContainers{debugger}.
+    let events: Value = serde_json::from_str(&node.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=target",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let started: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Started" && e["message"] == "Started container debugger")
+        .collect();
+    assert_eq!(started.len(), 1, "{events}");
+    assert_eq!(
+        started[0]["involvedObject"]["fieldPath"],
+        "spec.ephemeralContainers{debugger}"
+    );
     std::thread::sleep(std::time::Duration::from_secs(3));
     let p = node.pod("target");
     assert_eq!(ephemeral_status(&p, "debugger").unwrap()["restartCount"], 0);

@@ -43,6 +43,25 @@ pub use plan::{Action, Input, Plan, Stage, TerminationReason, WorkerState, plan,
 pub use resources::{Admission, NodeCapacity, Rejection, admit, pod_qos, rejected_status};
 pub use status::{status, status_changed};
 
+/// Which list of the pod spec a container is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerKind {
+    App,
+    Init,
+    Ephemeral,
+}
+
+impl ContainerKind {
+    /// The spec field of that list, as in an event's `fieldPath` (`spec.<field>{name}`).
+    pub fn spec_field(self) -> &'static str {
+        match self {
+            ContainerKind::App => "containers",
+            ContainerKind::Init => "initContainers",
+            ContainerKind::Ephemeral => "ephemeralContainers",
+        }
+    }
+}
+
 /// The timestamp type used throughout (the one `k8s_openapi`'s `Time` wraps).
 pub type Timestamp = k8s_openapi::jiff::Timestamp;
 

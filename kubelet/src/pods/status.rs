@@ -15,11 +15,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::Timestamp;
 use super::observed::{AttemptState, ContainerAttempt, Observed, container_id_uri};
 use super::plan::deadline_exceeded;
 use super::resources::pod_qos;
 use super::sidecars::is_sidecar;
+use super::{ContainerKind, Timestamp};
 
 /// Condition types the kubelet owns (upstream's `PodConditionsByKubelet` plus
 /// `PodReadyToStartContainers`); others in the old status are kept untouched.
@@ -119,15 +119,6 @@ fn should_restart(pod: &Pod, policy: &str, latest: Option<&ContainerAttempt>) ->
     pod.metadata.deletion_timestamp.is_none() && super::plan::should_start(policy, latest)
 }
 
-/// Which container list a status is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Init,
-    App,
-    /// Never restarted, never probed: not ready, no `started` (the prober skips them upstream).
-    Ephemeral,
-}
-
 /// Statuses of one container list, in spec order (upstream's `convertToAPIContainerStatuses`
 /// plus the prober's `UpdatePodStatus`).
 fn container_statuses(
@@ -136,9 +127,9 @@ fn container_statuses(
     observed: &Observed,
     containers: &[Container],
     previous: &[ContainerStatus],
-    kind: Kind,
+    kind: ContainerKind,
 ) -> Vec<ContainerStatus> {
-    let is_init = kind == Kind::Init;
+    let is_init = kind == ContainerKind::Init;
     let has_inits = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
     let default_reason = if has_inits {
         "PodInitializing"
@@ -150,10 +141,10 @@ fn container_statuses(
     let mut out = vec![];
     for c in containers {
         let sidecar = is_init && is_sidecar(c);
-        // A sidecar restarts whatever the pod's restart policy.
+        // A sidecar restarts whatever the pod's restart policy; an ephemeral container never does.
         let policy = match kind {
             _ if sidecar => "Always",
-            Kind::Ephemeral => "Never",
+            ContainerKind::Ephemeral => "Never",
             _ => policy,
         };
         let spec_image = c.image.clone().unwrap_or_default();
@@ -219,7 +210,8 @@ fn container_statuses(
         // Probe results (upstream's prober manager).
         let running = s.state.as_ref().is_some_and(|st| st.running.is_some());
         let probe = latest.filter(|a| a.state.is_running());
-        if kind == Kind::Ephemeral {
+        if kind == ContainerKind::Ephemeral {
+            // Never probed (upstream's prober skips them): not ready, no `started`.
             s.ready = false;
             s.started = None;
         } else if is_init && !sidecar {
@@ -512,7 +504,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         observed,
         inits,
         old.init_container_statuses.as_deref().unwrap_or_default(),
-        Kind::Init,
+        ContainerKind::Init,
     );
     let mut app_statuses = container_statuses(
         pod,
@@ -520,7 +512,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         observed,
         &spec.containers,
         old.container_statuses.as_deref().unwrap_or_default(),
-        Kind::App,
+        ContainerKind::App,
     );
     app_statuses.sort_by(|a, b| a.name.cmp(&b.name));
     let ephemerals = super::ephemeral::containers(spec);
@@ -530,7 +522,7 @@ pub fn status(pod: &Pod, observed: &Observed, now: Timestamp, node_ip: &str) -> 
         observed,
         &ephemerals,
         old.ephemeral_container_statuses.as_deref().unwrap_or_default(),
-        Kind::Ephemeral,
+        ContainerKind::Ephemeral,
     );
     ephemeral_statuses.sort_by(|a, b| a.name.cmp(&b.name));
 

@@ -7,6 +7,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 use super::{NodeContext, find_container};
+use crate::pods::ContainerKind;
 use crate::pods::{is_static, pod_ref};
 
 /// Records a core/v1 Event about the pod (fire and forget, as upstream's recorder).
@@ -30,11 +31,8 @@ pub fn event(ctx: &NodeContext, pod: &Pod, container: Option<&str>, ty: &str, re
             uid: pod.metadata.uid.clone(),
             api_version: Some("v1".into()),
             field_path: container.map(|c| {
-                let init = find_container(pod, c).is_some_and(|(_, i)| i);
-                format!(
-                    "spec.{}{{{c}}}",
-                    if init { "initContainers" } else { "containers" }
-                )
+                let kind = find_container(pod, c).map_or(ContainerKind::App, |(_, k)| k);
+                format!("spec.{}{{{c}}}", kind.spec_field())
             }),
             ..Default::default()
         },

@@ -150,7 +150,7 @@ pub(super) async fn start_container(
     spec_hash: &str,
     observed: &Observed,
 ) -> Result<(), StartError> {
-    let (c, _init) = find_container(pod, name).ok_or_else(|| {
+    let (c, _) = find_container(pod, name).ok_or_else(|| {
         StartError::new(
             "CreateContainerError",
             format!("container {name} is not in the pod spec"),

@@ -21,7 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::lock::lock;
-use crate::pods::BackoffBook;
+use crate::pods::{BackoffBook, ContainerKind};
 use crate::runtime::PodRuntime;
 use crate::runtime::container::{CreatedContainer, LogRotation};
 
@@ -240,15 +240,14 @@ pub(crate) fn uid_of(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-/// The spec of the pod's container `name` — app, init or ephemeral (converted) — and whether it
-/// is an init container.
-pub(crate) fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(Cow<'a, Container>, bool)> {
+/// The spec of the pod's container `name` — app, init or ephemeral (converted) — and its kind.
+pub(crate) fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(Cow<'a, Container>, ContainerKind)> {
     let spec = pod.spec.as_ref()?;
     if let Some(c) = spec.containers.iter().find(|c| c.name == name) {
-        return Some((Cow::Borrowed(c), false));
+        return Some((Cow::Borrowed(c), ContainerKind::App));
     }
     if let Some(c) = spec.init_containers.iter().flatten().find(|c| c.name == name) {
-        return Some((Cow::Borrowed(c), true));
+        return Some((Cow::Borrowed(c), ContainerKind::Init));
     }
-    crate::pods::ephemeral::find(spec, name).map(|c| (Cow::Owned(c), false))
+    crate::pods::ephemeral::find(spec, name).map(|c| (Cow::Owned(c), ContainerKind::Ephemeral))
 }

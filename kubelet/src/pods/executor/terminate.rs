@@ -42,7 +42,7 @@ async fn pre_stop(ctx: &NodeContext, pod: &Pod, id: &str, name: &str, grace: i64
         && let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
         && grace > 0
     {
-        let c: &k8s_openapi::api::core::v1::Container = c;
+        let c = c.as_ref();
         let started = std::time::Instant::now();
         let limit = Duration::from_secs(grace as u64);
         if let Err(message) = run_hook(ctx, pod, c, id, handler, hooks::HookKind::PreStop, Some(limit)).await

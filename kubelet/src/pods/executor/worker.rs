@@ -17,6 +17,7 @@ use super::observe::observe;
 use super::sandbox::create_sandbox;
 use super::terminate::{kill_container, kill_pod, remove_container, remove_pod};
 use super::{NodeContext, WorkerMsg, find_container, lock, uid_of};
+use crate::pods::ContainerKind;
 use crate::pods::stop::{StopRequest, Stops, TurnEnd, reports_status, turn_end};
 use crate::pods::{self, Action, Observed, Plan, StartError, WorkerState, pod_ref};
 use crate::volumes;
@@ -276,7 +277,7 @@ impl Worker {
 
     /// Books a container start's outcome: the reason cache, metrics, the failure event.
     fn started(&mut self, container: &str, result: Result<(), StartError>, turn: &mut Turn) {
-        let init = find_container(&self.pod, container).is_some_and(|(_, i)| i);
+        let init = find_container(&self.pod, container).is_some_and(|(_, k)| k == ContainerKind::Init);
         let e = match result {
             Ok(()) => {
                 self.start_errors.remove(container);
